@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Start a one-node Slurm (munged, slurmctld, slurmd) on this machine, without systemd.
+#
+# Usage:   scripts/slurm/start.sh            (after scripts/slurm/install.sh)
+# Env:     PD_SLURM_DIR        state folder, default /tmp/pdslurm (keep it short: the
+#                              spool path ends up in unix socket names)
+#          PD_SLURM_PARTITION  name of the one (default) partition, default "debug"
+#          PD_SLURM_TIMEOUT    seconds to wait for the node to become idle, default 30
+#
+# What it does:
+#   * writes $PD_SLURM_DIR/slurm.conf (node line from `slurmd -C`, RealMemory 1 GB below
+#     what the node reports) and symlinks /etc/slurm/slurm.conf to it, so that sbatch,
+#     squeue, scancel (and so dask-jobqueue) find it without SLURM_CONF; also writes
+#     $PD_SLURM_DIR/env with `export SLURM_CONF=...` for CI scripts that prefer to source it;
+#   * starts munged as user munge (unless a working munged is already there), then
+#     `slurmctld -D` and `slurmd -D` in the background under setsid, stdin /dev/null,
+#     output in $PD_SLURM_DIR/log/*.log, PIDs in $PD_SLURM_DIR/pids/*.pid;
+#   * waits until `sinfo` reports the node idle, else exits 1 with the logs' tails.
+#
+# Idempotent: when the daemons it started are alive and the node answers, it does nothing.
+# A fresh start (no daemon of ours alive) wipes the state folder, so job ids restart at 1
+# and no old job comes back. Stop with scripts/slurm/stop.sh.
+set -euo pipefail
+
+DIR=${PD_SLURM_DIR:-/tmp/pdslurm}
+PARTITION=${PD_SLURM_PARTITION:-debug}
+TIMEOUT=${PD_SLURM_TIMEOUT:-30}
+CONF="$DIR/slurm.conf"
+PIDS="$DIR/pids"
+LOGS="$DIR/log"
+export SLURM_CONF="$CONF"
+
+log() { echo "slurm start: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "slurm start: must run as root (slurmd runs jobs as their users)" >&2
+    exit 1
+fi
+for exe in slurmctld slurmd sinfo munged munge; do
+    command -v "$exe" >/dev/null || [ -x "/usr/sbin/$exe" ] || {
+        echo "slurm start: $exe not found; run scripts/slurm/install.sh first" >&2
+        exit 1
+    }
+done
+
+# alive NAME -> 0 when $PIDS/NAME.pid names a live process whose command is NAME.
+alive() {
+    local f="$PIDS/$1.pid" pid
+    [ -f "$f" ] || return 1
+    pid=$(cat "$f")
+    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+    [ "$(cat /proc/$pid/comm 2>/dev/null)" = "$1" ]
+}
+
+tails() {
+    for f in "$LOGS"/*.log; do
+        [ -f "$f" ] || continue
+        echo "----- tail of $f -----" >&2
+        tail -n 20 "$f" >&2
+    done
+}
+
+node_idle() {
+    # State of every node; "idle" (or mixed/allocated: it runs jobs, so it is up).
+    local states
+    states=$(sinfo -h -N -o '%T' 2>/dev/null) || return 1
+    [ -n "$states" ] || return 1
+    ! echo "$states" | grep -qvE '^(idle|mixed|allocated|completing)$'
+}
+
+link_conf() {
+    mkdir -p /etc/slurm
+    if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
+        return
+    fi
+    if [ -e /etc/slurm/slurm.conf ] && [ ! -L /etc/slurm/slurm.conf ]; then
+        log "keeping the existing /etc/slurm/slurm.conf as /etc/slurm/slurm.conf.pd-backup"
+        mv -f /etc/slurm/slurm.conf /etc/slurm/slurm.conf.pd-backup
+    fi
+    ln -sfn "$CONF" /etc/slurm/slurm.conf
+}
+
+if alive slurmctld && alive slurmd; then
+    link_conf
+    if node_idle; then
+        log "already running (slurmctld $(cat "$PIDS/slurmctld.pid"), slurmd $(cat "$PIDS/slurmd.pid")); nothing to do"
+        sinfo
+        exit 0
+    fi
+fi
+
+mkdir -p "$DIR" "$PIDS" "$LOGS"
+
+# ---------------------------------------------------------------- munge
+if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    log "munged already answers; using it"
+else
+    install -d -o munge -g munge -m 0755 /run/munge
+    rm -f /run/munge/munged.pid
+    # munged daemonises itself and writes /run/munge/munged.pid.
+    runuser -u munge -- /usr/sbin/munged </dev/null >>"$LOGS/munged.log" 2>&1
+    for _ in $(seq 50); do
+        [ -s /run/munge/munged.pid ] && munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        echo "slurm start: munged did not come up" >&2
+        tails
+        exit 1
+    fi
+    cp /run/munge/munged.pid "$PIDS/munged.pid"
+    log "munged started (pid $(cat "$PIDS/munged.pid"))"
+fi
+
+# ---------------------------------------------------------------- slurm.conf
+if ! alive slurmctld && ! alive slurmd; then
+    # Fresh start: no job or job id carries over from an earlier run.
+    rm -rf "$DIR/state" "$DIR/spool" "$DIR/jobcomp.txt"
+    mkdir -p "$DIR/state" "$DIR/spool"
+    node_line=$(slurmd -C | head -n 1)
+    node_name=$(echo "$node_line" | sed -n 's/.*NodeName=\([^ ]*\).*/\1/p')
+    real_mem=$(echo "$node_line" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+    mem=$((real_mem > 2048 ? real_mem - 1024 : real_mem))
+    node_line=$(echo "$node_line" | sed "s/RealMemory=[0-9]*/RealMemory=$mem/")
+    cat >"$CONF" <<CONF
+# Generated by scripts/slurm/start.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ); rewritten on every fresh start.
+ClusterName=probedask
+SlurmctldHost=$node_name
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldPort=6817
+SlurmdPort=6818
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/state/slurmctld.pid
+SlurmdPidFile=$DIR/spool/slurmd.pid
+SlurmctldDebug=info
+SlurmdDebug=info
+# No cgroups here (no systemd): track job processes through /proc, no task binding.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+# Cores and memory are consumable; without DefMemPerCPU a job without --mem takes the node.
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
+# Kill a job that goes over its --mem (state FAILED, "exceeded memory limit").
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
+# No slurmdbd: finished jobs go to a text file and stay in "scontrol show job" for MinJobAge s.
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$DIR/jobcomp.txt
+MinJobAge=300
+KillWait=5
+InactiveLimit=0
+$node_line State=UNKNOWN
+PartitionName=$PARTITION Nodes=$node_name Default=YES MaxTime=INFINITE State=UP
+CONF
+    echo "export SLURM_CONF=$CONF" >"$DIR/env"
+    log "wrote $CONF"
+fi
+link_conf
+
+# ---------------------------------------------------------------- daemons
+start_daemon() {
+    local name=$1
+    if alive "$name"; then
+        log "$name already running (pid $(cat "$PIDS/$name.pid"))"
+        return
+    fi
+    # In a non-interactive script a background job is not a process-group leader, so
+    # setsid execs in place and $! is the daemon's own PID.
+    setsid "/usr/sbin/$name" -D -f "$CONF" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+    log "$name started (pid $!), log $LOGS/$name.log"
+}
+start_daemon slurmctld
+# slurmd registers with slurmctld; give the controller a moment to listen.
+for _ in $(seq 50); do
+    scontrol ping 2>/dev/null | grep -q UP && break
+    sleep 0.1
+done
+start_daemon slurmd
+
+deadline=$((SECONDS + TIMEOUT))
+until node_idle; do
+    if [ $SECONDS -ge $deadline ] || ! alive slurmctld || ! alive slurmd; then
+        echo "slurm start: the node did not become idle within ${TIMEOUT}s" >&2
+        sinfo -N -l >&2 || true
+        tails
+        exit 1
+    fi
+    sleep 0.2
+done
+log "ready: SLURM_CONF=$CONF (also /etc/slurm/slurm.conf)"
+sinfo

@@ -1,0 +1,227 @@
+"""The fit loop: solver, kernels and the cluster tied together, with checkpoints.
+
+``ProbeFitter`` is an estimator in the scikit-learn / dask-ml style: parameters in
+``__init__``, ``fit(X, y)`` on dask arrays returns ``self``, fitted attributes end in ``_``.
+
+One solver iteration is one pass over the row blocks for all classes together: the
+parameters of the pairs still active are scattered once (``broadcast=True``, design.md
+pitfall 4), each block returns its label-free float64 sums for those pairs, the sums are
+tree-summed, and the driver takes one trust-region step for every active pair.
+
+Memory per process: the driver holds the solver state (about a dozen ``(L, C)`` float64
+arrays, see ``solver``) and one ``(6, P)`` float64 sum; each worker holds its resident
+blocks (when they fit, else one block read per task), the scattered active pairs (about
+28 bytes per pair) and the pass's partials (``passes``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import kernels, solver
+from .errors import ProbeDaskError
+from .outputs import atomic_path
+from .passes import latent_blocks, run_pass
+
+__all__ = ["ProbeFitter"]
+
+#: Fraction of the cluster's total worker memory that resident blocks may take.
+PERSIST_FRACTION = 0.4
+
+
+def _block_bytes(label_sums, n_blocks: int) -> int:
+    """Bytes of all ``LatentBlock`` s: values, rows, latent pointers and labels."""
+    nnz = int(label_sums.count.sum())
+    n_latents = int(label_sums.count.shape[0])
+    return nnz * 8 + int(label_sums.n_rows) + n_blocks * (n_latents + 1) * 8
+
+
+def _worker_memory(client) -> int:
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return sum(int(w.get("memory_limit") or 0) for w in workers)
+
+
+class ProbeFitter:
+    """Fit a 1D logistic-regression probe for every (latent, class) pair.
+
+    Parameters
+    ----------
+    ridge : float
+        Penalty on ``w**2 + (b - b0_c)**2`` (solver.md).
+    max_iter : int
+        Most solver passes over the data.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or None (each worker picks CUDA when it has a GPU).
+    persist : {"auto", True, False}
+        Keep blocks in worker memory between passes. ``"auto"`` keeps them when they
+        take less than ``PERSIST_FRACTION`` of the workers' memory, else re-reads them
+        from disk every pass (bounded memory whatever the shard size).
+    split_every : int
+        Fan-in of the reduction trees.
+    resources : dict, optional
+        Worker resources each block task requests, e.g. ``{"GPU": 1}``.
+    checkpoint : path, optional
+        Solver state is written there atomically after every iteration, and a fit
+        resumes from it when its ``identity`` matches.
+    identity : dict, optional
+        JSON-able description of the input (file identities, classes, ridge) stored in
+        the checkpoint; a checkpoint with another identity is refused.
+    progress : bool
+        Show a progress bar over solver iterations (stderr).
+    callbacks : list of callable, optional
+        Each is called as ``callback(event, info)`` at each stage and iteration.
+
+    Attributes
+    ----------
+    coef_ : ndarray, shape (n_latents, n_classes)
+        Fitted weights ``w``.
+    intercept_ : ndarray, shape (n_latents, n_classes)
+        Fitted intercepts ``b``.
+    converged_ : ndarray of bool, shape (n_latents, n_classes)
+        Pairs stopped by the solver's own criterion.
+    n_iter_ : int
+        Solver passes made (resumed passes included).
+    label_sums_ : kernels.LabelSums
+        Label statistics of the training data.
+    constants_ : solver.ProblemConstants
+    history_ : list of dict
+        Per-iteration solver statistics, with the pass wall time.
+    blocks_ : list
+        The training blocks (persisted when they fit), reusable for evaluation.
+    persisted_ : bool
+    """
+
+    def __init__(self, ridge=1e-8, max_iter=30, *, device=None, persist="auto", split_every=4,
+                 resources=None, checkpoint=None, identity=None, progress=False, callbacks=None):
+        self.ridge = ridge
+        self.max_iter = max_iter
+        self.device = device
+        self.persist = persist
+        self.split_every = split_every
+        self.resources = resources
+        self.checkpoint = checkpoint
+        self.identity = identity
+        self.progress = progress
+        self.callbacks = callbacks
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _emit(self, event, **info):
+        for callback in self.callbacks or ():
+            callback(event, info)
+
+    def _pass(self, client, blocks, kernel, *args, **kwargs):
+        return run_pass(client, blocks, kernel, *args, split_every=self.split_every,
+                        resources=self.resources, **kwargs)
+
+    def _identity_json(self, n_classes):
+        ident = {"input": self.identity, "n_classes": int(n_classes), "ridge": float(self.ridge)}
+        return json.dumps(ident, sort_keys=True, default=str)
+
+    def _load_checkpoint(self, n_classes):
+        path = Path(self.checkpoint)
+        with np.load(path, allow_pickle=False) as f:
+            stored = str(f["identity"])
+            if stored != self._identity_json(n_classes):
+                raise ProbeDaskError(
+                    f"{path}: checkpoint is for other input or settings (stored {stored}); "
+                    "rerun with --restart to ignore it"
+                )
+            state = solver.TrustRegionState.from_dict({k: f[k] for k in f.files if k != "identity"})
+        return state
+
+    def _save_checkpoint(self, state, n_classes):
+        path = Path(self.checkpoint)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, identity=np.array(self._identity_json(n_classes)), **state.to_dict())
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, X, y, n_classes=None, client=None):
+        """Fit every pair on activations ``X`` and labels ``y``.
+
+        Parameters
+        ----------
+        X : dask.array.Array, shape (n_rows, n_latents)
+            CSR row blocks (``array.open_shard``), chunked by rows only.
+        y : dask.array.Array of uint8, shape (n_rows,)
+            Class of each row, same row chunks as ``X``.
+        n_classes : int, optional
+            Default: ``max(y) + 1``.
+        client : distributed.Client, optional
+            Default: the current client.
+
+        Returns
+        -------
+        self
+        """
+        from distributed import get_client
+
+        client = client or get_client()
+        if n_classes is None:
+            n_classes = int(y.max().compute()) + 1
+        blocks = latent_blocks(X, y)
+        self._emit("label_sums_start", n_blocks=len(blocks))
+        self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
+        need = _block_bytes(self.label_sums_, len(blocks))
+        have = _worker_memory(client)
+        persist = self.persist if self.persist != "auto" else (need <= PERSIST_FRACTION * have)
+        if persist:
+            blocks = client.persist(blocks)
+        self.persisted_ = bool(persist)
+        self.blocks_ = blocks
+        self.constants_ = constants = solver.ProblemConstants.from_label_sums(
+            self.label_sums_, ridge=self.ridge)
+
+        state = None
+        if self.checkpoint is not None and Path(self.checkpoint).exists():
+            state = self._load_checkpoint(n_classes)
+            self._emit("resumed", n_iter=state.n_iter, path=str(self.checkpoint))
+        if state is None:
+            state = solver.init_state(constants)
+        self.history_ = []
+        self._emit("fit_start", block_bytes=need, worker_memory=have, persisted=self.persisted_,
+                   n_pairs=int(state.active.sum()))
+
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.max_iter, initial=min(state.n_iter, self.max_iter),
+                       desc="solver passes", unit="pass")
+        try:
+            while state.n_iter < self.max_iter:
+                pairs = state.active_pairs()
+                if pairs.n_pairs == 0:
+                    break
+                start = time.perf_counter()
+                pairs_future = client.scatter(pairs, broadcast=True)
+                try:
+                    sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,
+                                      device=self.device)
+                finally:
+                    pairs_future.release()
+                stats = solver.step(constants, state, sums)
+                stats["pass_seconds"] = time.perf_counter() - start
+                self.history_.append(stats)
+                if self.checkpoint is not None:
+                    self._save_checkpoint(state, n_classes)
+                self._emit("iteration", **stats)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(active=int(state.active.sum()))
+        finally:
+            if bar is not None:
+                bar.close()
+
+        self.state_ = state
+        self.coef_ = state.w
+        self.intercept_ = state.b
+        self.converged_ = state.converged
+        self.n_iter_ = int(state.n_iter)
+        self.n_classes_ = int(n_classes)
+        self._emit("fit_end", n_iter=self.n_iter_, n_active=int(state.active.sum()))
+        return self

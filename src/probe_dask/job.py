@@ -1,0 +1,162 @@
+"""The whole probe job on one train/test pair of shards, as a library function.
+
+``run_job`` is what ``probe-dask fit``, the demo and the notebook call: open both shards,
+check they agree, fit on train (checkpointed), evaluate train and test, and write
+``probe1d_metrics.npz`` into each split's inference folder plus ``probe1d_classes.json``
+(the per-class table) beside them. Nothing is written until everything is computed, and
+each file is renamed into place, so a killed job leaves no result that looks finished.
+
+Memory per process: the driver holds the solver state and two ``SplitMetrics`` (a few
+``(L, C)`` float64 matrices each); workers hold what ``fit`` and ``passes`` say.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .array import DEFAULT_BLOCK_NNZ, Shard, open_shard
+from .errors import InputError
+from .evaluate import class_table, evaluate_split
+from .fit import ProbeFitter
+from .outputs import check_writable, write_json, write_metrics_npz
+
+__all__ = ["JobResult", "run_job", "count_classes", "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
+
+METRICS_NAME = "probe1d_metrics.npz"
+CLASSES_NAME = "probe1d_classes.json"
+CHECKPOINT_NAME = ".probe1d_checkpoint.npz"
+
+
+@dataclass
+class JobResult:
+    """What a finished job wrote and measured."""
+
+    train_metrics: Path
+    test_metrics: Path
+    classes_json: list
+    table: list
+    n_iter: int
+    n_converged: int
+    n_pairs: int
+    seconds: dict = field(default_factory=dict)
+    fitter: ProbeFitter | None = None
+
+
+def count_classes(train: Shard, test: Shard) -> int:
+    """Number of classes of a run: ``max(label over train and test) + 1`` (formats.md)."""
+    return int(max(train.labels.max_label(), test.labels.max_label())) + 1
+
+
+def _check_pair(train: Shard, test: Shard) -> None:
+    if train.n_latents != test.n_latents:
+        raise InputError(
+            test.source.path, "shape.npy (latents)", test.n_latents,
+            f"{train.n_latents} latents, as in the train shard {train.source.path}",
+        )
+
+
+def run_job(client, run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DEFAULT_BLOCK_NNZ,
+            cache_dir=None, ridge=1e-8, max_iter=30, device=None, resources=None, restart=False,
+            progress=False, callbacks=None, log=print) -> JobResult:
+    """Fit on ``train_shard``, evaluate on both shards, write results.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    run_dir : path
+        The SAE run (``inference/<shard_id>/token_acts.npz``).
+    train_shard, test_shard : path
+        Shard folders (``metadata.json``, ``labels.bin``).
+    out_dirs : (path, path), optional
+        Where train and test results go; default each split's inference folder.
+    restart : bool
+        Ignore (and replace) an existing checkpoint.
+    log : callable
+        Receives one-line progress messages.
+
+    Returns
+    -------
+    JobResult
+    """
+    seconds = {}
+    t0 = time.perf_counter()
+    train = open_shard(run_dir, train_shard, block_nnz=block_nnz, cache_dir=cache_dir)
+    test = open_shard(run_dir, test_shard, block_nnz=block_nnz, cache_dir=cache_dir)
+    _check_pair(train, test)
+    n_classes = count_classes(train, test)
+    seconds["open"] = time.perf_counter() - t0
+    if out_dirs is None:
+        out_dirs = [Path(run_dir) / "inference" / s.shard_id for s in (train, test)]
+    out_dirs = [Path(d) for d in out_dirs]
+    for d in out_dirs:
+        check_writable(d)
+    log(f"train {train.shard_id}: {train.n_rows:,} rows x {train.n_latents:,} latents, "
+        f"{train.nnz:,} non-zeros in {len(train.row_blocks)} blocks; test {test.shard_id}: "
+        f"{test.n_rows:,} rows, {test.nnz:,} non-zeros; {n_classes} classes")
+
+    checkpoint = out_dirs[0] / CHECKPOINT_NAME
+    if restart:
+        checkpoint.unlink(missing_ok=True)
+    identity = {"train": train.source.identity, "train_labels": str(train.labels.path),
+                "n_rows": train.n_rows, "n_latents": train.n_latents}
+    fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, resources=resources,
+                         checkpoint=checkpoint, identity=identity, progress=progress,
+                         callbacks=callbacks)
+    t1 = time.perf_counter()
+    fitter.fit(train.X, train.y, n_classes=n_classes, client=client)
+    seconds["fit"] = time.perf_counter() - t1
+    b, w = fitter.intercept_, fitter.coef_
+
+    t2 = time.perf_counter()
+    train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
+                                   label_sums=fitter.label_sums_, device=device, resources=resources)
+    from .passes import latent_blocks
+
+    test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
+                                  device=device, resources=resources)
+    seconds["evaluate"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    table = class_table(train_metrics, test_metrics)
+    paths = []
+    for split, d in zip((train_metrics, test_metrics), out_dirs):
+        paths.append(write_metrics_npz(d / METRICS_NAME, loss=split.loss, weights=w, biases=b,
+                                       tp=split.tp, fp=split.fp, tn=split.tn, fn=split.fn))
+    summary = {
+        "run": str(Path(run_dir).resolve()),
+        "train_shard": str(Path(train_shard).resolve()),
+        "test_shard": str(Path(test_shard).resolve()),
+        "n_latents": train.n_latents, "n_classes": n_classes,
+        "train_rows": train.n_rows, "test_rows": test.n_rows,
+        "train_nnz": train.nnz, "test_nnz": test.nnz,
+        "solver_passes": fitter.n_iter_, "ridge": ridge,
+        "pairs": int(b.size), "converged_pairs": int(fitter.converged_.sum()),
+        "seconds": seconds,
+    }
+    classes_paths = [write_json(d / CLASSES_NAME, {"summary": summary, "classes": table})
+                     for d in out_dirs]
+    seconds["write"] = time.perf_counter() - t3
+    checkpoint.unlink(missing_ok=True)  # the results are final now
+    return JobResult(
+        train_metrics=paths[0], test_metrics=paths[1], classes_json=classes_paths, table=table,
+        n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()), n_pairs=int(b.size),
+        seconds=seconds, fitter=fitter,
+    )
+
+
+def format_table(table, limit=None) -> str:
+    """The per-class table as aligned text (what the CLI prints)."""
+    head = (f"{'class':>5} {'latent':>6} {'train loss':>10} {'test loss':>10} "
+            f"{'baseline':>9} {'R train':>8} {'R test':>8}")
+    lines = [head]
+    for row in table[:limit]:
+        lines.append(
+            f"{row['class']:>5} {row['best_latent']:>6} {row['train_loss']:>10.5f} "
+            f"{row.get('test_loss', np.nan):>10.5f} {row['train_baseline_ce']:>9.5f} "
+            f"{row['train_probe_r']:>8.3f} {row.get('test_probe_r', np.nan):>8.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,439 @@
+"""Per-block math: label sums, fit sums and evaluation sums over the non-zeros of a block.
+
+A block of rows is held as a :class:`LatentBlock`: its non-zero events grouped by latent
+(the CSC layout of the block), so that every per-latent sum is a reduction over a
+contiguous run of events. The parameters of the pairs still being fitted travel as
+:class:`ActivePairs`, also grouped by latent, so stopped pairs cost nothing and latents
+without pairs are skipped.
+
+Two backends compute :func:`fit_sums` and :func:`eval_sums`:
+
+- ``'c'``: a fused CPU kernel (:mod:`probe_dask.ckernel`), compiled on first use; no
+  temporaries beyond a few L1-sized tile buffers. Used by default on CPU when available.
+- ``'torch'``: the same math as chunked torch ops, on CPU or CUDA unchanged.
+
+Numerics (both backends): ``eta = b + w v`` is formed in float64 (``v`` promoted), the
+transcendental part (``exp(-|eta|)``, ``log1p``) may be float32, every accumulation is
+float64, and the decision ``eta > 0`` is taken on the float64 ``eta``. Results therefore
+do not depend on how rows are split into blocks, beyond float64 summation order.
+
+Memory per process, per call:
+
+- the block itself, ``LatentBlock.nbytes`` = ``8 (L+1) + 8 nnz + n_rows`` bytes
+  (int32 row + float32 value per non-zero, one label byte per row); the torch backend on
+  CUDA also holds a device copy of it during the call;
+- the pairs, ``ActivePairs.nbytes`` = ``8 (L+1) + 20 P`` bytes;
+- the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes, and for
+  :func:`label_sums` two ``(L, C)`` float64 arrays (``16 L C`` bytes, 79 MB at 32768 x 151);
+- torch backend temporaries: at most about ``2 work_chunk`` (event x pair) elements per
+  chunk, about 100 bytes each (``work_chunk`` defaults to 2**20 on CPU, 2**22 on CUDA:
+  about 200 MB / 800 MB peak); the C backend needs about 50 KB of tile buffers per thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LatentBlock",
+    "ActivePairs",
+    "LabelSums",
+    "label_sums",
+    "fit_sums",
+    "eval_sums",
+    "resolve_device",
+    "FIT_FIELDS",
+    "EVAL_FIELDS",
+]
+
+#: Row names of the ``(6, P)`` array returned by :func:`fit_sums`.
+FIT_FIELDS = ("mu", "mu_v", "s", "s_v", "s_v2", "softplus")
+#: Row names of the ``(3, P)`` array returned by :func:`eval_sums`.
+EVAL_FIELDS = ("softplus", "pred_pos", "true_pos")
+
+_CPU_WORK_CHUNK = 2**20
+_CUDA_WORK_CHUNK = 2**22
+
+
+@dataclass
+class LatentBlock:
+    """The non-zero events of a block of rows, grouped by latent.
+
+    Parameters
+    ----------
+    latent_ptr : ndarray of int64, shape (L + 1,)
+        Events of latent ``l`` are positions ``latent_ptr[l]:latent_ptr[l + 1]``.
+    rows : ndarray of int32, shape (nnz,)
+        Block-local row of each event; ascending within a latent.
+    values : ndarray of float32, shape (nnz,)
+        Activation value of each event.
+    labels : ndarray of uint8, shape (n_rows,)
+        Class label of each row of the block.
+    """
+
+    latent_ptr: np.ndarray
+    rows: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def from_csr(cls, csr, labels) -> "LatentBlock":
+        """Group the non-zeros of a CSR row block by latent.
+
+        Parameters
+        ----------
+        csr : scipy.sparse CSR matrix or array, shape (n_rows, L)
+            The block's rows. Duplicate entries are summed; explicit zeros are kept
+            (they are events with ``v = 0``, exactly like the implicit zeros' math).
+        labels : array_like of uint8, shape (n_rows,)
+            Labels of the block's rows.
+
+        Returns
+        -------
+        LatentBlock
+        """
+        n_rows, _ = csr.shape
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        if labels.shape != (n_rows,):
+            raise ValueError(f"labels: shape {labels.shape}, expected ({n_rows},)")
+        if n_rows >= 2**31:
+            raise ValueError(f"block of {n_rows} rows: int32 row index overflows")
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()
+        # scipy's csr -> csc conversion is a counting sort that visits rows in order,
+        # so rows come out ascending within each latent.
+        csc = csr.tocsc()
+        return cls(
+            latent_ptr=np.asarray(csc.indptr, dtype=np.int64),
+            rows=np.asarray(csc.indices, dtype=np.int32),
+            values=np.asarray(csc.data, dtype=np.float32),
+            labels=labels,
+        )
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows of the block."""
+        return int(self.labels.shape[0])
+
+    @property
+    def n_latents(self) -> int:
+        """Number of latents (columns)."""
+        return int(self.latent_ptr.shape[0] - 1)
+
+    @property
+    def nnz(self) -> int:
+        """Number of non-zero events."""
+        return int(self.values.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the block's arrays."""
+        return sum(int(a.nbytes) for a in (self.latent_ptr, self.rows, self.values, self.labels))
+
+
+@dataclass
+class ActivePairs:
+    """The (latent, class) pairs a pass must compute, grouped by latent.
+
+    Parameters
+    ----------
+    latent_ptr : ndarray of int64, shape (L + 1,)
+        Pairs of latent ``l`` are positions ``latent_ptr[l]:latent_ptr[l + 1]``.
+    classes : ndarray of int32, shape (P,)
+        Class of each pair, ascending within a latent.
+    b, w : ndarray of float64, shape (P,)
+        Intercept and slope of each pair.
+    """
+
+    latent_ptr: np.ndarray
+    classes: np.ndarray
+    b: np.ndarray
+    w: np.ndarray
+
+    @classmethod
+    def all_pairs(cls, b, w) -> "ActivePairs":
+        """Every pair of ``(L, C)`` parameter arrays, latent-major.
+
+        Parameters
+        ----------
+        b, w : array_like, shape (L, C)
+
+        Returns
+        -------
+        ActivePairs
+        """
+        b = np.asarray(b, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64)
+        if b.ndim != 2 or b.shape != w.shape:
+            raise ValueError(f"b, w: shapes {b.shape}, {w.shape}; expected equal (L, C)")
+        n_lat, n_cls = b.shape
+        return cls(
+            latent_ptr=np.arange(n_lat + 1, dtype=np.int64) * n_cls,
+            classes=np.tile(np.arange(n_cls, dtype=np.int32), n_lat),
+            b=np.ascontiguousarray(b.ravel()),
+            w=np.ascontiguousarray(w.ravel()),
+        )
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of pairs ``P``."""
+        return int(self.classes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pairs' arrays."""
+        return sum(int(a.nbytes) for a in (self.latent_ptr, self.classes, self.b, self.w))
+
+
+@dataclass
+class LabelSums:
+    """Label-dependent sums of one or more blocks (constant across iterations).
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows summed over.
+    class_rows : ndarray of int64, shape (C,)
+        Rows of each class.
+    count : ndarray of int64, shape (L,)
+        Non-zeros of each latent.
+    sum_v2 : ndarray of float64, shape (L,)
+        Sum of ``v**2`` over each latent's non-zeros.
+    pos : ndarray of float64, shape (L, C)
+        Positives of class ``c`` among the non-zeros of latent ``l``.
+    vpos : ndarray of float64, shape (L, C)
+        Sum of ``v`` over those positive events.
+    """
+
+    n_rows: int
+    class_rows: np.ndarray
+    count: np.ndarray
+    sum_v2: np.ndarray
+    pos: np.ndarray
+    vpos: np.ndarray
+
+    def __add__(self, other: "LabelSums") -> "LabelSums":
+        if not isinstance(other, LabelSums):
+            return NotImplemented
+        if self.pos.shape != other.pos.shape:
+            raise ValueError(f"LabelSums shapes differ: {self.pos.shape} vs {other.pos.shape}")
+        return LabelSums(
+            n_rows=self.n_rows + other.n_rows,
+            class_rows=self.class_rows + other.class_rows,
+            count=self.count + other.count,
+            sum_v2=self.sum_v2 + other.sum_v2,
+            pos=self.pos + other.pos,
+            vpos=self.vpos + other.vpos,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        arrays = (self.class_rows, self.count, self.sum_v2, self.pos, self.vpos)
+        return sum(int(a.nbytes) for a in arrays)
+
+
+def label_sums(block: LatentBlock, n_classes: int) -> LabelSums:
+    """Label-dependent sums of one block, in O(nnz) work and no one-hot labels.
+
+    Parameters
+    ----------
+    block : LatentBlock
+    n_classes : int
+        ``C``; every label must be below it.
+
+    Returns
+    -------
+    LabelSums
+    """
+    n_lat = block.n_latents
+    if block.n_rows and int(block.labels.max()) >= n_classes:
+        raise ValueError(f"label {int(block.labels.max())} >= n_classes {n_classes}")
+    count = np.diff(block.latent_ptr)
+    lat = np.repeat(np.arange(n_lat, dtype=np.int64), count)
+    v = block.values.astype(np.float64)
+    # bincount accumulates its weights in float64.
+    sum_v2 = np.bincount(lat, weights=v * v, minlength=n_lat)
+    key = lat * n_classes + block.labels[block.rows]
+    size = n_lat * n_classes
+    pos = np.bincount(key, minlength=size).astype(np.float64).reshape(n_lat, n_classes)
+    vpos = np.bincount(key, weights=v, minlength=size).reshape(n_lat, n_classes)
+    class_rows = np.bincount(block.labels, minlength=n_classes).astype(np.int64)
+    return LabelSums(block.n_rows, class_rows, count.astype(np.int64), sum_v2, pos, vpos)
+
+
+def resolve_device(device=None) -> torch.device:
+    """The torch device to compute on: ``None``/``'auto'`` = CUDA if available, else CPU."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1):
+    """Label-free sums of a solver iteration over one block.
+
+    Parameters
+    ----------
+    block : LatentBlock
+    pairs : ActivePairs
+        Pairs to compute; must have ``block.n_latents`` latents.
+    device : str or torch.device, optional
+        See :func:`resolve_device`.
+    backend : {'auto', 'c', 'torch'}
+        ``'auto'`` uses the C kernel on CPU when it is available, torch otherwise.
+    work_chunk : int, optional
+        Torch backend: (event x pair) elements per chunk of temporaries.
+    threads : int
+        C backend: threads splitting the latents of this call (each releases the GIL).
+
+    Returns
+    -------
+    ndarray of float64, shape (6, P)
+        Per pair, over the non-zero events of its latent with ``eta = b + w v``:
+        ``[sum mu, sum mu v, sum s, sum s v, sum s v^2, sum softplus(eta)]`` with
+        ``mu = sigmoid(eta)``, ``s = mu (1 - mu)`` (rows named in :data:`FIT_FIELDS`).
+    """
+    return _dispatch("fit", block, pairs, device, backend, work_chunk, threads)
+
+
+def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1):
+    """Evaluation sums over one block.
+
+    Parameters are those of :func:`fit_sums`.
+
+    Returns
+    -------
+    ndarray of float64, shape (3, P)
+        Per pair, over the non-zero events of its latent: ``[sum softplus(eta),
+        count(eta > 0), count(eta > 0 and label of the event's row == pair's class)]``.
+    """
+    return _dispatch("eval", block, pairs, device, backend, work_chunk, threads)
+
+
+def _check(block: LatentBlock, pairs: ActivePairs) -> None:
+    if pairs.latent_ptr.shape[0] != block.latent_ptr.shape[0]:
+        raise ValueError(
+            f"pairs have {pairs.latent_ptr.shape[0] - 1} latents, block {block.n_latents}"
+        )
+
+
+def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
+    _check(block, pairs)
+    if backend not in ("auto", "c", "torch"):
+        raise ValueError(f"backend={backend!r}; expected 'auto', 'c' or 'torch'")
+    dev = resolve_device(device)
+    if backend != "torch" and dev.type == "cpu":
+        from probe_dask import ckernel
+
+        if ckernel.available():
+            fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
+            return fn(block, pairs, threads=threads)
+        if backend == "c":
+            raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
+    elif backend == "c":
+        raise ValueError(f"backend='c' runs on CPU only, not {dev}")
+    return _torch_sums(kind, block, pairs, dev, work_chunk)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def _plan_chunks(ev_ptr, pair_ptr, work_chunk):
+    """Cut the work into units (a latent's event slice x all its pairs) and chunks.
+
+    A latent whose events x pairs exceed ``work_chunk`` is split into event slices; units
+    are then grouped in latent order so that each chunk holds at most ``work_chunk``
+    elements plus its last unit (so at most ``2 work_chunk``). Latents without events or
+    without pairs produce no unit.
+
+    Returns
+    -------
+    units : tuple of ndarrays (lat, e0, n_ev, p0, n_pairs), one entry per unit
+    bounds : ndarray of int64, unit index boundaries of the chunks
+    """
+    n_ev = np.diff(ev_ptr)
+    n_pr = np.diff(pair_ptr)
+    lat = np.flatnonzero((n_ev > 0) & (n_pr > 0))
+    n_ev, n_pr = n_ev[lat], n_pr[lat]
+    n_slices = -(-(n_ev * n_pr) // work_chunk)
+    size = -(-n_ev // n_slices)
+    first = np.cumsum(n_slices) - n_slices
+    u_lat_i = np.repeat(np.arange(lat.size), n_slices)
+    j = np.arange(u_lat_i.size) - first[u_lat_i]
+    e0 = ev_ptr[lat][u_lat_i] + j * size[u_lat_i]
+    e1 = np.minimum(e0 + size[u_lat_i], ev_ptr[lat + 1][u_lat_i])
+    u_ev = e1 - e0
+    u_pr = n_pr[u_lat_i]
+    cost = u_ev * u_pr
+    chunk_id = (np.cumsum(cost) - cost) // work_chunk
+    bounds = np.flatnonzero(np.diff(chunk_id)) + 1
+    bounds = np.concatenate([[0], bounds, [u_ev.size]]) if u_ev.size else np.zeros(1, np.int64)
+    units = (lat[u_lat_i], e0, u_ev, pair_ptr[lat][u_lat_i], u_pr)
+    return units, bounds
+
+
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    # from_numpy shares memory but warns on read-only arrays (e.g. from dask frames).
+    if a.flags.writeable and a.flags.c_contiguous:
+        return torch.from_numpy(a).to(device)
+    return torch.tensor(a, device=device)
+
+
+def _torch_sums(kind, block, pairs, dev, work_chunk):
+    n_out = 6 if kind == "fit" else 3
+    out = torch.zeros((n_out, pairs.n_pairs), dtype=torch.float64, device=dev)
+    if work_chunk is None:
+        work_chunk = _CUDA_WORK_CHUNK if dev.type == "cuda" else _CPU_WORK_CHUNK
+    units, bounds = _plan_chunks(block.latent_ptr, pairs.latent_ptr, int(work_chunk))
+    if bounds.size < 2:
+        return out.cpu().numpy()
+    vals = _tensor(block.values, dev)
+    b, w = _tensor(pairs.b, dev), _tensor(pairs.w, dev)
+    if kind == "eval":
+        rows = _tensor(block.rows, dev)
+        labels = _tensor(block.labels, dev)
+        classes = _tensor(pairs.classes, dev)
+    _, u_e0, u_ev, u_p0, u_pr = units
+    for c0, c1 in zip(bounds[:-1], bounds[1:]):
+        # Rows of the chunk: one per (unit, pair), pair-major, so each row's events are
+        # contiguous elements and its sums are segment reductions (no atomics on CUDA).
+        k = u_pr[c0:c1]
+        r_unit = np.repeat(np.arange(c0, c1), k)
+        r_pair = u_p0[r_unit] + np.arange(r_unit.size) - np.repeat(np.cumsum(k) - k, k)
+        r_len = u_ev[r_unit]
+        r_start = np.cumsum(r_len) - r_len
+        n_el = int(r_len.sum())
+        r_pair_t = torch.from_numpy(r_pair).to(dev)
+        r_len_t = torch.from_numpy(r_len).to(dev)
+        r_shift_t = torch.from_numpy(r_start - u_e0[r_unit]).to(dev)
+        el_row = torch.repeat_interleave(
+            torch.arange(r_len.size, device=dev), r_len_t, output_size=n_el
+        )
+        el_ev = torch.arange(n_el, device=dev) - r_shift_t[el_row]
+        v = vals[el_ev].double()
+        el_pair = r_pair_t[el_row]
+        del el_row
+        eta = b[el_pair] + w[el_pair] * v
+        # exp(-|eta|) never overflows; float32 is enough for the transcendental part.
+        e = torch.exp(-eta.abs().float())
+        softplus = eta.clamp(min=0) + torch.log1p(e).double()
+        parts = [softplus]
+        if kind == "fit":
+            r = 1.0 / (1.0 + e)
+            mu = torch.where(eta >= 0, r, e * r).double()
+            s = (e * r * r).double()
+            sv = s * v
+            parts = [mu, mu * v, s, sv, sv * v, softplus]
+        else:
+            pos = eta > 0
+            hit = pos & (labels[rows[el_ev]].int() == classes[el_pair])
+            parts += [pos.double(), hit.double()]
+        del el_ev, el_pair
+        for i, x in enumerate(parts):
+            seg = torch.segment_reduce(x, "sum", lengths=r_len_t, axis=0)
+            out[i].index_add_(0, r_pair_t, seg)
+    return out.cpu().numpy()
