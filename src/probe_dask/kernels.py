@@ -314,26 +314,39 @@ def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thr
     return _dispatch("eval", block, pairs, device, backend, work_chunk, threads)
 
 
-def _check(block: LatentBlock, pairs: ActivePairs) -> None:
+def _check(kind: str, block: LatentBlock, pairs: ActivePairs) -> None:
+    # O(L + P) (plus O(nnz) rows for eval) checks, because the C kernel trusts offsets.
     if pairs.latent_ptr.shape[0] != block.latent_ptr.shape[0]:
         raise ValueError(
             f"pairs have {pairs.latent_ptr.shape[0] - 1} latents, block {block.n_latents}"
         )
+    for name, ptr, n in (("block", block.latent_ptr, block.nnz), ("pairs", pairs.latent_ptr, pairs.n_pairs)):
+        if ptr[0] != 0 or ptr[-1] != n or np.any(np.diff(ptr) < 0):
+            raise ValueError(f"{name}.latent_ptr: not offsets from 0 to {n}")
+    if block.rows.shape != block.values.shape:
+        raise ValueError(f"block: {block.rows.shape[0]} rows for {block.nnz} values")
+    if not pairs.b.shape == pairs.w.shape == pairs.classes.shape:
+        raise ValueError("pairs: classes, b, w differ in length")
+    if kind == "eval" and block.nnz and (block.rows.min() < 0 or block.rows.max() >= block.n_rows):
+        raise ValueError(f"block.rows: outside [0, {block.n_rows})")
 
 
 def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
-    _check(block, pairs)
+    _check(kind, block, pairs)
     if backend not in ("auto", "c", "torch"):
         raise ValueError(f"backend={backend!r}; expected 'auto', 'c' or 'torch'")
     dev = resolve_device(device)
     if backend != "torch" and dev.type == "cpu":
-        from probe_dask import ckernel
-
-        if ckernel.available():
+        try:
+            from probe_dask import ckernel
+        except ImportError as exc:  # pragma: no cover - package always ships it
+            ckernel, reason = None, repr(exc)
+        if ckernel is not None and ckernel.available():
             fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
             return fn(block, pairs, threads=threads)
         if backend == "c":
-            raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
+            reason = reason if ckernel is None else ckernel.unavailable_reason()
+            raise RuntimeError(f"C kernel unavailable: {reason}")
     elif backend == "c":
         raise ValueError(f"backend='c' runs on CPU only, not {dev}")
     return _torch_sums(kind, block, pairs, dev, work_chunk)
@@ -359,8 +372,10 @@ def _plan_chunks(ev_ptr, pair_ptr, work_chunk):
     n_pr = np.diff(pair_ptr)
     lat = np.flatnonzero((n_ev > 0) & (n_pr > 0))
     n_ev, n_pr = n_ev[lat], n_pr[lat]
-    n_slices = -(-(n_ev * n_pr) // work_chunk)
-    size = -(-n_ev // n_slices)
+    # at least one event per slice; a slice of one event may still exceed work_chunk
+    # when a latent has more than work_chunk pairs (never with C classes < work_chunk).
+    size = np.maximum(work_chunk // n_pr, 1)
+    n_slices = -(-n_ev // size)
     first = np.cumsum(n_slices) - n_slices
     u_lat_i = np.repeat(np.arange(lat.size), n_slices)
     j = np.arange(u_lat_i.size) - first[u_lat_i]

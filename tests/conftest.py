@@ -1,0 +1,77 @@
+"""Shared pytest fixtures."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+# --------------------------------------------------------------------------- slurm / browser
+# Tests marked @pytest.mark.slurm or @pytest.mark.browser need a running Slurm or Debian's
+# chromium. Without them they are skipped -- unless PROBE_DASK_REQUIRE_SLURM=1 /
+# PROBE_DASK_REQUIRE_BROWSER=1, where a missing dependency FAILS the test (CI sets these
+# so that a broken Slurm never turns into a silent skip). Start Slurm here with
+# scripts/slurm/install.sh && scripts/slurm/start.sh.
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _unavailable(reason: str, require_env: str):
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{reason} (and {require_env}=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A working Slurm: ``sinfo`` answers. Returns ``{"partitions": [...]}``."""
+    if shutil.which("sinfo") is None:
+        _unavailable("Slurm not available: sinfo not on PATH", "PROBE_DASK_REQUIRE_SLURM")
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P %a %T"], capture_output=True, text=True,
+                           timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        _unavailable(f"Slurm not available: sinfo failed: {exc}", "PROBE_DASK_REQUIRE_SLURM")
+    if r.returncode != 0 or not r.stdout.strip():
+        _unavailable(f"Slurm not available: sinfo exit {r.returncode}: "
+                     f"{(r.stderr or r.stdout).strip()[-300:]}", "PROBE_DASK_REQUIRE_SLURM")
+    return {"partitions": [line.split()[0].rstrip("*") for line in r.stdout.splitlines()]}
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Path of Debian's chromium (``/usr/bin/chromium``) for browser tests."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"browser not available: {CHROMIUM} missing", "PROBE_DASK_REQUIRE_BROWSER")
+    return CHROMIUM
+
+
+@pytest.fixture(autouse=True)
+def _marker_requirements(request):
+    """Gate every test marked ``slurm`` / ``browser`` on the fixtures above."""
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm")
+    if request.node.get_closest_marker("browser") is not None:
+        request.getfixturevalue("chromium")
+
+
+# --------------------------------------------------------------------------- dask / data
+@pytest.fixture(scope="session")
+def local_client():
+    """A real ``distributed`` LocalCluster of 2 worker processes, 1 thread each."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit="3GB") as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small synthetic run in the users' layout (about 500 rows, 128 latents, 8 classes)."""
+    from probe_dask.synthetic import make_run
+
+    return make_run(tmp_path_factory.mktemp("tiny-run"), n_train_examples=8, n_test_examples=4,
+                    tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,
+                    n_planted=4)
+
