@@ -375,3 +375,26 @@ def test_init_state_and_stats(edge):
                           "mean_loss"}
     assert all(type(v) in (int, float) for v in stats.values())
     assert stats["n_iter"] == 1 and stats["max_step"] <= solver.DELTA + 1e-12
+
+
+def test_adaptive_budget_needs_fewer_passes_and_keeps_the_gap(edge, randoms):
+    """The adaptive logit budget (our departure from solver.md) against its fixed budget
+    (budget_growth=1, solver.md exactly): same optimum to 1e-6, far fewer passes."""
+    passes = {}
+    for growth in (1.0, 2.0):
+        worst = 0
+        for X, y, n_cls, ref in [edge] + randoms:
+            k, st, stop_iter, _ = run_solver(X, y, n_cls, max_iter=80, budget_growth=growth)
+            nonempty = k.count > 0
+            assert gaps(X, y, n_cls, ref, st)[nonempty].max() <= GAP_TARGET
+            worst = max(worst, stop_iter[nonempty].max())
+        passes[growth] = worst
+    print(f"\nmost passes to stop: fixed budget {passes[1.0]}, adaptive {passes[2.0]}")
+    assert passes[2.0] < passes[1.0]
+    assert passes[2.0] <= 30
+
+
+def test_fixed_budget_never_exceeds_delta(edge):
+    X, y, n_cls, _ = edge
+    _, _, _, history = run_solver(X, y, n_cls, max_iter=20, budget_growth=1.0)
+    assert max(h["max_step"] for h in history) <= solver.DELTA + 1e-9

@@ -11,9 +11,9 @@ Memory held on the driver (``L`` latents, ``C`` classes, ``P`` active pairs):
 - :class:`ProblemConstants`: ``pos``, ``vpos`` float64 ``(L, C)``; ``class_rows``, ``pi``,
   ``b0``, ``baseline_ce`` float64 ``(C,)``; ``count`` int64, ``n0``, ``qx`` float64 ``(L,)``.
 - :class:`TrustRegionState`: ``b``, ``w``, ``lam``, ``pred_prev``, ``loss_prev``, ``grad``,
-  ``decrement`` float64 ``(L, C)``; ``clipped_prev``, ``active``, ``converged`` bool ``(L, C)``.
+  ``decrement``, ``budget`` float64 ``(L, C)``; ``clipped_prev``, ``active``, ``converged`` bool ``(L, C)``.
 
-9 float64 and 3 bool ``(L, C)`` arrays: 75 bytes a pair, 0.37 GB at 32768 x 151.
+10 float64 and 3 bool ``(L, C)`` arrays: 83 bytes a pair, 0.41 GB at 32768 x 151.
 :func:`step` adds the int64 ``(P,)`` index of the active pairs and about 30 float64
 temporaries of at most ``CHUNK_PAIRS`` pairs (0.38 GB peak measured at P = 4.8 M, 2 s),
 whatever ``P`` is; the ``(6, P)`` sums it is given are the caller's.
@@ -35,6 +35,17 @@ LAM_INIT, LAM_MIN, LAM_MAX = 1e-3, 1e-12, 1e12
 DET_FLOOR = 1e-18                # |det| of the damped unscaled Hessian at or below: retry
 PRED_FLOOR = 1e-18               # denominator floor of the lagged ratio
 FALLBACK_LENGTH = 1e-3 * DELTA   # scaled length of the downhill step of step 4
+# Adaptive logit budget (our one departure from solver.md, see BUDGET_GROWTH below).
+# solver.md caps every step at DELTA = 6 scaled logits and raises the damping after each
+# capped step, so a pair whose optimum lies far out along a flat direction (a rare class
+# that never fires among a latent's non-zeros: the optimum w is tens of qx-scaled logits
+# away, held only by the ridge) crawls 6 per pass and took 30 to 60 passes on realistic
+# data. A capped step whose lagged ratio is >= 0.75 shows the model is good out to the
+# cap, so, as in textbook trust-region methods, its budget doubles (up to BUDGET_MAX) and
+# its damping is not raised; a step with ratio <= 0.25 halves the budget (never below
+# DELTA). BUDGET_GROWTH = 1 restores solver.md exactly.
+BUDGET_GROWTH = 2.0
+BUDGET_MAX = DELTA * 2.0**10
 # Stopping rule (solver.md step 6): Newton decrement <= 1e-8 AND scaled gradient <= 1e-7.
 # A gradient test alone does not bound what is left to gain: a rare latent whose class never
 # fires among its non-zeros has a tiny gradient AND a tiny curvature, so F can still drop by
@@ -73,6 +84,8 @@ class ProblemConstants:
     pos, vpos : ndarray of float64, shape (L, C)
         Positives of ``c`` among the non-zeros of ``l``, and their sum of v [POS, VPOS].
     ridge, eps, decrement_tol, grad_tol : float
+    budget_growth : float
+        Factor of the adaptive logit budget (1.0: solver.md's fixed budget).
     """
 
     n_rows: int
@@ -89,10 +102,11 @@ class ProblemConstants:
     eps: float = 1e-8
     decrement_tol: float = DECREMENT_TOL
     grad_tol: float = GRAD_TOL
+    budget_growth: float = BUDGET_GROWTH
 
     @classmethod
     def from_label_sums(cls, sums, ridge=1e-8, eps=1e-8, *, decrement_tol=DECREMENT_TOL,
-                        grad_tol=GRAD_TOL) -> "ProblemConstants":
+                        grad_tol=GRAD_TOL, budget_growth=BUDGET_GROWTH) -> "ProblemConstants":
         """Constants from the label pass: any object with ``n_rows``, ``class_rows`` (C,),
         ``count`` (L,), ``sum_v2`` (L,), ``pos`` and ``vpos`` (L, C), e.g.
         ``kernels.LabelSums``."""
@@ -113,7 +127,8 @@ class ProblemConstants:
                    baseline_ce=-(pi * np.log(pi) + (1.0 - pi) * np.log1p(-pi)),
                    count=count, n0=(n_rows - count).astype(np.float64), qx=qx, pos=pos,
                    vpos=vpos, ridge=float(ridge), eps=float(eps),
-                   decrement_tol=float(decrement_tol), grad_tol=float(grad_tol))
+                   decrement_tol=float(decrement_tol), grad_tol=float(grad_tol),
+                   budget_growth=float(budget_growth))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -192,6 +207,8 @@ class TrustRegionState:
         F where the last pass evaluated the pair (for a stopped pair: its final F).
     grad, decrement : ndarray of float64
         ``max(|g0|, |g1| / qx)`` and the Newton decrement where last evaluated.
+    budget : ndarray of float64
+        Logit budget of the next step (scaled units; starts at ``DELTA``).
     clipped_prev, active, converged : ndarray of bool
         Last step hit the logit budget; still iterating; met the stopping rule (pairs of
         empty latents count as converged).
@@ -206,13 +223,14 @@ class TrustRegionState:
     loss_prev: np.ndarray
     grad: np.ndarray
     decrement: np.ndarray
+    budget: np.ndarray
     clipped_prev: np.ndarray
     active: np.ndarray
     converged: np.ndarray
     n_iter: int = 0
 
     FLOAT_FIELDS: ClassVar[tuple] = ("b", "w", "lam", "pred_prev", "loss_prev", "grad",
-                                     "decrement")
+                                     "decrement", "budget")
     BOOL_FIELDS: ClassVar[tuple] = ("clipped_prev", "active", "converged")
 
     def __post_init__(self):
@@ -271,7 +289,8 @@ def init_state(constants) -> TrustRegionState:
         b=np.broadcast_to(k.b0, shape), w=np.zeros(shape), lam=np.full(shape, LAM_INIT),
         pred_prev=np.full(shape, np.nan), loss_prev=np.full(shape, np.nan),
         grad=np.full(shape, np.nan), decrement=np.full(shape, np.nan),
-        clipped_prev=np.zeros(shape, bool), active=active, converged=~active)
+        budget=np.full(shape, DELTA), clipped_prev=np.zeros(shape, bool), active=active,
+        converged=~active)
     flat = np.flatnonzero(~active)
     latent, cls = np.divmod(flat, shape[1])
     d = pair_derivatives(k, latent, cls, k.b0[cls], np.zeros(flat.size), np.zeros((6, flat.size)))
@@ -321,14 +340,14 @@ def step(constants, state, sums) -> dict:
                 mean_loss=acc["sum_loss"] / flat.size if flat.size else float("nan"))
 
 
-def _damped_step(g0, g1, h0, h1, h2, lam, qx):
+def _damped_step(g0, g1, h0, h1, h2, lam, qx, budget):
     """Damped, budget-clipped Newton step in the scaled coordinates ``(b, u = qx w)``."""
     hd0, hd2 = h0 + lam, h2 + lam
     det = hd0 * hd2 - h1 * h1
     db, du = (hd2 * g0 - h1 * g1) / det, (hd0 * g1 - h1 * g0) / det
     norm = np.hypot(db, du)
-    clipped = norm > DELTA
-    shrink = np.where(clipped, DELTA / norm, 1.0)
+    clipped = norm > budget
+    shrink = np.where(clipped, budget / norm, 1.0)
     db, du = db * shrink, du * shrink
     pred = g0 * db + g1 * du - 0.5 * (h0 * db * db + 2.0 * h1 * db * du + h2 * du * du)
     # solver.md tests the unscaled damped determinant, which is qx^2 times this one.
@@ -350,9 +369,14 @@ def _step_pairs(k, st, flat, sums, acc):
     clipped_prev = st.clipped_prev.ravel()[flat]
     judged = np.isfinite(pred_prev)
     rho = (st.loss_prev.ravel()[flat] - d.loss) / np.maximum(pred_prev, PRED_FLOOR)
-    lam = np.where(judged & (rho >= 0.75) & ~clipped_prev, lam * 0.1, lam)
-    lam = np.where(judged & (~(rho > 0.25) | clipped_prev), lam * 10.0, lam)  # NaN rho: grow
+    budget = st.budget.ravel()[flat]
+    good, bad = judged & (rho >= 0.75), judged & ~(rho > 0.25)  # NaN rho counts as bad
+    widen = good & clipped_prev & (k.budget_growth > 1.0)
+    lam = np.where(good & ~clipped_prev, lam * 0.1, lam)
+    lam = np.where(bad | (judged & clipped_prev & ~widen), lam * 10.0, lam)
     lam = np.clip(lam, LAM_MIN, LAM_MAX)
+    budget = np.where(widen, np.minimum(budget * k.budget_growth, BUDGET_MAX), budget)
+    budget = np.where(bad, np.maximum(budget / k.budget_growth, DELTA), budget)
 
     # 2 and 6. Pairs with nothing left to gain stop here, take no step, cost no more work.
     stop = (dec <= k.decrement_tol) & (grad <= k.grad_tol)
@@ -365,7 +389,8 @@ def _step_pairs(k, st, flat, sums, acc):
         if todo.size == 0:
             break
         t_db, t_du, t_pred, t_clip, ok = _damped_step(g0[todo], g1[todo], h0[todo], h1[todo],
-                                                      h2[todo], lam[todo], qx[todo])
+                                                      h2[todo], lam[todo], qx[todo],
+                                                      budget[todo])
         done = todo[ok]
         db[done], du[done], pred[done], clipped[done] = t_db[ok], t_du[ok], t_pred[ok], t_clip[ok]
         todo = todo[~ok]
@@ -382,6 +407,7 @@ def _step_pairs(k, st, flat, sums, acc):
     # 5. Update, and keep what the next lagged ratio and the outputs need.
     for name, value in (("b", b - db), ("w", w - du / qx), ("lam", lam), ("pred_prev", pred),
                         ("clipped_prev", clipped), ("loss_prev", d.loss), ("grad", grad),
+                        ("budget", budget),
                         ("decrement", dec), ("active", ~stop), ("converged", stop)):
         getattr(st, name).ravel()[flat] = value
 

@@ -43,7 +43,8 @@ class SyntheticRun:
     train_id, test_id : str
         Shard ids (8 hex characters).
     n_classes, d_sae : int
-        Classes (the train split holds every class) and latents.
+        Classes and latents. The train split holds every class once it has at least
+        ``4 * n_classes`` rows, so that ``n_classes == max(label) + 1``.
     planted : tuple of (int, int)
         ``(latent, class)`` pairs where the latent predicts the class.
     dead : tuple of int

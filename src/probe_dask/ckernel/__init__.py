@@ -34,7 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "unavailable_reason", "library_path", "fit_sums", "eval_sums"]
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "library_path",
+    "load_variant",
+    "fit_sums",
+    "eval_sums",
+]
 
 ABI_VERSION = 1
 SOURCE = Path(__file__).with_name("fused.c")
@@ -121,6 +128,29 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pd_eval_sums.argtypes = [i64, i64, p, p, p, p, p, p, p, p, i64, p]
 
 
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    _declare(lib)
+    if lib.pd_abi_version() != ABI_VERSION:
+        raise OSError(f"{path}: ABI {lib.pd_abi_version()} != {ABI_VERSION}")
+    return lib
+
+
+def load_variant(extra_flags: list[str], cache_dir: Path | None = None) -> ctypes.CDLL:
+    """Compile (or reuse) and load one build variant, e.g. ``[]`` for the portable one.
+
+    For tests and benchmarks; the kernels use the first variant of :data:`VARIANTS` that
+    builds. Raises RuntimeError when it does not build.
+    """
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc)")
+    path, err = _build(cc, BASE_FLAGS + list(extra_flags), cache_dir or _cache_dir())
+    if path is None:
+        raise RuntimeError(err)
+    return _open(path)
+
+
 def _load() -> ctypes.CDLL | None:
     with _lock:
         if "lib" in _state:
@@ -138,14 +168,10 @@ def _load() -> ctypes.CDLL | None:
                     errors.append(err)
                     continue
                 try:
-                    cand = ctypes.CDLL(str(path))
-                    _declare(cand)
-                    if cand.pd_abi_version() != ABI_VERSION:
-                        raise OSError(f"{path}: ABI {cand.pd_abi_version()} != {ABI_VERSION}")
+                    lib = _open(path)
                 except (OSError, AttributeError) as exc:
                     errors.append(repr(exc))
                     continue
-                lib = cand
                 _state["path"], _state["flags"] = path, flags
                 break
         _state["lib"], _state["reason"] = lib, "; ".join(errors)
@@ -184,8 +210,8 @@ def _ranges(ev_ptr, pair_ptr, threads):
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def _run(kind, block, pairs, threads):
-    lib = _load()
+def _run(kind, block, pairs, threads, lib=None):
+    lib = lib if lib is not None else _load()
     if lib is None:
         raise RuntimeError(f"C kernel unavailable: {_state['reason']}")
     n_out = 6 if kind == "fit" else 3

@@ -8,9 +8,11 @@
  * and every sum is accumulated in float64. The decisions eta > 0 use the float64 eta.
  *
  * Layout: events are grouped by latent (CSC of the block); pairs are grouped by latent.
- * The loop is latent -> tile of events (converted once to float64, L1-resident) -> pair
- * -> events, the last one vectorised (omp simd) across events with the six accumulators
- * in registers, so nothing but the tile is loaded per element and nothing is stored.
+ * Per latent, the events are copied in tiles of TILE (as float64, L1-resident); for each
+ * pair the tile is swept in three short vector passes (see fit_latent_events), and the
+ * per-pair sums are added into out once per tile. Latents with few events put 8 pairs,
+ * not 8 events, in the lanes (fit_latent_pairs). Stopped pairs are simply absent, and
+ * latents without pairs or events are skipped.
  *
  * exp and log1p are written here, branch-free and inlined, instead of calling libm:
  * the compiler vectorises them with the loop, without -ffast-math (which on gcc < 13
@@ -71,13 +73,10 @@ static inline float atanh_series(float z) {
  * 4-lane float64 halves for eta and the accumulators. */
 #include <immintrin.h>
 
-#ifndef SMALL_N
-#define SMALL_N 0
-#endif
-/* latents with fewer events put pairs, not events, in the lanes */
+#define SMALL_N 12 /* latents with fewer events put pairs, not events, in the lanes */
 #define PCHUNK 256 /* pairs per chunk of the small-latent path (classes fit in uint8) */
 
-/* exp(-a), a >= 0, 8 lanes; the same algorithm as exp_neg below. */
+/* exp(-a), a >= 0, 8 lanes; the same algorithm as exp_neg above. */
 static inline __m256 exp_neg8(__m256 a) {
     const __m256 magic = _mm256_set1_ps(12582912.0f); /* 1.5 * 2^23: round to int */
     a = _mm256_min_ps(a, _mm256_set1_ps(104.0f));
@@ -114,11 +113,9 @@ static inline __m256 to_f32(__m256d lo, __m256d hi) {
 #define LO_F64(x) _mm256_cvtps_pd(_mm256_castps256_ps128(x))
 #define HI_F64(x) _mm256_cvtps_pd(_mm256_extractf128_ps((x), 1))
 
-/* mu, s, log1p(e) of 8 lanes of float64 eta (given as two halves). */
-static inline void sig8(__m256d lo, __m256d hi, __m256 *mu, __m256 *s, __m256 *lp) {
-    const __m256 x = to_f32(lo, hi);
+/* mu, s, log1p(e) from e = exp(-|x|) and the sign of x (stage B of the events path) */
+static inline void sig_from_e8(__m256 x, __m256 e, __m256 *mu, __m256 *s, __m256 *lp) {
     const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 e = exp_neg8(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
     const __m256 ope = _mm256_add_ps(one, e), tpe = _mm256_add_ps(_mm256_set1_ps(2.0f), e);
     /* one division gives both 1/(1+e) and e/(2+e) */
     const __m256 q = _mm256_div_ps(one, _mm256_mul_ps(ope, tpe));
@@ -130,11 +127,10 @@ static inline void sig8(__m256d lo, __m256d hi, __m256 *mu, __m256 *s, __m256 *l
     *mu = _mm256_blendv_ps(r, er, x); /* sign bit of x set: eta < 0 */
 }
 
-static inline __m256 softplus_log8(__m256d lo, __m256d hi) {
+/* mu, s, log1p(e) of 8 lanes of float64 eta (given as two halves). */
+static inline void sig8(__m256d lo, __m256d hi, __m256 *mu, __m256 *s, __m256 *lp) {
     const __m256 x = to_f32(lo, hi);
-    const __m256 e = exp_neg8(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
-    const __m256 t = _mm256_div_ps(e, _mm256_add_ps(_mm256_set1_ps(2.0f), e));
-    return _mm256_mul_ps(_mm256_add_ps(t, t), atanh_series8(_mm256_mul_ps(t, t)));
+    sig_from_e8(x, exp_neg8(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)), mu, s, lp);
 }
 
 static inline double hsum(__m256d a) {
@@ -168,20 +164,6 @@ static inline int64_t hsum_i64(__m256i a) {
         A[4] = _mm256_fmadd_pd(sv_, (v), A[4]);                                     \
         A[5] = _mm256_add_pd(A[5], _mm256_add_pd(_mm256_max_pd((eta), _mm256_setzero_pd()), (lp))); \
     } while (0)
-
-/* mu, s, log1p(e) from e = exp(-|x|) and the sign of x (stage B of the events path) */
-static inline void sig_from_e8(__m256 x, __m256 e, __m256 *mu, __m256 *s, __m256 *lp) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 ope = _mm256_add_ps(one, e), tpe = _mm256_add_ps(_mm256_set1_ps(2.0f), e);
-    /* one division gives both 1/(1+e) and e/(2+e) */
-    const __m256 q = _mm256_div_ps(one, _mm256_mul_ps(ope, tpe));
-    const __m256 r = _mm256_mul_ps(tpe, q);
-    const __m256 t = _mm256_mul_ps(_mm256_mul_ps(e, ope), q);
-    *lp = _mm256_mul_ps(_mm256_add_ps(t, t), atanh_series8(_mm256_mul_ps(t, t)));
-    const __m256 er = _mm256_mul_ps(e, r);
-    *s = _mm256_mul_ps(er, r);
-    *mu = _mm256_blendv_ps(r, er, x); /* sign bit of x set: eta < 0 */
-}
 
 /* Events in lanes: for each pair, three passes over the tile's events, 8 at a time:
  * A: eta, x = (float)eta, e = exp(-|x|) -> buffers; B: mu, s, log1p(e) -> buffers;
@@ -314,8 +296,8 @@ static void eval_latent_events(int64_t n, const float *vals, const int32_t *rows
             tl[i] = labels[rows[t0 + i]];
         }
         for (int64_t i = m; i < mp; ++i) tv[i] = 0.0, tl[i] = -1;
-        int64_t ml[16];
-        for (int i = 0; i < 16; ++i) ml[i] = (mp - 8) + (i & 7) < m || i < 8 ? -1 : 0;
+        int64_t ml[8]; /* lane masks of the last vector */
+        for (int i = 0; i < 8; ++i) ml[i] = mp - 8 + i < m ? -1 : 0;
         for (int64_t p = 0; p < k; ++p) {
             const __m256d bb = _mm256_set1_pd(b[p]), ww = _mm256_set1_pd(w[p]);
             const __m256i c = _mm256_set1_epi64x(classes[p]);
@@ -338,8 +320,8 @@ static void eval_latent_events(int64_t n, const float *vals, const int32_t *rows
                 const __m256d ehi = _mm256_fmadd_pd(ww, _mm256_load_pd(tv + i + 4), bb);
                 /* only the last vector has lanes past the end */
                 const int last = i + 8 == mp;
-                const __m256d mlo = last ? _mm256_castsi256_pd(_mm256_loadu_si256((const __m256i *)(ml + 8))) : all;
-                const __m256d mhi = last ? _mm256_castsi256_pd(_mm256_loadu_si256((const __m256i *)(ml + 12))) : all;
+                const __m256d mlo = last ? _mm256_castsi256_pd(_mm256_loadu_si256((const __m256i *)ml)) : all;
+                const __m256d mhi = last ? _mm256_castsi256_pd(_mm256_loadu_si256((const __m256i *)(ml + 4))) : all;
                 EVAL_ACC(S0, N0, T0, elo, _mm256_cvtps_pd(_mm_load_ps(tlp + i)),
                          _mm256_load_si256((const __m256i *)(tl + i)), c, mlo);
                 EVAL_ACC(S1, N1, T1, ehi, _mm256_cvtps_pd(_mm_load_ps(tlp + i + 4)),
