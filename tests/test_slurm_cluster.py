@@ -10,23 +10,21 @@ without its --gres directive, which a machine without GPUs cannot grant.
 import copy
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import dask
 import pytest
 from dask_jobqueue.slurm import SLURMJob
-from distributed import get_worker
+from distributed import get_worker, wait
 
 from probe_dask import cluster as C
 
-pytestmark = pytest.mark.slurm
-# Slurm workers cannot import this test module: ship its functions by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
 ROOT_YAML = Path(__file__).resolve().parents[1] / "jobqueue.yaml"
+# Tasks below are functions of this module, pickled by reference: workers import it.
+PROLOGUE = [f"export PYTHONPATH={Path(__file__).resolve().parent}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +44,8 @@ def small(profile, tmp_path, **extra):
     args[args.index("--lifetime") + 1] = "8m"
     args[args.index("--lifetime-stagger") + 1] = "1m"
     kw = dict(cores=1, memory="1GiB", walltime="00:10:00", worker_extra_args=args,
-              log_directory=str(tmp_path), scheduler_options={"dashboard_address": ":0"})
+              log_directory=str(tmp_path), job_script_prologue=PROLOGUE,
+              scheduler_options={"dashboard_address": ":0"})
     kw.update(extra)
     return kw
 
@@ -67,6 +66,10 @@ def wait_gone(job_ids, timeout=20):
 def where(i):
     w = get_worker()
     return w.address, dict(w.state.total_resources)
+
+
+def square(x):
+    return x * x
 
 
 def worker_view():
@@ -111,7 +114,8 @@ def test_cpu_profile_scale_two_jobs(slurm, tmp_path, capsys):
             # pitfall 8: Slurm-started workers read the same yaml (not a notebook setting)
             assert (dask_config, connect, default_profile) == (str(ROOT_YAML), "60s", "cpu")
             assert job_id in job_ids
-        futures = client.map(lambda x: x * x, range(20))
+        futures = client.map(square, range(20))
+        wait(futures, timeout=60)
         assert sum(client.gather(futures)) == sum(x * x for x in range(20))
     assert wait_gone(job_ids) == {}, "closing the cluster must scancel its jobs"
 
@@ -120,7 +124,7 @@ def test_adaptive_keeps_minimum(slurm, tmp_path):
     with C.make_cluster("slurm:cpu", minimum_jobs=1, maximum_jobs=2, jobqueue_config=ROOT_YAML,
                         **small("cpu", tmp_path)) as (cluster, client):
         assert len(client.scheduler_info(n_workers=-1)["workers"]) >= 1
-        assert client.submit(sum, [1, 2, 3]).result() == 6
+        assert client.submit(square, 3).result(timeout=60) == 9
         job_ids = [str(j.job_id) for j in cluster.workers.values()]
     assert wait_gone(job_ids) == {}
 
@@ -152,6 +156,7 @@ def test_gpu_resource_routes_tasks(slurm, tmp_path, capsys):
             assert C.gpu_resources(client) is None  # not every worker has a GPU
             futures = [client.submit(where, i, resources={"GPU": 1}, pure=False)
                        for i in range(40)]
+            wait(futures, timeout=60)
             ran = client.gather(futures)
             assert {addr for addr, _ in ran} == {gpu_addr}
             assert all(res == {"GPU": 1} for _, res in ran)

@@ -25,7 +25,7 @@ def _add_cluster_flags(p):
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="join this running scheduler and start no cluster (same as --cluster tcp://...)")
     g.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
-    g.add_argument("--threads", type=int, default=1, help="threads per local worker (default 1)")
+    g.add_argument("--threads", type=int, default=None, help="threads per local worker (default 1)")
     g.add_argument("--memory-limit", default=None,
                    help="memory limit per worker, e.g. 4GB (default: machine memory / workers)")
     g.add_argument("--jobs", type=int, default=None, help="Slurm: worker jobs to start")
@@ -75,9 +75,13 @@ def _open_client(args):
     from .cluster import make_cluster
 
     spec = args.scheduler or args.cluster
-    return make_cluster(spec, n_workers=args.workers, threads_per_worker=args.threads,
-                        memory_limit=args.memory_limit, jobs=args.jobs,
-                        jobqueue_config=args.jobqueue_config)
+    sizing = dict(n_workers=args.workers, threads_per_worker=args.threads,
+                  memory_limit=args.memory_limit, jobs=args.jobs)
+    if spec == "local" and sizing["threads_per_worker"] is None:
+        sizing["threads_per_worker"] = 1  # torch and the C kernel each use one core per task
+    # Only what the user asked for: joining a running scheduler takes no sizing at all.
+    return make_cluster(spec, jobqueue_config=args.jobqueue_config,
+                        **{k: v for k, v in sizing.items() if v is not None})
 
 
 def _log(msg):
@@ -86,18 +90,19 @@ def _log(msg):
 
 def _run(args, run_dir, train, test):
     from .cluster import gpu_resources
-    from .job import format_table, run_job
+    from .job import format_table, open_inputs, run_job
 
+    kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
+    # Input and output folders are checked before any cluster starts: bad input costs seconds.
+    inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None), **kwargs)
     handle = _open_client(args)
     client = handle.client
     try:
         _log(f"dashboard: {client.dashboard_link}")
         device = None if args.device == "auto" else args.device
-        kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
-        result = run_job(client, run_dir, train, test, cache_dir=getattr(args, "cache_dir", None),
-                         ridge=args.ridge, max_iter=args.max_iter, device=device,
+        result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
                          resources=gpu_resources(client), restart=args.restart, progress=True,
-                         log=_log, **kwargs)
+                         log=_log)
     finally:
         handle.close()
     print(format_table(result.table))

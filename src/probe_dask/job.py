@@ -24,7 +24,8 @@ from .evaluate import class_table, evaluate_split
 from .fit import ProbeFitter
 from .outputs import check_writable, write_json, write_metrics_npz
 
-__all__ = ["JobResult", "run_job", "count_classes", "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
+__all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
+           "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
 
 METRICS_NAME = "probe1d_metrics.npz"
 CLASSES_NAME = "probe1d_classes.json"
@@ -59,22 +60,51 @@ def _check_pair(train: Shard, test: Shard) -> None:
         )
 
 
-def run_job(client, run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DEFAULT_BLOCK_NNZ,
-            cache_dir=None, ridge=1e-8, max_iter=30, device=None, resources=None, restart=False,
-            progress=False, callbacks=None, log=print) -> JobResult:
-    """Fit on ``train_shard``, evaluate on both shards, write results.
+@dataclass
+class JobInputs:
+    """Both shards of a job, opened and checked, and where results go."""
+
+    run_dir: Path
+    train: Shard
+    test: Shard
+    n_classes: int
+    out_dirs: list
+    open_seconds: float = 0.0
+
+
+def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DEFAULT_BLOCK_NNZ,
+                cache_dir=None) -> JobInputs:
+    """Open and validate both shards and the output folders; no cluster is needed.
+
+    Everything that can be wrong with the input (files, sizes, shapes, labels) and with the
+    output folders is found here, before any cluster starts or any fitting begins.
+    """
+    t0 = time.perf_counter()
+    train = open_shard(run_dir, train_shard, block_nnz=block_nnz, cache_dir=cache_dir)
+    test = open_shard(run_dir, test_shard, block_nnz=block_nnz, cache_dir=cache_dir)
+    _check_pair(train, test)
+    n_classes = count_classes(train, test)
+    if out_dirs is None:
+        out_dirs = [Path(run_dir) / "inference" / s.shard_id for s in (train, test)]
+    out_dirs = [Path(d) for d in out_dirs]
+    for d in out_dirs:
+        check_writable(d)
+    return JobInputs(Path(run_dir), train, test, n_classes, out_dirs, time.perf_counter() - t0)
+
+
+def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
+            restart=False, progress=False, callbacks=None, log=print) -> JobResult:
+    """Fit on the train shard, evaluate on both shards, write results.
 
     Parameters
     ----------
     client : distributed.Client
-    run_dir : path
-        The SAE run (``inference/<shard_id>/token_acts.npz``).
-    train_shard, test_shard : path
-        Shard folders (``metadata.json``, ``labels.bin``).
-    out_dirs : (path, path), optional
-        Where train and test results go; default each split's inference folder.
+    inputs : JobInputs
+        From :func:`open_inputs`.
     restart : bool
         Ignore (and replace) an existing checkpoint.
+    callbacks : list of callable, optional
+        Passed to ``ProbeFitter`` (telemetry).
     log : callable
         Receives one-line progress messages.
 
@@ -82,18 +112,9 @@ def run_job(client, run_dir, train_shard, test_shard, *, out_dirs=None, block_nn
     -------
     JobResult
     """
-    seconds = {}
-    t0 = time.perf_counter()
-    train = open_shard(run_dir, train_shard, block_nnz=block_nnz, cache_dir=cache_dir)
-    test = open_shard(run_dir, test_shard, block_nnz=block_nnz, cache_dir=cache_dir)
-    _check_pair(train, test)
-    n_classes = count_classes(train, test)
-    seconds["open"] = time.perf_counter() - t0
-    if out_dirs is None:
-        out_dirs = [Path(run_dir) / "inference" / s.shard_id for s in (train, test)]
-    out_dirs = [Path(d) for d in out_dirs]
-    for d in out_dirs:
-        check_writable(d)
+    train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
+    run_dir = inputs.run_dir
+    seconds = {"open": inputs.open_seconds}
     log(f"train {train.shard_id}: {train.n_rows:,} rows x {train.n_latents:,} latents, "
         f"{train.nnz:,} non-zeros in {len(train.row_blocks)} blocks; test {test.shard_id}: "
         f"{test.n_rows:,} rows, {test.nnz:,} non-zeros; {n_classes} classes")
@@ -128,8 +149,8 @@ def run_job(client, run_dir, train_shard, test_shard, *, out_dirs=None, block_nn
                                        tp=split.tp, fp=split.fp, tn=split.tn, fn=split.fn))
     summary = {
         "run": str(Path(run_dir).resolve()),
-        "train_shard": str(Path(train_shard).resolve()),
-        "test_shard": str(Path(test_shard).resolve()),
+        "train_shard": str(Path(train.labels.path).parent.resolve()),
+        "test_shard": str(Path(test.labels.path).parent.resolve()),
         "n_latents": train.n_latents, "n_classes": n_classes,
         "train_rows": train.n_rows, "test_rows": test.n_rows,
         "train_nnz": train.nnz, "test_nnz": test.nnz,
