@@ -168,3 +168,35 @@ def test_gpu_resource_routes_tasks(slurm, tmp_path, capsys):
                 subprocess.run(["scancel", extra_job], check=False)
         job_ids = [str(j.job_id) for j in cluster.workers.values()]
     assert wait_gone(job_ids + [extra_job]) == {}
+
+
+def test_gpu_directive_rejected_on_a_node_without_gpus(slurm, tmp_path):
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
+    if "gpu" in gres:
+        pytest.skip("this Slurm has GPUs: the unmodified gpu profile is accepted")
+    from probe_dask.errors import ProbeDaskError
+
+    with pytest.raises(ProbeDaskError, match=r"'gpu': Slurm rejects its job script .*gres"):
+        C.make_cluster("slurm:gpu", jobs=1, jobqueue_config=ROOT_YAML, wait_timeout=20,
+                       **small("gpu", tmp_path, job_name="pd-test-gres"))
+    assert squeue_named("pd-test-gres") == ""
+
+
+def squeue_named(name):
+    return subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+def test_workers_not_joining_times_out_and_cancels(slurm, tmp_path):
+    from probe_dask.errors import ProbeDaskError
+
+    t0 = time.perf_counter()
+    with pytest.raises(ProbeDaskError, match=r"only 0 of 1 Dask workers .* PENDING BeginTime"):
+        C.make_cluster("slurm:cpu", jobs=1, jobqueue_config=ROOT_YAML, wait_timeout=3,
+                       **small("cpu", tmp_path, job_name="pd-test-pending",
+                               job_extra_directives=["--begin=now+1hour"]))
+    assert time.perf_counter() - t0 < 30
+    deadline = time.monotonic() + 20
+    while squeue_named("pd-test-pending") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert squeue_named("pd-test-pending") == "", "a failed start must cancel its jobs"

@@ -22,6 +22,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .errors import InputError
 from .labels import LabelsSource, open_labels, read_metadata
+from .paths import require_dir, require_file
 from .store import CSRSource, open_csr
 
 __all__ = ["Shard", "open_shard", "csr_block_array", "label_block_array", "DEFAULT_BLOCK_NNZ"]
@@ -93,10 +94,13 @@ def open_shard(run_dir, shard_dir, *, block_nnz: int = DEFAULT_BLOCK_NNZ, cache_
     -------
     Shard
     """
-    shard_dir = Path(shard_dir)
+    # A missing folder is named with the closest existing path (a typo in a shard id).
+    shard_dir = require_dir(shard_dir, "shard folder", "a saev shard folder (metadata.json, labels.bin)")
+    require_dir(run_dir, "run folder", "an SAE run folder (inference/<shard_id>/token_acts.npz)")
     meta = read_metadata(shard_dir)
-    labels = open_labels(shard_dir)
+    labels = open_labels(shard_dir, meta)
     npz = activations_path(run_dir, shard_dir.name)
+    require_file(npz, "file", "the token_acts.npz of this shard in the run")
     source = open_csr(npz, cache_dir=cache_dir)
     if source.shape[0] != labels.n_rows:
         raise InputError(
@@ -121,7 +125,7 @@ def _row_chunks(blocks) -> tuple:
 
 def csr_block_array(source: CSRSource, blocks) -> da.Array:
     """A dask array whose chunks are CSR row blocks read from ``source``."""
-    name = "csr-rows-" + tokenize(source.identity, blocks)
+    name = "csr-rows-" + tokenize(source.identity, source.fingerprint, blocks)
     dsk = {(name, i, 0): (source.read_rows, r0, r1) for i, (r0, r1) in enumerate(blocks)}
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     meta = sp.csr_matrix((0, 0), dtype=np.float32)

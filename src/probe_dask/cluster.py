@@ -9,22 +9,17 @@ One call, :func:`make_cluster`, turns a short spec into a connected ``Client``:
 - ``"tcp://host:port"`` (any scheduler address): connect to a running scheduler and
   start nothing.
 
-Where ``jobqueue.yaml`` comes from, in order: the ``jobqueue_config`` argument (a file or
-a folder), the ``DASK_CONFIG`` environment variable (Dask's own mechanism, read when
-Python starts), else the copy shipped in this package. An explicit file is merged into
-Dask's configuration with ``dask.config.update(..., priority="new")`` (not
-``dask.config.set``, which would replace the whole ``jobqueue`` section). Every Slurm job
-script exports ``DASK_CONFIG`` pointing at that same file, so the workers read the same
-settings (settings made with ``dask.config.set`` never reach Slurm-started workers).
+``jobqueue.yaml`` is found from the ``jobqueue_config`` argument (file or folder), else
+``DASK_CONFIG`` (Dask's own variable), else the copy shipped in this package; it is merged
+with ``dask.config.update(..., priority="new")`` (``dask.config.set`` with a nested dict
+would replace the whole ``jobqueue`` section). Every job script exports ``DASK_CONFIG``
+pointing at that file, so Slurm-started workers read the same settings (a notebook's
+``dask.config.set`` never reaches them). Partition and interface: keyword argument, else
+``PROBE_DASK_SLURM_PARTITION`` / ``PROBE_DASK_SLURM_INTERFACE``, else the profile, else
+detected (the partition ``sinfo`` marks default; loopback when every node is this host).
 
-The partition and network interface come from the profile, can be overridden with the
-environment variables ``PROBE_DASK_SLURM_PARTITION`` / ``PROBE_DASK_SLURM_INTERFACE``
-(or keyword arguments), and are otherwise detected: the partition ``sinfo`` marks as
-default, and the loopback interface when every node of the partition is this host.
-
-Memory: this module holds only the cluster and client objects; with ``"slurm"`` the
-scheduler runs inside this process, with ``"local"`` in this process too (workers are
-separate processes).
+Memory: only the cluster and client objects; the scheduler of a "local" or "slurm"
+cluster runs in this process, its workers in other processes.
 """
 
 from __future__ import annotations
@@ -98,22 +93,17 @@ class ClusterClient(NamedTuple):
 
 
 def parse_spec(spec: str) -> ClusterSpec:
-    """Parse a cluster spec string.
+    """Parse ``"local"``, ``"slurm"``, ``"slurm:PROFILE"`` or a scheduler address.
 
     Parameters
     ----------
     spec : str
-        ``"local"``, ``"slurm"``, ``"slurm:PROFILE"`` or a scheduler address
-        (``tcp://``, ``tls://``, ``ucx://``, ``inproc://``, ``ws://``, ``wss://``).
+        Addresses start with tcp://, tls://, ucx://, inproc://, ws:// or wss://.
 
     Returns
     -------
     ClusterSpec
-
-    Raises
-    ------
-    ProbeDaskError
-        When the spec is none of these.
+        Raises ProbeDaskError for anything else.
     """
     s = (spec or "").strip()
     if s in ("local", "slurm"):
@@ -131,23 +121,18 @@ def packaged_config_path() -> Path:
 
 
 def load_jobqueue_config(path: str | os.PathLike) -> Path:
-    """Merge a ``jobqueue.yaml`` (or every YAML file of a folder) into Dask's config.
+    """Merge a ``jobqueue.yaml`` (or every YAML/JSON file of a folder) into Dask's config.
+
+    Values in the file win over values already there, earlier ``dask.config.set`` included.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A YAML file, or a folder (all its ``*.yaml``/``*.yml``/``*.json`` are read, as
-        Dask does for ``DASK_CONFIG``).
 
     Returns
     -------
     pathlib.Path
-        The absolute path; job scripts export ``DASK_CONFIG`` set to it.
-
-    Notes
-    -----
-    Values in the file win over values already in the config, including earlier
-    ``dask.config.set`` calls.
+        The absolute path, which job scripts export as ``DASK_CONFIG``.
     """
     p = Path(path).expanduser().resolve()
     if not p.exists():
@@ -166,14 +151,14 @@ def _config_source(jobqueue_config) -> str | None:
     if jobqueue_config is not None:
         return str(load_jobqueue_config(jobqueue_config))
     env = os.environ.get("DASK_CONFIG")
-    if dask.config.get(PROFILES_KEY, None) is not None:
-        if _loaded:
-            return _loaded[-1]
-        return os.path.abspath(env) if env else None
-    if env:
-        raise InputError(env, PROFILES_KEY, "no such section (DASK_CONFIG is set)",
-                         f"the probe-dask section of {packaged_config_path()}")
-    return str(load_jobqueue_config(packaged_config_path()))
+    if dask.config.get(PROFILES_KEY, None) is None:
+        if not env:
+            return str(load_jobqueue_config(packaged_config_path()))
+        load_jobqueue_config(env)  # DASK_CONFIG may have been set after dask was imported
+        if dask.config.get(PROFILES_KEY, None) is None:
+            raise InputError(env, PROFILES_KEY, "no such section (DASK_CONFIG is set)",
+                             f"the probe-dask section of {packaged_config_path()}")
+    return _loaded[-1] if _loaded else (os.path.abspath(env) if env else None)
 
 
 def _has_gpu_resource(worker_extra_args) -> bool:
@@ -188,29 +173,23 @@ def _has_gpu_resource(worker_extra_args) -> bool:
 
 def slurm_profile(name: str | None = None, *, jobqueue_config=None,
                   gpu: bool | None = None) -> tuple[str, dict]:
-    """Look up a named Slurm profile.
+    """Look up a named Slurm profile (InputError naming file and profiles if missing).
 
     Parameters
     ----------
     name : str, optional
-        Profile name; default ``"gpu"`` when ``gpu`` is True, ``"cpu"`` when False, else
+        Default: "gpu" if ``gpu`` is True, "cpu" if False, else
         ``probe-dask.slurm-default-profile``.
     jobqueue_config : str or os.PathLike, optional
         Explicit ``jobqueue.yaml`` (file or folder) to load first.
     gpu : bool, optional
-        Used only to choose the default name.
 
     Returns
     -------
     name : str
     profile : dict
-        A copy of the profile, keys as ``SLURMCluster`` keyword names (``name`` becomes
-        ``job_name``). Keys it leaves out come from ``jobqueue.slurm``.
-
-    Raises
-    ------
-    InputError
-        When the profile does not exist (the message names the file and the profiles).
+        A copy, keys as ``SLURMCluster`` keywords (``name`` becomes ``job_name``); keys it
+        leaves out come from ``jobqueue.slurm``.
     """
     source = _config_source(jobqueue_config)
     profiles = dask.config.get(PROFILES_KEY, None) or {}
@@ -243,14 +222,7 @@ def _partitions() -> list[str]:
 
 
 def detect_partition() -> str | None:
-    """The default Slurm partition (``sinfo -h -o %P`` marks it ``*``).
-
-    Returns
-    -------
-    str or None
-        The default partition, the only partition when there is one, else None (also
-        when ``sinfo`` is missing or fails).
-    """
+    """The partition ``sinfo -h -o %P`` marks default (``*``), or the only one, or None."""
     names = _partitions()
     default = [n[:-1] for n in names if n.endswith("*")]
     if default:
@@ -284,12 +256,11 @@ def detect_interface(partition: str | None = None) -> tuple[str | None, bool]:
     Returns
     -------
     interface : str or None
-        The loopback interface when every node is this host (a one-machine Slurm);
-        otherwise the interface this host routes through to reach the first node; None
-        when nothing could be found out (no ``sinfo``, unresolvable nodes).
+        Loopback when every node is this host; else the interface this host routes
+        through to the first node; None when unknown (no ``sinfo``, unresolvable nodes).
     for_workers : bool
-        True when the workers can use the same interface name (loopback case); else only
-        the scheduler should bind to it and workers choose theirs.
+        True in the loopback case; otherwise only the scheduler binds to ``interface``
+        and workers pick the address from which they reach it.
     """
     cmd = ["sinfo", "-h", "-N", "-o", "%N %o"] + (["-p", partition] if partition else [])
     nodes = [line.split() for line in (_run(cmd) or "").splitlines() if line.strip()]
@@ -360,27 +331,24 @@ def _check_lifetime(walltime, worker_extra_args) -> None:
 
 def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
                          gpu: bool | None = None, **overrides) -> dict:
-    """Keyword arguments for ``SLURMCluster`` from a profile, env and overrides.
+    """Keyword arguments for ``SLURMCluster`` from a profile, the env and overrides.
 
     Parameters
     ----------
     profile : str, optional
-        Profile name (see :func:`slurm_profile`).
+        See :func:`slurm_profile`.
     jobqueue_config : str or os.PathLike, optional
-        Explicit ``jobqueue.yaml`` to load first.
     gpu : bool, optional
-        Chooses the default profile; when given, must agree with whether the profile
-        gives workers a ``GPU`` resource.
+        When given, must agree with whether the profile gives workers a GPU resource.
     **overrides
-        ``SLURMCluster`` keyword arguments; they replace the profile's values
-        (``scheduler_options`` is merged).
+        ``SLURMCluster`` keywords replacing the profile's (``scheduler_options`` merged).
 
     Returns
     -------
     dict
-        Includes ``queue`` and ``interface`` (or ``scheduler_options["interface"]``)
-        resolved as described in the module docstring, and a ``job_script_prologue``
-        that exports ``DASK_CONFIG``.
+        With ``queue`` and ``interface`` (or ``scheduler_options["interface"]``) resolved,
+        and ``job_script_prologue`` exporting ``DASK_CONFIG``. Raises ProbeDaskError when
+        the worker ``--lifetime`` would outlast the walltime.
     """
     source = _config_source(jobqueue_config)
     name, kw = slurm_profile(profile, gpu=gpu)
@@ -420,10 +388,52 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
     return kw
 
 
+def _sbatch_test(cluster, profile: str) -> None:
+    """Ask ``sbatch --test-only`` whether Slurm would accept the job script at all."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="probe-dask-") as f:
+        f.write(cluster.job_script())
+        f.flush()
+        try:
+            r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True,
+                               text=True, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ProbeDaskError(f"Slurm profile {profile!r}: sbatch failed: {exc}") from None
+    if r.returncode != 0:
+        why = " ".join((r.stderr or r.stdout).split()) or f"exit status {r.returncode}"
+        raise ProbeDaskError(f"Slurm profile {profile!r}: Slurm rejects its job script ({why}); "
+                             "see the profile in jobqueue.yaml and cluster.job_script()")
+
+
 def _slurm_report(cluster) -> str:
     ids = [str(j.job_id) for j in cluster.workers.values() if getattr(j, "job_id", None)]
     out = _run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(ids)]) if ids else None
     return f"jobs {', '.join(ids) or '(none submitted)'}; squeue: {(out or '').strip() or '-'}"
+
+
+def _close_quietly(cluster, client) -> None:
+    """Close after a failed start: cancel submitted jobs even if close() trips."""
+    ids = [str(j.job_id) for j in getattr(cluster, "workers", {}).values()
+           if getattr(j, "job_id", None)]
+    for close in (client.close, cluster.close):
+        try:
+            close()
+        except Exception as exc:  # noqa: BLE001 - already failing; report the first error
+            logger.debug("while closing after a failed start: %r", exc)
+    if ids:
+        _run(["scancel", *ids])
+
+
+def _wait(client, n: int, timeout: float, report) -> None:
+    t0 = time.perf_counter()
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError:
+        have = len(client.scheduler_info(n_workers=-1)["workers"])
+        raise ProbeDaskError(f"only {have} of {n} Dask workers joined within {timeout:g} s "
+                             f"({report()})") from None
+    logger.info("%d workers ready in %.1f s", n, time.perf_counter() - t0)
 
 
 def make_cluster(spec: str = "local", *, jobs: int | None = None,
@@ -439,50 +449,46 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
     spec : str
         ``"local"``, ``"slurm"``, ``"slurm:PROFILE"`` or a scheduler address.
     jobs : int, optional
-        Slurm: number of jobs to submit (``cluster.scale(jobs=N)``), waited for. Default
-        1 when neither ``jobs`` nor ``minimum_jobs``/``maximum_jobs`` is given.
+        Slurm: ``scale(jobs=N)`` and wait; default 1 unless ``n_workers`` or
+        ``minimum_jobs``/``maximum_jobs`` is given.
     minimum_jobs, maximum_jobs : int, optional
-        Slurm: make the cluster adaptive between these; waits for ``minimum_jobs``.
+        Slurm: ``adapt(minimum_jobs=, maximum_jobs=)``; waits for the minimum.
     n_workers : int, optional
         Local: worker processes (default: Dask's choice; 1 with ``gpu=True``). Slurm:
-        workers to scale to instead of ``jobs``. Address: wait until this many joined.
-    threads_per_worker : int, optional
-        Local: threads per worker. Slurm: sets ``cores`` to this times ``processes``.
-    memory_limit : str or int, optional
-        Local: memory limit per worker. Slurm: sets ``memory`` to this times ``processes``.
+        workers instead of jobs. Address: wait until this many joined.
+    threads_per_worker, memory_limit : optional
+        Per worker. Local: as LocalCluster. Slurm: ``cores``/``memory`` = this x
+        ``processes``. Address: ignored.
     jobqueue_config : str or os.PathLike, optional
         Slurm: explicit ``jobqueue.yaml`` (file or folder).
     gpu : bool, optional
         Local: True gives each worker a ``GPU=1`` resource. Slurm: picks the "gpu"/"cpu"
-        profile when none is named, and must agree with a named one. Address: unused
-        (check with :func:`gpu_resources`).
+        profile when none is named, must agree with a named one. Address: unused.
     wait_timeout : float
-        Seconds to wait for workers before giving up (ProbeDaskError, cluster closed).
+        Seconds to wait for workers; then ProbeDaskError (with squeue's view), and the
+        cluster is closed.
     **overrides
-        Extra keyword arguments for ``LocalCluster``, ``SLURMCluster`` or ``Client``.
+        Keyword arguments for ``LocalCluster``, ``SLURMCluster`` or ``Client``.
 
     Returns
     -------
     ClusterClient
-        ``(cluster, client)``; ``cluster`` is None for an address.
+        ``(cluster, client)``; ``cluster`` is None for an address. ProbeDaskError: bad
+        spec or profile, Slurm rejecting the job script, workers not joining.
     """
     from distributed import Client
 
     parsed = parse_spec(spec)
-    slurm_only = {"jobs": jobs, "minimum_jobs": minimum_jobs, "maximum_jobs": maximum_jobs}
-    if parsed.kind != "slurm" and any(v is not None for v in slurm_only.values()):
+    if parsed.kind != "slurm" and any(v is not None for v in (jobs, minimum_jobs, maximum_jobs)):
         raise ProbeDaskError(f"cluster spec {spec!r}: jobs/minimum_jobs/maximum_jobs are for "
                              "'slurm' specs; use n_workers")
     if parsed.kind == "address":
-        if threads_per_worker is not None or memory_limit is not None:
-            raise ProbeDaskError(f"cluster spec {spec!r}: an existing scheduler's workers "
-                                 "cannot be resized")
         try:
             client = Client(parsed.address, **overrides)
         except OSError as exc:
-            raise ProbeDaskError(f"{parsed.address}: cannot reach the scheduler: {exc}") from exc
+            raise ProbeDaskError(f"{parsed.address}: cannot reach the scheduler: {exc}") from None
         if n_workers:
-            _wait(client, n_workers, wait_timeout, lambda: f"at {parsed.address}", None)
+            _wait(client, n_workers, wait_timeout, lambda: f"scheduler {parsed.address}")
         return ClusterClient(None, client)
     if parsed.kind == "local":
         from distributed import LocalCluster
@@ -490,8 +496,7 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
         kw = {"n_workers": n_workers or (1 if gpu else None), "processes": True,
               "threads_per_worker": threads_per_worker, "memory_limit": memory_limit,
               "resources": {"GPU": 1} if gpu else None}
-        kw = {k: v for k, v in kw.items() if v is not None}
-        kw.update(overrides)
+        kw = {k: v for k, v in kw.items() if v is not None} | overrides
         cluster = LocalCluster(**kw)
         return ClusterClient(cluster, Client(cluster))
 
@@ -510,6 +515,7 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
     cluster = SLURMCluster(**kw)
     client = Client(cluster)
     try:
+        _sbatch_test(cluster, slurm_profile(parsed.profile, gpu=gpu)[0])
         if minimum_jobs is not None or maximum_jobs is not None:
             lo = minimum_jobs or 0
             cluster.adapt(minimum_jobs=lo, maximum_jobs=max(maximum_jobs or lo, lo, 1))
@@ -518,29 +524,19 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
             cluster.scale(n=n_workers)
             want = n_workers
         else:
-            cluster.scale(jobs=1 if jobs is None else jobs)
-            want = (1 if jobs is None else jobs) * processes
+            jobs = 1 if jobs is None else jobs
+            cluster.scale(jobs=jobs)
+            want = jobs * processes
         if want:
-            _wait(client, want, wait_timeout, lambda: _slurm_report(cluster), cluster)
+            _wait(client, want, wait_timeout, lambda: _slurm_report(cluster))
     except BaseException:
-        client.close()
-        cluster.close()
+        _close_quietly(cluster, client)
         raise
     return ClusterClient(cluster, client)
 
 
-def _wait(client, n: int, timeout: float, report, cluster) -> None:
-    t0 = time.perf_counter()
-    try:
-        client.wait_for_workers(n, timeout=timeout)
-    except TimeoutError:
-        raise ProbeDaskError(f"only {len(client.scheduler_info(n_workers=-1)['workers'])} of "
-                             f"{n} Dask workers joined within {timeout:g} s ({report()})") from None
-    logger.info("%d workers ready in %.1f s", n, time.perf_counter() - t0)
-
-
 def gpu_resources(client) -> dict | None:
-    """The ``resources=`` argument GPU tasks should use on this client's cluster.
+    """The ``resources=`` GPU tasks should use: ``{"GPU": 1}`` or None.
 
     Parameters
     ----------
@@ -550,9 +546,7 @@ def gpu_resources(client) -> dict | None:
     -------
     dict or None
         ``{"GPU": 1}`` when there are workers and every one advertises a ``GPU``
-        resource (so tasks that ask for it can run anywhere it is needed); None
-        otherwise (CPU-only or mixed clusters: run without resource restrictions, or
-        ask for GPUs explicitly).
+        resource; None otherwise (CPU-only or mixed clusters).
     """
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     if workers and all((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values()):

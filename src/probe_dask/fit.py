@@ -45,6 +45,18 @@ def _worker_memory(client) -> int:
     return sum(int(w.get("memory_limit") or 0) for w in workers)
 
 
+def _identity_diff(stored: str, want: str) -> str:
+    """Which entries of two checkpoint identities (JSON) differ, as a short phrase."""
+    try:
+        old, new = json.loads(stored), json.loads(want)
+        flat = [{**{f"input.{k}": v for k, v in (d.get("input") or {}).items()},
+                 **{k: v for k, v in d.items() if k != "input"}} for d in (old, new)]
+        keys = sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
+    except (ValueError, AttributeError):
+        keys = []
+    return f"differs in {', '.join(keys)}" if keys else f"stored {stored}"
+
+
 class ProbeFitter:
     """Fit a 1D logistic-regression probe for every (latent, class) pair.
 
@@ -123,14 +135,21 @@ class ProbeFitter:
 
     def _load_checkpoint(self, n_classes):
         path = Path(self.checkpoint)
-        with np.load(path, allow_pickle=False) as f:
-            stored = str(f["identity"])
-            if stored != self._identity_json(n_classes):
-                raise ProbeDaskError(
-                    f"{path}: checkpoint is for other input or settings (stored {stored}); "
-                    "rerun with --restart to ignore it"
-                )
-            state = solver.TrustRegionState.from_dict({k: f[k] for k in f.files if k != "identity"})
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stored = str(f["identity"])
+                want = self._identity_json(n_classes)
+                if stored != want:
+                    raise ProbeDaskError(
+                        f"{path}: checkpoint is for other input or settings "
+                        f"({_identity_diff(stored, want)}); rerun with --restart to ignore it")
+                state = solver.TrustRegionState.from_dict(
+                    {k: f[k] for k in f.files if k != "identity"})
+        except ProbeDaskError:
+            raise
+        except Exception as exc:  # not ours, older layout, damaged: say so, never guess
+            raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: {exc}); "
+                                 "rerun with --restart to ignore it") from None
         return state
 
     def _save_checkpoint(self, state, n_classes):

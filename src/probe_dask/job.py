@@ -122,11 +122,20 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     checkpoint = out_dirs[0] / CHECKPOINT_NAME
     if restart:
         checkpoint.unlink(missing_ok=True)
-    identity = {"train": train.source.identity, "train_labels": str(train.labels.path),
+    labels_stat = Path(train.labels.path).stat()
+    identity = {"train": train.source.identity, "train_fingerprint": train.source.fingerprint,
+                "train_labels": str(train.labels.path),
+                "train_labels_file": [labels_stat.st_size, labels_stat.st_mtime_ns],
                 "n_rows": train.n_rows, "n_latents": train.n_latents}
+
+    def _log_resume(event, info):
+        if event == "resumed":
+            log(f"resuming from checkpoint at pass {info['n_iter']} ({info['path']}); "
+                "--restart ignores it")
+
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, resources=resources,
                          checkpoint=checkpoint, identity=identity, progress=progress,
-                         callbacks=callbacks)
+                         callbacks=[_log_resume, *(callbacks or ())])
     t1 = time.perf_counter()
     fitter.fit(train.X, train.y, n_classes=n_classes, client=client)
     seconds["fit"] = time.perf_counter() - t1
@@ -143,6 +152,11 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
 
     t3 = time.perf_counter()
     table = class_table(train_metrics, test_metrics)
+    for row in table:  # allowed input: a class of the run that the train shard lacks
+        if row["train_rows"] == 0:
+            row["note"] = "not in the train shard: prior-only probe (w = 0, b = logit(1e-8))"
+            log(f"class {row['class']}: not in the train shard ({row.get('test_rows', 0)} test "
+                "rows); its probes are prior-only")
     paths = []
     for split, d in zip((train_metrics, test_metrics), out_dirs):
         paths.append(write_metrics_npz(d / METRICS_NAME, loss=split.loss, weights=w, biases=b,

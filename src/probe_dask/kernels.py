@@ -54,7 +54,7 @@ FIT_FIELDS = ("mu", "mu_v", "s", "s_v", "s_v2", "softplus")
 #: Row names of the ``(3, P)`` array returned by :func:`eval_sums`.
 EVAL_FIELDS = ("softplus", "pred_pos", "true_pos")
 
-_CPU_WORK_CHUNK = 2**20
+_CPU_WORK_CHUNK = 2**18
 _CUDA_WORK_CHUNK = 2**22
 
 
@@ -355,40 +355,37 @@ def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
 # ----------------------------------------------------------------------------- torch
 
 
-def _plan_chunks(ev_ptr, pair_ptr, work_chunk):
-    """Cut the work into units (a latent's event slice x all its pairs) and chunks.
+def _bucket(k):
+    """Pair counts rounded up to few distinct widths: 1, 2, 4, 8, 16, then multiples of 16."""
+    small = 2 ** np.ceil(np.log2(np.maximum(k, 1))).astype(np.int64)
+    return np.where(k <= 16, small, -(-k // 16) * 16)
 
-    A latent whose events x pairs exceed ``work_chunk`` is split into event slices; units
-    are then grouped in latent order so that each chunk holds at most ``work_chunk``
-    elements plus its last unit (so at most ``2 work_chunk``). Latents without events or
-    without pairs produce no unit.
 
-    Returns
-    -------
-    units : tuple of ndarrays (lat, e0, n_ev, p0, n_pairs), one entry per unit
-    bounds : ndarray of int64, unit index boundaries of the chunks
+def _plan(ev_ptr, pair_ptr, work_chunk):
+    """Yield the torch chunks: ``(width, lat, e0, n)`` arrays of units, one chunk at a time.
+
+    A unit is an event slice of one latent with all its pairs; the latents of a chunk share
+    the padded pair count ``width`` (:func:`_bucket`), so a chunk's work is an
+    ``(events, width)`` matrix. Latents whose events x width exceed ``work_chunk`` are
+    cut into event slices; units are grouped so that a chunk holds at most ``work_chunk``
+    elements plus its last unit. Latents without events or without pairs yield nothing.
     """
-    n_ev = np.diff(ev_ptr)
-    n_pr = np.diff(pair_ptr)
-    lat = np.flatnonzero((n_ev > 0) & (n_pr > 0))
-    n_ev, n_pr = n_ev[lat], n_pr[lat]
-    # at least one event per slice; a slice of one event may still exceed work_chunk
-    # when a latent has more than work_chunk pairs (never with C classes < work_chunk).
-    size = np.maximum(work_chunk // n_pr, 1)
-    n_slices = -(-n_ev // size)
-    first = np.cumsum(n_slices) - n_slices
-    u_lat_i = np.repeat(np.arange(lat.size), n_slices)
-    j = np.arange(u_lat_i.size) - first[u_lat_i]
-    e0 = ev_ptr[lat][u_lat_i] + j * size[u_lat_i]
-    e1 = np.minimum(e0 + size[u_lat_i], ev_ptr[lat + 1][u_lat_i])
-    u_ev = e1 - e0
-    u_pr = n_pr[u_lat_i]
-    cost = u_ev * u_pr
-    chunk_id = (np.cumsum(cost) - cost) // work_chunk
-    bounds = np.flatnonzero(np.diff(chunk_id)) + 1
-    bounds = np.concatenate([[0], bounds, [u_ev.size]]) if u_ev.size else np.zeros(1, np.int64)
-    units = (lat[u_lat_i], e0, u_ev, pair_ptr[lat][u_lat_i], u_pr)
-    return units, bounds
+    n_ev, n_pr = np.diff(ev_ptr), np.diff(pair_ptr)
+    active = np.flatnonzero((n_ev > 0) & (n_pr > 0))
+    widths = _bucket(n_pr[active])
+    for width in np.unique(widths):
+        lat = active[widths == width]
+        size = max(work_chunk // int(width), 1)
+        n_slices = -(-n_ev[lat] // size)
+        u_lat = np.repeat(lat, n_slices)
+        j = np.arange(u_lat.size) - np.repeat(np.cumsum(n_slices) - n_slices, n_slices)
+        e0 = ev_ptr[u_lat] + j * size
+        n = np.minimum(e0 + size, ev_ptr[u_lat + 1]) - e0
+        cost = n * width
+        chunk_id = (np.cumsum(cost) - cost) // work_chunk
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(chunk_id)) + 1, [u_lat.size]])
+        for c0, c1 in zip(cuts[:-1], cuts[1:]):
+            yield int(width), u_lat[c0:c1], e0[c0:c1], n[c0:c1]
 
 
 def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -399,56 +396,55 @@ def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _torch_sums(kind, block, pairs, dev, work_chunk):
-    n_out = 6 if kind == "fit" else 3
-    out = torch.zeros((n_out, pairs.n_pairs), dtype=torch.float64, device=dev)
+    """Chunked torch version of the sums, on any device.
+
+    Each chunk is a matrix of (events of its units) x (padded pair slots): eta is an outer
+    broadcast ``b[unit] + w[unit] * v``, and the sums over each unit's events are
+    contiguous segment reductions along the event axis (no atomics on CUDA). Padding slots
+    point to one extra, discarded output column.
+    """
+    n_out, n_pairs = (6 if kind == "fit" else 3), pairs.n_pairs
     if work_chunk is None:
         work_chunk = _CUDA_WORK_CHUNK if dev.type == "cuda" else _CPU_WORK_CHUNK
-    units, bounds = _plan_chunks(block.latent_ptr, pairs.latent_ptr, int(work_chunk))
-    if bounds.size < 2:
-        return out.cpu().numpy()
+    out = torch.zeros((n_out, n_pairs + 1), dtype=torch.float64, device=dev)
+    n_pr = np.diff(pairs.latent_ptr)
+    if not np.any((np.diff(block.latent_ptr) > 0) & (n_pr > 0)):
+        return out[:, :n_pairs].cpu().numpy()
     vals = _tensor(block.values, dev)
-    b, w = _tensor(pairs.b, dev), _tensor(pairs.w, dev)
+    zero = torch.zeros(1, dtype=torch.float64, device=dev)
+    b = torch.cat([_tensor(pairs.b, dev), zero])
+    w = torch.cat([_tensor(pairs.w, dev), zero])
     if kind == "eval":
-        rows = _tensor(block.rows, dev)
-        labels = _tensor(block.labels, dev)
-        classes = _tensor(pairs.classes, dev)
-    _, u_e0, u_ev, u_p0, u_pr = units
-    for c0, c1 in zip(bounds[:-1], bounds[1:]):
-        # Rows of the chunk: one per (unit, pair), pair-major, so each row's events are
-        # contiguous elements and its sums are segment reductions (no atomics on CUDA).
-        k = u_pr[c0:c1]
-        r_unit = np.repeat(np.arange(c0, c1), k)
-        r_pair = u_p0[r_unit] + np.arange(r_unit.size) - np.repeat(np.cumsum(k) - k, k)
-        r_len = u_ev[r_unit]
-        r_start = np.cumsum(r_len) - r_len
-        n_el = int(r_len.sum())
-        r_pair_t = torch.from_numpy(r_pair).to(dev)
-        r_len_t = torch.from_numpy(r_len).to(dev)
-        r_shift_t = torch.from_numpy(r_start - u_e0[r_unit]).to(dev)
-        el_row = torch.repeat_interleave(
-            torch.arange(r_len.size, device=dev), r_len_t, output_size=n_el
-        )
-        el_ev = torch.arange(n_el, device=dev) - r_shift_t[el_row]
-        v = vals[el_ev].double()
-        el_pair = r_pair_t[el_row]
-        del el_row
-        eta = b[el_pair] + w[el_pair] * v
+        rows, labels = _tensor(block.rows, dev), _tensor(block.labels, dev).int()
+        classes = torch.cat([_tensor(pairs.classes, dev), torch.full((1,), -1, device=dev,
+                                                                     dtype=torch.int32)])
+    for width, lat, e0, n in _plan(block.latent_ptr, pairs.latent_ptr, int(work_chunk)):
+        slot = np.arange(width)
+        pidx = np.where(slot < n_pr[lat][:, None], pairs.latent_ptr[lat][:, None] + slot, n_pairs)
+        pidx = torch.from_numpy(pidx.ravel()).to(dev)
+        unit = np.repeat(np.arange(lat.size), n)
+        ev = torch.from_numpy(np.arange(unit.size) + np.repeat(e0 - (np.cumsum(n) - n), n)).to(dev)
+        unit = torch.from_numpy(unit).to(dev)
+        lengths = torch.from_numpy(n).to(dev)
+        v = vals[ev].double()[:, None]
+        eta = b[pidx].view(-1, width)[unit] + w[pidx].view(-1, width)[unit] * v
         # exp(-|eta|) never overflows; float32 is enough for the transcendental part.
         e = torch.exp(-eta.abs().float())
         softplus = eta.clamp(min=0) + torch.log1p(e).double()
-        parts = [softplus]
         if kind == "fit":
             r = 1.0 / (1.0 + e)
-            mu = torch.where(eta >= 0, r, e * r).double()
-            s = (e * r * r).double()
+            er = e * r
+            mu = torch.where(eta >= 0, r, er).double()
+            s = (er * r).double()
+            del e, r, er
             sv = s * v
             parts = [mu, mu * v, s, sv, sv * v, softplus]
         else:
             pos = eta > 0
-            hit = pos & (labels[rows[el_ev]].int() == classes[el_pair])
-            parts += [pos.double(), hit.double()]
-        del el_ev, el_pair
+            hit = pos & (labels[rows[ev]][:, None] == classes[pidx].view(-1, width)[unit])
+            parts = [softplus, pos.double(), hit.double()]
+        del eta
         for i, x in enumerate(parts):
-            seg = torch.segment_reduce(x, "sum", lengths=r_len_t, axis=0)
-            out[i].index_add_(0, r_pair_t, seg)
-    return out.cpu().numpy()
+            seg = torch.segment_reduce(x, "sum", lengths=lengths, axis=0)
+            out[i].index_add_(0, pidx, seg.ravel())
+    return out[:, :n_pairs].cpu().numpy()

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .errors import InputError
+from .paths import missing_hint
 
 __all__ = ["ShardMetadata", "LabelsSource", "read_metadata", "open_labels"]
 
@@ -65,7 +66,8 @@ def read_metadata(shard_dir) -> ShardMetadata:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise InputError(path, "file", "no such file", "the metadata.json of a saev shard") from None
+        raise InputError(path, "file", "no such file",
+                         f"the metadata.json of a saev shard; {missing_hint(path)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, "file", f"unreadable ({exc})", "a UTF-8 JSON file") from None
     try:
@@ -165,7 +167,8 @@ def open_labels(shard_dir, metadata: ShardMetadata | None = None) -> LabelsSourc
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
-        raise InputError(path, "file", "no such file", "the labels.bin of a saev shard") from None
+        raise InputError(path, "file", "no such file",
+                         f"the labels.bin of a saev shard; {missing_hint(path)}") from None
     if size != meta.n_rows:
         raise InputError(path, "size", f"{size} bytes",
                          f"n_examples * content_tokens_per_example = {meta.n_examples} * "

@@ -11,9 +11,9 @@ Memory held on the driver (``L`` latents, ``C`` classes, ``P`` active pairs):
 - :class:`ProblemConstants`: ``pos``, ``vpos`` float64 ``(L, C)``; ``class_rows``, ``pi``,
   ``b0``, ``baseline_ce`` float64 ``(C,)``; ``count`` int64, ``n0``, ``qx`` float64 ``(L,)``.
 - :class:`TrustRegionState`: ``b``, ``w``, ``lam``, ``pred_prev``, ``loss_prev``, ``grad``,
-  ``decrement``, ``budget`` float64 ``(L, C)``; ``clipped_prev``, ``active``, ``converged`` bool ``(L, C)``.
+  ``decrement``, ``budget``, ``step_b``, ``step_u``, ``quad_prev`` float64 ``(L, C)``; ``clipped_prev``, ``active``, ``converged`` bool ``(L, C)``.
 
-10 float64 and 3 bool ``(L, C)`` arrays: 83 bytes a pair, 0.41 GB at 32768 x 151.
+13 float64 and 3 bool ``(L, C)`` arrays: 107 bytes a pair, 0.53 GB at 32768 x 151.
 :func:`step` adds the int64 ``(P,)`` index of the active pairs and about 30 float64
 temporaries of at most ``CHUNK_PAIRS`` pairs (0.38 GB peak measured at P = 4.8 M, 2 s),
 whatever ``P`` is; the ``(6, P)`` sums it is given are the caller's.
@@ -46,6 +46,23 @@ FALLBACK_LENGTH = 1e-3 * DELTA   # scaled length of the downhill step of step 4
 # DELTA). BUDGET_GROWTH = 1 restores solver.md exactly.
 BUDGET_GROWTH = 2.0
 BUDGET_MAX = DELTA * 2.0**10
+# Lagged backtracking (our second departure). solver.md takes every step, also one that
+# raised F, and only raises the damping for the next one. On rare classes of busy latents
+# (h0 ~ pi, damping of the same order) that settles into a 4-cycle -- bad step, damping up,
+# good step, damping down, the same bad step -- and the pair never stops (seen on the demo
+# data with exact float64 sums). Here a pass that finds F went up (lagged ratio < 0 or NaN)
+# takes the pair halfway back to where it came from; that point's F stays the reference and
+# the predicted reduction of the half step is known from the stored step and its quadratic
+# term, so the next pass judges it as usual. BACKTRACK = False restores solver.md exactly.
+BACKTRACK = True
+# The lagged ratio can only judge a step whose predicted reduction is larger than what
+# rounding does to F. The kernels may evaluate softplus in float32 (solver.md allows
+# per-event math in float32), so F carries up to ~2 ulp of float32 per event:
+# |dF| <= F32_NOISE * sum(softplus over the non-zeros) / N for two evaluations. A step
+# predicted below that is neither judged nor backtracked (its damping and budget stay):
+# near the optimum rho is otherwise noise, backtracks fire at random, and the damping is
+# pumped to LAM_MAX (seen on the demo data). Set to 0 for exact float64 sums.
+F32_NOISE = 4.0 * 2.0**-23
 # Stopping rule (solver.md step 6): Newton decrement <= 1e-8 AND scaled gradient <= 1e-7.
 # A gradient test alone does not bound what is left to gain: a rare latent whose class never
 # fires among its non-zeros has a tiny gradient AND a tiny curvature, so F can still drop by
@@ -86,6 +103,10 @@ class ProblemConstants:
     ridge, eps, decrement_tol, grad_tol : float
     budget_growth : float
         Factor of the adaptive logit budget (1.0: solver.md's fixed budget).
+    backtrack : bool
+        Take back half of a step that raised F (False: solver.md, every step kept).
+    f_noise : float
+        Relative rounding of the per-event softplus (see ``F32_NOISE``).
     """
 
     n_rows: int
@@ -103,10 +124,13 @@ class ProblemConstants:
     decrement_tol: float = DECREMENT_TOL
     grad_tol: float = GRAD_TOL
     budget_growth: float = BUDGET_GROWTH
+    backtrack: bool = BACKTRACK
+    f_noise: float = F32_NOISE
 
     @classmethod
     def from_label_sums(cls, sums, ridge=1e-8, eps=1e-8, *, decrement_tol=DECREMENT_TOL,
-                        grad_tol=GRAD_TOL, budget_growth=BUDGET_GROWTH) -> "ProblemConstants":
+                        grad_tol=GRAD_TOL, budget_growth=BUDGET_GROWTH,
+                        backtrack=BACKTRACK, f_noise=F32_NOISE) -> "ProblemConstants":
         """Constants from the label pass: any object with ``n_rows``, ``class_rows`` (C,),
         ``count`` (L,), ``sum_v2`` (L,), ``pos`` and ``vpos`` (L, C), e.g.
         ``kernels.LabelSums``."""
@@ -128,7 +152,8 @@ class ProblemConstants:
                    count=count, n0=(n_rows - count).astype(np.float64), qx=qx, pos=pos,
                    vpos=vpos, ridge=float(ridge), eps=float(eps),
                    decrement_tol=float(decrement_tol), grad_tol=float(grad_tol),
-                   budget_growth=float(budget_growth))
+                   budget_growth=float(budget_growth), backtrack=bool(backtrack),
+                   f_noise=float(f_noise))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -209,6 +234,9 @@ class TrustRegionState:
         ``max(|g0|, |g1| / qx)`` and the Newton decrement where last evaluated.
     budget : ndarray of float64
         Logit budget of the next step (scaled units; starts at ``DELTA``).
+    step_b, step_u, quad_prev : ndarray of float64
+        Last step taken, in scaled coordinates (``b -= step_b``, ``qx w -= step_u``), and
+        its quadratic model term ``d^T H d``: what a lagged backtrack needs.
     clipped_prev, active, converged : ndarray of bool
         Last step hit the logit budget; still iterating; met the stopping rule (pairs of
         empty latents count as converged).
@@ -224,20 +252,24 @@ class TrustRegionState:
     grad: np.ndarray
     decrement: np.ndarray
     budget: np.ndarray
+    step_b: np.ndarray
+    step_u: np.ndarray
+    quad_prev: np.ndarray
     clipped_prev: np.ndarray
     active: np.ndarray
     converged: np.ndarray
     n_iter: int = 0
 
     FLOAT_FIELDS: ClassVar[tuple] = ("b", "w", "lam", "pred_prev", "loss_prev", "grad",
-                                     "decrement", "budget")
+                                     "decrement", "budget", "step_b", "step_u", "quad_prev")
     BOOL_FIELDS: ClassVar[tuple] = ("clipped_prev", "active", "converged")
 
     def __post_init__(self):
-        # C-contiguous, so that ravel() is a view step() can write through.
+        # C-contiguous, so that ravel() is a view step() can write through;
         for name in self.FLOAT_FIELDS + self.BOOL_FIELDS:
             dtype = np.float64 if name in self.FLOAT_FIELDS else np.bool_
-            value = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+            # Own, writable copies: a broadcast view (L = 1) is contiguous but read-only.
+            value = np.array(getattr(self, name), dtype=dtype, order="C", copy=True)
             if value.ndim != 2 or value.shape != np.shape(self.b):
                 raise ValueError(f"{name}: shape {value.shape}; expected {np.shape(self.b)} (L, C)")
             setattr(self, name, value)
@@ -289,7 +321,8 @@ def init_state(constants) -> TrustRegionState:
         b=np.broadcast_to(k.b0, shape), w=np.zeros(shape), lam=np.full(shape, LAM_INIT),
         pred_prev=np.full(shape, np.nan), loss_prev=np.full(shape, np.nan),
         grad=np.full(shape, np.nan), decrement=np.full(shape, np.nan),
-        budget=np.full(shape, DELTA), clipped_prev=np.zeros(shape, bool), active=active,
+        budget=np.full(shape, DELTA), step_b=np.zeros(shape), step_u=np.zeros(shape),
+        quad_prev=np.full(shape, np.nan), clipped_prev=np.zeros(shape, bool), active=active,
         converged=~active)
     flat = np.flatnonzero(~active)
     latent, cls = np.divmod(flat, shape[1])
@@ -324,7 +357,8 @@ def step(constants, state, sums) -> dict:
     sums = np.asarray(sums, dtype=np.float64)
     if sums.shape != (6, flat.size):
         raise ValueError(f"sums: shape {sums.shape}; expected (6, {flat.size}) active pairs")
-    acc = dict(n_stopped=0, n_clipped=0, n_fallback=0, max_grad=0.0, max_decrement=0.0,
+    acc = dict(n_stopped=0, n_clipped=0, n_fallback=0, n_backtracked=0, max_grad=0.0,
+               max_decrement=0.0,
                max_step=0.0, sum_lam=0.0, sum_loss=0.0)
     with np.errstate(all="ignore"):
         for start in range(0, flat.size, CHUNK_PAIRS):
@@ -334,7 +368,8 @@ def step(constants, state, sums) -> dict:
     n_moved = flat.size - acc["n_stopped"]
     return dict(n_iter=state.n_iter, active_before=int(flat.size), active_after=state.n_active,
                 n_stopped=acc["n_stopped"], n_clipped=acc["n_clipped"],
-                n_fallback=acc["n_fallback"], max_grad=acc["max_grad"],
+                n_fallback=acc["n_fallback"], n_backtracked=acc["n_backtracked"],
+                max_grad=acc["max_grad"],
                 max_decrement=acc["max_decrement"], max_step=acc["max_step"],
                 mean_lam=acc["sum_lam"] / n_moved if n_moved else float("nan"),
                 mean_loss=acc["sum_loss"] / flat.size if flat.size else float("nan"))
@@ -367,7 +402,8 @@ def _step_pairs(k, st, flat, sums, acc):
     # 1. Lagged ratio of the previous step (NaN prediction: first pass or fallback, skip).
     lam, pred_prev = st.lam.ravel()[flat], st.pred_prev.ravel()[flat]
     clipped_prev = st.clipped_prev.ravel()[flat]
-    judged = np.isfinite(pred_prev)
+    noise = k.f_noise * np.abs(sums[5]) / k.n_rows
+    judged = np.isfinite(pred_prev) & (pred_prev > noise)
     rho = (st.loss_prev.ravel()[flat] - d.loss) / np.maximum(pred_prev, PRED_FLOOR)
     budget = st.budget.ravel()[flat]
     good, bad = judged & (rho >= 0.75), judged & ~(rho > 0.25)  # NaN rho counts as bad
@@ -377,14 +413,16 @@ def _step_pairs(k, st, flat, sums, acc):
     lam = np.clip(lam, LAM_MIN, LAM_MAX)
     budget = np.where(widen, np.minimum(budget * k.budget_growth, BUDGET_MAX), budget)
     budget = np.where(bad, np.maximum(budget / k.budget_growth, DELTA), budget)
+    # A step that raised F is taken back halfway (see BACKTRACK); no new step this pass.
+    back = judged & ~(rho >= 0) if k.backtrack else np.zeros(flat.size, bool)
 
     # 2 and 6. Pairs with nothing left to gain stop here, take no step, cost no more work.
-    stop = (dec <= k.decrement_tol) & (grad <= k.grad_tol)
+    stop = ~back & (dec <= k.decrement_tol) & (grad <= k.grad_tol)
 
     # 3. Damped Newton step, damping x10 per failed try.
     db, du = np.zeros(flat.size), np.zeros(flat.size)
     pred, clipped = np.full(flat.size, np.nan), np.zeros(flat.size, bool)
-    todo = np.flatnonzero(~stop)
+    todo = np.flatnonzero(~stop & ~back)
     for _ in range(MAX_TRIES):
         if todo.size == 0:
             break
@@ -404,16 +442,31 @@ def _step_pairs(k, st, flat, sums, acc):
         db[todo] = np.where(usable, along * g0[todo], 0.0)
         du[todo] = np.where(usable, along * g1[todo], 0.0)
 
+    quad = h0 * db * db + 2.0 * h1 * db * du + h2 * du * du
+    step_b, step_u, loss = db, du, d.loss
+    if back.any():
+        # Halfway back: from the point the step left, the half step is (step / 2), its
+        # prediction lin/2 - quad/8 with lin = pred + quad/2, and that point's F stays.
+        half_b, half_u = 0.5 * st.step_b.ravel()[flat], 0.5 * st.step_u.ravel()[flat]
+        quad_old = st.quad_prev.ravel()[flat]
+        db, du = np.where(back, -half_b, db), np.where(back, -half_u, du)
+        step_b, step_u = np.where(back, half_b, step_b), np.where(back, half_u, step_u)
+        pred = np.where(back, 0.5 * pred_prev + 0.125 * quad_old, pred)
+        quad = np.where(back, 0.25 * quad_old, quad)
+        loss = np.where(back, st.loss_prev.ravel()[flat], loss)
+
     # 5. Update, and keep what the next lagged ratio and the outputs need.
     for name, value in (("b", b - db), ("w", w - du / qx), ("lam", lam), ("pred_prev", pred),
-                        ("clipped_prev", clipped), ("loss_prev", d.loss), ("grad", grad),
-                        ("budget", budget),
+                        ("clipped_prev", clipped), ("loss_prev", loss), ("grad", grad),
+                        ("budget", budget), ("step_b", step_b), ("step_u", step_u),
+                        ("quad_prev", quad),
                         ("decrement", dec), ("active", ~stop), ("converged", stop)):
         getattr(st, name).ravel()[flat] = value
 
     acc["n_stopped"] += int(np.count_nonzero(stop))
     acc["n_clipped"] += int(np.count_nonzero(clipped))
     acc["n_fallback"] += int(todo.size)
+    acc["n_backtracked"] += int(np.count_nonzero(back))
     acc["max_grad"] = max(acc["max_grad"], float(np.nanmax(grad, initial=0.0)))
     acc["max_decrement"] = max(acc["max_decrement"], float(np.nanmax(dec, initial=0.0)))
     acc["max_step"] = max(acc["max_step"], float(np.nanmax(np.hypot(db, du), initial=0.0)))

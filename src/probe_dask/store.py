@@ -74,7 +74,9 @@ class CSRSource:
     the source's ``{"path", "size", "mtime_ns"}`` when opened (JSON-able), ``kind``
     ``"inplace"`` (read inside the zip) or ``"store"`` (read from the ingested store),
     ``store_dir`` the folder of ``store.json``, ``indptr``/``indices``/``data`` where the
-    arrays live, and ``chunk_bytes`` the read size of whole-array scans (:meth:`row_blocks`).
+    arrays live, ``chunk_bytes`` the read size of whole-array scans (:meth:`row_blocks`), and
+    ``fingerprint`` a digest of the zip's central directory (each member's CRC-32 and sizes):
+    content replaced under the same size and mtime (``cp -p``, ``rsync -t``) still changes it.
     """
 
     path: str
@@ -87,6 +89,7 @@ class CSRSource:
     indices: ArrayRef = None
     data: ArrayRef = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    fingerprint: str = ""
 
     @property
     def n_rows(self) -> int:
@@ -234,7 +237,8 @@ def open_csr(npz_path, cache_dir=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -
                 verdict = {"ok": False, "error": {k: str(getattr(err, k)) for k in fields}}
             with open(os.path.join(tmp, "store.json"), "w") as f:
                 json.dump({"version": STORE_VERSION, "source": identity, "kind": src.kind,
-                           "shape": list(src.shape), "nnz": src.nnz, "validation": verdict}, f, indent=1)
+                           "fingerprint": src.fingerprint, "shape": list(src.shape), "nnz": src.nnz,
+                           "validation": verdict}, f, indent=1)
             _commit(tmp, sdir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -258,6 +262,9 @@ def _cached(identity, sdir, chunk_bytes) -> CSRSource | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     path = identity["path"]
+    fingerprint = _zip_fingerprint(path)
+    if fingerprint is None or m.get("fingerprint") != fingerprint:
+        return None  # same size and mtime but other content (e.g. `cp -p`): ingest again
     if not verdict["ok"]:
         raise InputError(path, **verdict["error"])
     if m["kind"] == "inplace":
@@ -271,7 +278,22 @@ def _cached(identity, sdir, chunk_bytes) -> CSRSource | None:
             return None  # damaged store: ingest again
         refs[a] = ArrayRef(f, 0, _STORE_DTYPES[a], count)
     return CSRSource(path, (n_rows, n_cols), nnz, identity, "store", sdir, chunk_bytes=chunk_bytes,
-                     **refs)
+                     fingerprint=fingerprint, **refs)
+
+
+def _fingerprint(zf: zipfile.ZipFile) -> str:
+    """Digest of the central directory: names, CRC-32s, sizes and offsets of the members."""
+    rows = sorted((i.filename, i.CRC, i.compress_size, i.file_size, i.header_offset)
+                  for i in zf.infolist())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:24]
+
+
+def _zip_fingerprint(path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _fingerprint(zf)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
 
 
 def _commit(tmp: str, sdir: str) -> None:
@@ -331,7 +353,7 @@ def _open_zip(path, identity, sdir, chunk_bytes):
         inplace = all(heads[a][2] is not None for a in _ARRAYS)
         refs = {a: ArrayRef(path, heads[a][2] or 0, heads[a][0].str, heads[a][1]) for a in _ARRAYS}
         src = CSRSource(path, (n_rows, n_cols), nnz, identity, "inplace" if inplace else "store",
-                        sdir, chunk_bytes=chunk_bytes, **refs)
+                        sdir, chunk_bytes=chunk_bytes, fingerprint=_fingerprint(zf), **refs)
         return src, zf, infos
     except BaseException:
         zf.close()

@@ -1,0 +1,86 @@
+"""Paths given by the user: existence checks that suggest the closest existing path.
+
+A typo in a shard id or a run folder should cost one line that says what is there
+instead (``did you mean .../4b0c69be``), not a traceback about ``metadata.json``.
+
+Memory per process: a directory listing at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["closest_existing", "require_dir", "require_file", "missing_hint"]
+
+_SHOWN = 6  # names of a folder listed when nothing in it is close
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except OSError:
+        return []
+
+
+def closest_existing(path) -> tuple[Path, list[str]]:
+    """The existing path nearest to ``path``.
+
+    Walks up to the deepest ancestor of ``path`` that exists, then down again one missing
+    component at a time, taking the closest name (``difflib``) while one is close enough.
+
+    Returns
+    -------
+    closest : pathlib.Path
+        An existing path.
+    names : list of str
+        When ``closest`` is a folder where no name was close to the next missing
+        component, the first few names it holds (else empty).
+    """
+    p = Path(os.path.abspath(os.fspath(path)))
+    parts = p.parts
+    i = len(parts)
+    while i > 1 and not Path(*parts[:i]).exists():
+        i -= 1
+    base = Path(*parts[:i])
+    for name in parts[i:]:
+        children = _listdir(base) if base.is_dir() else []
+        match = difflib.get_close_matches(name, children, n=1, cutoff=0.6)
+        if not match:
+            return base, children[:_SHOWN] + (["..."] if len(children) > _SHOWN else [])
+        base = base / match[0]
+    return base, []
+
+
+def missing_hint(path) -> str:
+    """``"closest existing path: X"`` (with a few names X holds when none is close)."""
+    closest, names = closest_existing(path)
+    hint = f"closest existing path: {closest}"
+    if names:
+        hint += f" (holds {', '.join(names)})"
+    elif closest.is_dir() and not _listdir(closest):
+        hint += " (empty folder)"
+    return hint
+
+
+def require_dir(path, field: str, expected: str) -> Path:
+    """Return ``path`` when it is a folder; else raise ``InputError`` with a suggestion."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.is_dir():
+        return p
+    found = "a file, not a folder" if p.exists() else "no such folder"
+    raise InputError(p, field, found, f"{expected}; {missing_hint(p)}" if not p.exists()
+                     else expected)
+
+
+def require_file(path, field: str, expected: str) -> Path:
+    """Return ``path`` when it is a file; else raise ``InputError`` with a suggestion."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.is_file():
+        return p
+    found = "a folder, not a file" if p.exists() else "no such file"
+    raise InputError(p, field, found, f"{expected}; {missing_hint(p)}" if not p.exists()
+                     else expected)
