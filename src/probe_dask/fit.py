@@ -225,6 +225,8 @@ class ProbeFitter:
                     pairs_future.release()
                 stats = solver.step(constants, state, sums)
                 stats["pass_seconds"] = time.perf_counter() - start
+                # (non-zero x active pair) units this pass cost: what its time is spent on
+                stats["work_units"] = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
                 self.history_.append(stats)
                 if self.checkpoint is not None:
                     self._save_checkpoint(state, n_classes)

@@ -223,7 +223,8 @@ def open_csr(npz_path, cache_dir=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -
         except OSError as exc:
             if src.kind == "store":
                 raise InputError(sdir, "cache_dir", f"not writable ({exc.strerror})",
-                                 "a writable folder for the ingested store (pass cache_dir)") from None
+                                 "a writable folder for the ingested store "
+                                 "(--cache-dir DIR, or cache_dir=)") from None
             _validate(src, zf, infos, None, chunk_bytes)  # read-only run: validate, cache nothing
             return src
         try:

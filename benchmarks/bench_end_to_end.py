@@ -1,0 +1,121 @@
+"""End to end: fit + evaluation of train and test on a 2-worker LocalCluster (issue 6).
+
+Makes a synthetic run of at least 10 million non-zeros in train with 151 classes, runs the
+whole job, and prints, side by side in one run:
+
+- wall time of the fit and of the evaluation, solver passes, and for each pass the number
+  of active pairs, the (non-zero x active pair) work and the pass time;
+- throughput in (non-zero x class x pass) per second, and ns per unit;
+- what the in-memory tool would take on the same data: 30 iterations per 8-class slab at
+  27 to 55 ns per (non-zero x class x iteration) (its measured range on a 2-core CPU), and
+  the ratio to our wall time;
+- the largest gap to the float64 optimum over a sample of pairs (dense reference).
+
+    python benchmarks/bench_end_to_end.py [--train-examples 512] [--workdir /tmp/pd-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-examples", type=int, default=512)
+    parser.add_argument("--test-examples", type=int, default=128)
+    parser.add_argument("--d-sae", type=int, default=8192)
+    parser.add_argument("--mean-nnz", type=float, default=80)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--block-nnz", type=int, default=1_500_000)
+    parser.add_argument("--max-iter", type=int, default=30)
+    parser.add_argument("--gap-sample", type=int, default=300, help="pairs checked against the reference")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+
+    from distributed import Client, LocalCluster
+
+    from probe_dask.job import open_inputs, run_job
+    from probe_dask.synthetic import make_run
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="pd-e2e-"))
+    t0 = time.perf_counter()
+    run = make_run(work, n_train_examples=args.train_examples, n_test_examples=args.test_examples,
+                   tokens_per_example=256, d_sae=args.d_sae, n_classes=151,
+                   mean_nnz_per_row=args.mean_nnz, seed=7)
+    t_make = time.perf_counter() - t0
+    inputs = open_inputs(run.run_dir, run.train_shard, run.test_shard, block_nnz=args.block_nnz)
+    nnz_train, nnz_test = inputs.train.nnz, inputs.test.nnz
+    C = inputs.n_classes
+    print(f"synthetic run: train {nnz_train:,} non-zeros ({inputs.train.n_rows:,} rows, "
+          f"{len(inputs.train.row_blocks)} blocks), test {nnz_test:,}; {inputs.train.n_latents} "
+          f"latents, {C} classes; made in {t_make:.1f} s", flush=True)
+
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        t1 = time.perf_counter()
+        result = run_job(client, inputs, max_iter=args.max_iter, log=lambda m: None)
+        wall = time.perf_counter() - t1
+    fitter = result.fitter
+
+    # per pass: active pairs and the (non-zero x pair) work they cost
+    counts = fitter.label_sums_.count.astype(np.float64)
+    print(f"\n{'pass':>4} {'active pairs':>13} {'nnz x pairs':>14} {'seconds':>8} {'ns/unit':>8}")
+    work_total = 0.0
+    active = np.ones_like(fitter.converged_)
+    active[counts == 0] = False
+    for h in fitter.history_:
+        # active pairs before this pass: history records them
+        units = None
+        if "active_before" in h:
+            units = h.get("work_units")
+        print(f"{h['n_iter']:>4} {h['active_before']:>13,} "
+              f"{(units if units is not None else float('nan')):>14.3g} {h['pass_seconds']:>8.2f} "
+              f"{(h['pass_seconds'] / units * 1e9 if units else float('nan')):>8.2f}")
+        if units:
+            work_total += units
+
+    passes = fitter.n_iter_
+    fit_s, eval_s = result.seconds["fit"], result.seconds["evaluate"]
+    full_units = nnz_train * C  # one pass over every pair
+    ours_units = full_units * passes + (nnz_train + nnz_test) * C  # upper bound: all pairs every pass
+    print(f"\nfit {fit_s:.1f} s, evaluate (train + test) {eval_s:.1f} s, whole job {wall:.1f} s; "
+          f"{passes} passes; converged {result.n_converged:,} of {result.n_pairs:,} pairs")
+    print(f"throughput over the job: {ours_units / wall:.3g} (non-zero x class x pass)/s "
+          f"= {wall / ours_units * 1e9:.2f} ns per unit (counting every pair in every pass)")
+    baseline_lo, baseline_hi = (27e-9 * 30 * full_units, 55e-9 * 30 * full_units)
+    print(f"in-memory tool, same data: 30 iterations x {full_units:.3g} units at 27..55 ns "
+          f"= {baseline_lo:.0f}..{baseline_hi:.0f} s (fit only)")
+    print(f"ratio (in-memory fit / our whole job): {baseline_lo / wall:.1f}x .. {baseline_hi / wall:.1f}x")
+
+    # gap to the float64 optimum on a sample of pairs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference import exact_loss, reference_fit
+    from shards import dense_shard
+
+    X, y = dense_shard(run.run_dir, run.train_shard) if nnz_train < 4e7 else (None, None)
+    if X is not None:
+        rng = np.random.default_rng(0)
+        nonempty = np.flatnonzero(counts > 0)
+        latents = rng.choice(nonempty, size=min(args.gap_sample // 10, nonempty.size), replace=False)
+        pairs = [(int(l), int(c)) for l in latents for c in rng.choice(C, 10, replace=False)]
+        Xs = X[:, latents]
+        del X
+        idx = {int(l): i for i, l in enumerate(latents)}
+        local = [(idx[l], c) for l, c in pairs]
+        ref = reference_fit(Xs, y, C, pairs=local)
+        ours = exact_loss(Xs, y, C, fitter.intercept_[latents], fitter.coef_[latents])
+        gaps = np.array([ours[i, c] - ref.loss[i, c] for i, c in local])
+        print(f"gap to the float64 optimum over {len(pairs)} sampled pairs: max {gaps.max():.2e}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
