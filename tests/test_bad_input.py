@@ -104,8 +104,9 @@ def truncated_npz(c):
 
 
 def not_a_zip(c):  # np.save of a dense array where save_npz was expected
+    dense = load(c.train_npz).toarray()
     with open(c.train_npz, "wb") as f:
-        np.save(f, load(c.train_npz).toarray())
+        np.save(f, dense)
     return {"file": c.train_npz, "has": ["not a zip archive"]}
 
 
@@ -113,7 +114,8 @@ def corrupt_member(c):  # bytes flipped inside the deflated data.npy: CRC / zlib
     with zipfile.ZipFile(c.train_npz) as zf:
         info = zf.getinfo("data.npy")
     raw = bytearray(c.train_npz.read_bytes())
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 64
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) \
+        + info.compress_size // 2  # past the .npy header: the header still reads
     for i in range(start, start + 32):
         raw[i] ^= 0x5A
     c.train_npz.write_bytes(bytes(raw))
@@ -143,9 +145,9 @@ def indptr_decreasing(c):
 def indptr_short_of_nnz(c):
     m = load(c.train_npz)
     ptr = m.indptr.copy()
-    ptr[-1] -= 1
+    ptr[-1] += 5  # still non-decreasing, but past the end of data.npy
     rewrite(c.train_npz, **{"indptr.npy": ptr})
-    return {"file": c.train_npz, "has": ["indptr.npy[-1]", f"found {m.nnz - 1}", f"nnz = {m.nnz}"]}
+    return {"file": c.train_npz, "has": ["indptr.npy[-1]", f"found {m.nnz + 5}", f"nnz = {m.nnz}"]}
 
 
 def column_out_of_range(c):
@@ -291,13 +293,13 @@ def class_only_in_test(c):
     return {"class": N_CLASSES, "rows": 12}
 
 
-def train_without_nonzeros(c):
+def fit_split_without_nonzeros(c):
     m = load(c.train_npz)
     sp.save_npz(c.train_npz, sp.csr_matrix(m.shape, dtype=np.float32))
     return {}
 
 
-def test_without_nonzeros(c):
+def eval_split_without_nonzeros(c):
     m = load(c.test_npz)
     sp.save_npz(c.test_npz, sp.csr_matrix(m.shape, dtype=np.float32))
     return {}
@@ -322,8 +324,8 @@ def stale_store_same_size_and_mtime(c):
     return {"new": new, "old_store": old}
 
 
-GOOD = {f.__name__: f for f in [class_only_in_test, train_without_nonzeros,
-                                test_without_nonzeros, stale_store_same_size_and_mtime]}
+GOOD = {f.__name__: f for f in [class_only_in_test, fit_split_without_nonzeros,
+                                eval_split_without_nonzeros, stale_store_same_size_and_mtime]}
 
 
 # ----------------------------------------------------------------------------- running
@@ -358,13 +360,24 @@ def listing(root: Path) -> set:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+def uses(name):
+    """Mark a test as reading the result of case ``name`` (so the fixture runs it)."""
+    def mark(fn):
+        fn.case = name
+        return fn
+    return mark
+
+
 def _selected(request, names):
     """Names of this module's cases that the session will run (all of them by default)."""
     want = set()
     for item in request.session.items:
+        if getattr(item, "module", None) is not sys.modules[__name__]:
+            continue
         spec = getattr(item, "callspec", None)
-        if item.module is sys.modules[__name__] and spec and spec.params.get("name") in names:
-            want.add(spec.params["name"])
+        name = spec.params.get("name") if spec else getattr(item.function, "case", None)
+        if name in names:
+            want.add(name)
     return sorted(want)
 
 
@@ -376,8 +389,8 @@ def results(request, base, tmp_path_factory):
     cases = {}
     for name in _selected(request, table):
         c = new_case(base, top / name)
-        before = listing(c.root)
         expect = table[name](c)
+        before = listing(c.root)
         cases[name] = (c, expect, before)
     with ThreadPoolExecutor(PARALLEL) as pool:
         runs = dict(zip(cases, pool.map(lambda n: run_cli(cases[n][0].args), cases)))
@@ -433,6 +446,7 @@ def _check_written(c, r):
     assert not list(c.root.rglob(".probe1d_checkpoint*"))
 
 
+@uses("class_only_in_test")
 def test_class_only_in_test_gets_prior_only_probe(results):
     c, expect, _, r, seconds = results["class_only_in_test"]
     _check_written(c, r)
@@ -456,8 +470,9 @@ def _prior_logit(y, n_classes):
     return np.log(pi) - np.log1p(-pi), -(pi * np.log(pi) + (1 - pi) * np.log1p(-pi))
 
 
+@uses("fit_split_without_nonzeros")
 def test_train_without_nonzeros_every_pair_prior_only(results):
-    c, _, _, r, seconds = results["train_without_nonzeros"]
+    c, _, _, r, seconds = results["fit_split_without_nonzeros"]
     _check_written(c, r)
     y = np.fromfile(c.train / "labels.bin", np.uint8)
     b0, ce = _prior_logit(y, N_CLASSES)
@@ -469,8 +484,9 @@ def test_train_without_nonzeros_every_pair_prior_only(results):
     assert "solver passes: 0" in r.stdout
 
 
+@uses("eval_split_without_nonzeros")
 def test_test_without_nonzeros_is_scored_at_the_intercept(results):
-    c, _, _, r, seconds = results["test_without_nonzeros"]
+    c, _, _, r, seconds = results["eval_split_without_nonzeros"]
     _check_written(c, r)
     m = _metrics(c, c.test)
     y = np.fromfile(c.test / "labels.bin", np.uint8)
@@ -483,6 +499,7 @@ def test_test_without_nonzeros_is_scored_at_the_intercept(results):
     assert np.all(m["tp"] + m["fn"] == pos) and np.all(m["tp"] + m["fp"] + m["tn"] + m["fn"] == y.size)
 
 
+@uses("stale_store_same_size_and_mtime")
 def test_stale_store_is_ingested_again(results):
     c, expect, _, r, seconds = results["stale_store_same_size_and_mtime"]
     _check_written(c, r)

@@ -332,7 +332,7 @@ def test_c_fallbacks(tmp_path):
     code = """
         from probe_dask import ckernel
         assert ckernel.available(), ckernel.unavailable_reason()
-        assert "-march=native" not in ckernel._state["flags"]
+        assert "-march=native" not in ckernel.library_flags()
     """
     # no working compiler: unavailable, with a reason; auto falls back to torch, 'c' raises
     code_broken = """

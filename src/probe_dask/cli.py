@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import ProbeDaskError
+from .telemetry import TELEMETRY_NAME
 
 __all__ = ["main", "build_parser"]
 
@@ -50,6 +51,38 @@ def _add_fit_flags(p):
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
 
 
+def _add_telemetry_flags(p):
+    g = p.add_argument_group("telemetry")
+    g.add_argument("--telemetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="write probe1d_telemetry.jsonl and probe1d_memory.png beside the train "
+                        "results (default: on)")
+    g.add_argument("--telemetry-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between memory samples of every worker (default 1)")
+    g.add_argument("--performance-report", nargs="?", const="", default=None, metavar="HTML",
+                   help="also write Dask's performance report (default path: "
+                        "probe1d_performance.html beside the train results)")
+
+
+def _add_plan_parser(sub):
+    plan = sub.add_parser("plan", help="print the memory plan of a run: every buffer per process, "
+                                       "and the block size (reads headers and indptr only)")
+    _add_data_flags(plan)
+    plan.add_argument("--memory-limit", default=None,
+                      help="memory limit per worker, e.g. 16GB (default: machine memory / workers)")
+    plan.add_argument("--workers", type=int, default=None, help="workers (default: one per core)")
+    plan.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    plan.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                      help="where block kernels run (default cpu)")
+    plan.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 80GB "
+                      "(default: this machine's first GPU, if any)")
+    plan.add_argument("--block-nnz", type=int, default=None,
+                      help="non-zeros per row block (default: the largest that fits)")
+    plan.add_argument("--target-fraction", type=float, default=None,
+                      help="share of the limit every worker must stay under (default 0.6)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe-dask", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -61,13 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_cluster_flags(demo)
     _add_fit_flags(demo)
+    _add_telemetry_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
     fit = sub.add_parser("fit", help="fit and evaluate every (latent, class) probe of a run")
     _add_data_flags(fit)
     _add_cluster_flags(fit)
     _add_fit_flags(fit)
+    _add_telemetry_flags(fit)
     fit.set_defaults(func=_cmd_fit)
+    _add_plan_parser(sub)
     return parser
 
 
@@ -93,18 +129,35 @@ def _run(args, run_dir, train, test):
     from .job import format_table, open_inputs, run_job
 
     kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
+    tele = _start_telemetry(args)
     # Input and output folders are checked before any cluster starts: bad input costs seconds.
     inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None), **kwargs)
+    if tele is not None:
+        tele.host_mem("ingest", seconds=inputs.open_seconds)
+        tele.open(inputs.out_dirs[0] / TELEMETRY_NAME)
     handle = _open_client(args)
     client = handle.client
+    error = None
     try:
         _log(f"dashboard: {client.dashboard_link}")
         device = None if args.device == "auto" else args.device
-        result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
-                         resources=gpu_resources(client), restart=args.restart, progress=True,
-                         log=_log)
+        if tele is not None:
+            tele.attach(client)
+            tele.host_mem("cluster", dashboard=client.dashboard_link)
+        with _performance_report(args, inputs):
+            result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
+                             resources=gpu_resources(client), restart=args.restart, progress=True,
+                             log=_log, callbacks=[tele] if tele is not None else None)
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        handle.close()
+        try:
+            if tele is not None:
+                summary = tele.close(**({"error": error} if error else {}))
+                _log_memory_summary(summary, tele)
+        finally:
+            handle.close()
     print(format_table(result.table))
     print(f"\nsolver passes: {result.n_iter}; converged pairs: {result.n_converged:,} of "
           f"{result.n_pairs:,}; fit {result.seconds['fit']:.1f} s, evaluate "
@@ -113,6 +166,66 @@ def _run(args, run_dir, train, test):
     for p in result.classes_json:
         print(f"  {p}")
     return result
+
+
+def _start_telemetry(args):
+    if not getattr(args, "telemetry", False):
+        return None
+    from .telemetry import Telemetry
+
+    tele = Telemetry(interval=args.telemetry_interval)
+    tele.host_mem("open")
+    return tele
+
+
+def _performance_report(args, inputs):
+    import contextlib
+
+    if getattr(args, "performance_report", None) is None:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    from .telemetry import PERFORMANCE_REPORT_NAME
+
+    path = args.performance_report or str(inputs.out_dirs[0] / PERFORMANCE_REPORT_NAME)
+    _log(f"performance report: {path}")
+    return performance_report(filename=path)
+
+
+def _log_memory_summary(summary, tele):
+    if not summary:
+        return
+    from dask.utils import format_bytes as fb
+
+    pred, meas = summary.get("predicted") or {}, summary["measured"]
+    worker, driver = meas.get("worker_peak_rss_max"), meas.get("driver_peak_rss")
+    line = "memory: peak RSS"
+    if worker:
+        line += f" of a worker {fb(worker)}" + (f" (planned {fb(pred['worker_peak'])})" if pred else "")
+    if driver:
+        line += f", of the driver {fb(driver)}" + (f" (planned {fb(pred['driver_peak'])})" if pred else "")
+    line += f"; worker restarts {summary['worker_restarts']}; telemetry: {tele.path}"
+    _log(line)
+
+
+def _cmd_plan(args):
+    import json
+
+    from .plan import format_plan, plan_run
+    from .telemetry import strict_json
+
+    kw = {} if args.target_fraction is None else {"target_fraction": args.target_fraction}
+    plan = plan_run(args.train_shards, args.test_shards, run=args.run, memory_limit=args.memory_limit,
+                    n_workers=args.workers, threads=args.threads, device=args.device,
+                    block_nnz=args.block_nnz, gpu_memory=args.gpu_memory, **kw)
+    if args.json:
+        print(json.dumps(strict_json(plan.to_dict()), indent=1))
+    else:
+        print(format_plan(plan))
+    if not plan.fits:
+        print(f"probe-dask: error: {plan.message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_fit(args):

@@ -20,8 +20,6 @@ import numpy as np
 
 from .array import DEFAULT_BLOCK_NNZ, Shard, open_shard
 from .errors import InputError
-from .evaluate import class_table, evaluate_split
-from .fit import ProbeFitter
 from .outputs import check_writable, write_json, write_metrics_npz
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
@@ -70,9 +68,11 @@ class JobInputs:
     n_classes: int
     out_dirs: list
     open_seconds: float = 0.0
+    #: Non-zeros per block asked for by the caller; None: the memory plan chooses (plan.py).
+    block_nnz: int | None = None
 
 
-def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DEFAULT_BLOCK_NNZ,
+def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=None,
                 cache_dir=None) -> JobInputs:
     """Open and validate both shards and the output folders; no cluster is needed.
 
@@ -80,8 +80,9 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DE
     output folders is found here, before any cluster starts or any fitting begins.
     """
     t0 = time.perf_counter()
-    train = open_shard(run_dir, train_shard, block_nnz=block_nnz, cache_dir=cache_dir)
-    test = open_shard(run_dir, test_shard, block_nnz=block_nnz, cache_dir=cache_dir)
+    first_nnz = block_nnz or DEFAULT_BLOCK_NNZ  # run_job re-cuts to the memory plan's size
+    train = open_shard(run_dir, train_shard, block_nnz=first_nnz, cache_dir=cache_dir)
+    test = open_shard(run_dir, test_shard, block_nnz=first_nnz, cache_dir=cache_dir)
     _check_pair(train, test)
     n_classes = count_classes(train, test)
     if out_dirs is None:
@@ -89,11 +90,13 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=DE
     out_dirs = [Path(d) for d in out_dirs]
     for d in out_dirs:
         check_writable(d)
-    return JobInputs(Path(run_dir), train, test, n_classes, out_dirs, time.perf_counter() - t0)
+    return JobInputs(Path(run_dir), train, test, n_classes, out_dirs, time.perf_counter() - t0,
+                     block_nnz=block_nnz)
 
 
 def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
-            restart=False, progress=False, callbacks=None, log=print) -> JobResult:
+            restart=False, progress=False, callbacks=None, log=print,
+            memory_plan=True) -> JobResult:
     """Fit on the train shard, evaluate on both shards, write results.
 
     Parameters
@@ -104,14 +107,35 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     restart : bool
         Ignore (and replace) an existing checkpoint.
     callbacks : list of callable, optional
-        Passed to ``ProbeFitter`` (telemetry).
+        Passed to ``ProbeFitter`` (telemetry); also called with ``"plan"``,
+        ``"evaluate_train_start"``, ``"evaluate_train_end"``, ``"evaluate_test_end"`` and
+        ``"write_end"``.
     log : callable
         Receives one-line progress messages.
+    memory_plan : bool
+        Plan memory on the client's workers first (``plan.plan_job``): blocks are cut to
+        the plan's size unless ``inputs.block_nnz`` was given, train blocks are persisted
+        as it says, and a limit that cannot hold one block stops here (ProbeDaskError).
 
     Returns
     -------
     JobResult
     """
+    # Imported here, not at the top: open_inputs (input checks) then needs no torch, so
+    # bad input is reported in about a second.
+    from .evaluate import class_table, evaluate_split
+    from .fit import ProbeFitter
+
+    def _emit(event, **info):
+        for callback in callbacks or ():
+            callback(event, info)
+
+    plan = None
+    if memory_plan:
+        from .plan import plan_job
+
+        inputs, plan = plan_job(client, inputs, device=device, log=log)
+        _emit("plan", plan=plan)
     train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
     run_dir = inputs.run_dir
     seconds = {"open": inputs.open_seconds}
@@ -134,6 +158,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                 "--restart ignores it")
 
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, resources=resources,
+                         persist=plan.persist if plan is not None else "auto",
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())])
     t1 = time.perf_counter()
@@ -142,13 +167,16 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     b, w = fitter.intercept_, fitter.coef_
 
     t2 = time.perf_counter()
+    _emit("evaluate_train_start")
     train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
                                    label_sums=fitter.label_sums_, device=device, resources=resources)
+    _emit("evaluate_train_end", seconds=time.perf_counter() - t2)
     from .passes import latent_blocks
 
     test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
                                   device=device, resources=resources)
     seconds["evaluate"] = time.perf_counter() - t2
+    _emit("evaluate_test_end", seconds=seconds["evaluate"])
 
     t3 = time.perf_counter()
     table = class_table(train_metrics, test_metrics)
@@ -175,6 +203,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     classes_paths = [write_json(d / CLASSES_NAME, {"summary": summary, "classes": table})
                      for d in out_dirs]
     seconds["write"] = time.perf_counter() - t3
+    _emit("write_end", seconds=seconds["write"], paths=[*paths, *classes_paths])
     checkpoint.unlink(missing_ok=True)  # the results are final now
     return JobResult(
         train_metrics=paths[0], test_metrics=paths[1], classes_json=classes_paths, table=table,

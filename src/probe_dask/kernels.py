@@ -8,26 +8,31 @@ without pairs are skipped.
 
 Two backends compute :func:`fit_sums` and :func:`eval_sums`:
 
-- ``'c'``: a fused CPU kernel (:mod:`probe_dask.ckernel`), compiled on first use; no
-  temporaries beyond a few L1-sized tile buffers. Used by default on CPU when available.
-- ``'torch'``: the same math as chunked torch ops, on CPU or CUDA unchanged.
+- ``'c'``: a fused CPU kernel (:mod:`probe_dask.ckernel`), compiled on first use and used
+  by default on CPU when it is available (about 1.7 ns per non-zero x pair for the fit
+  pass on one AVX2 core, 1.3 ns for eval).
+- ``'torch'``: chunked torch ops, on CPU (the fallback, about 20 to 30 ns per element) or
+  CUDA unchanged.
 
 Numerics (both backends): ``eta = b + w v`` is formed in float64 (``v`` promoted), the
-transcendental part (``exp(-|eta|)``, ``log1p``) may be float32, every accumulation is
+transcendental part (``exp(-|eta|)``, ``log1p``) is float32, every accumulation is
 float64, and the decision ``eta > 0`` is taken on the float64 ``eta``. Results therefore
-do not depend on how rows are split into blocks, beyond float64 summation order.
+do not depend on how rows are split into blocks, beyond float64 summation order. Each
+float32 term is within a few ``2**-24 (1 + |eta|)`` relative of its exact value (the
+rounding of ``|eta|`` to float32 dominates); values below about 1e-38 flush to 0.
 
 Memory per process, per call:
 
 - the block itself, ``LatentBlock.nbytes`` = ``8 (L+1) + 8 nnz + n_rows`` bytes
   (int32 row + float32 value per non-zero, one label byte per row); the torch backend on
   CUDA also holds a device copy of it during the call;
-- the pairs, ``ActivePairs.nbytes`` = ``8 (L+1) + 20 P`` bytes;
-- the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes, and for
-  :func:`label_sums` two ``(L, C)`` float64 arrays (``16 L C`` bytes, 79 MB at 32768 x 151);
-- torch backend temporaries: at most about ``2 work_chunk`` (event x pair) elements per
-  chunk, about 100 bytes each (``work_chunk`` defaults to 2**20 on CPU, 2**22 on CUDA:
-  about 200 MB / 800 MB peak); the C backend needs about 50 KB of tile buffers per thread.
+- the pairs, ``ActivePairs.nbytes`` = ``8 (L+1) + 20 P`` bytes (plus a device copy on CUDA);
+- the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes; :func:`label_sums`
+  returns two ``(L, C)`` float64 arrays (``16 L C`` bytes, 79 MB at 32768 x 151) and
+  needs about ``33 nnz + 8 L C`` bytes of temporaries;
+- temporaries of the torch backend: one chunk of at most ``2 work_chunk`` (event x pair)
+  elements at a time, about 100 bytes each (``work_chunk`` is 2**18 on CPU, 2**22 on CUDA:
+  at most about 50 MB / 800 MB); of the C backend: about 40 KB of stack per thread.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from . import ckernel
 
 __all__ = [
     "LatentBlock",
@@ -337,16 +344,11 @@ def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
         raise ValueError(f"backend={backend!r}; expected 'auto', 'c' or 'torch'")
     dev = resolve_device(device)
     if backend != "torch" and dev.type == "cpu":
-        try:
-            from probe_dask import ckernel
-        except ImportError as exc:  # pragma: no cover - package always ships it
-            ckernel, reason = None, repr(exc)
-        if ckernel is not None and ckernel.available():
+        if ckernel.available():
             fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
             return fn(block, pairs, threads=threads)
         if backend == "c":
-            reason = reason if ckernel is None else ckernel.unavailable_reason()
-            raise RuntimeError(f"C kernel unavailable: {reason}")
+            raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
     elif backend == "c":
         raise ValueError(f"backend='c' runs on CPU only, not {dev}")
     return _torch_sums(kind, block, pairs, dev, work_chunk)

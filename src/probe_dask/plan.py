@@ -41,10 +41,10 @@ MAX_BLOCK_NNZ = 4_000_000
 TARGET_FRACTION = 0.6
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
 #: measured on a LocalCluster worker; without torch it is about 80 MB.
-WORKER_BASELINE = 300 * 2**20
+WORKER_BASELINE = 270 * 2**20
 WORKER_BASELINE_NO_TORCH = 100 * 2**20
 #: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler.
-DRIVER_BASELINE = 320 * 2**20
+DRIVER_BASELINE = 300 * 2**20
 #: Scheduler state per task of a pass (held on the driver for local and Slurm clusters).
 SCHEDULER_TASK_BYTES = 8 * 2**10
 #: Bytes per (event x pair) element of the torch backend's chunk temporaries (counted in
@@ -281,6 +281,8 @@ def _shard(obj, run):
     """(ShardInfo, LabelsSource or None) from a Shard, a CSRSource or a shard folder."""
     if obj is None:
         return None, None
+    if isinstance(obj, ShardInfo):
+        return obj, None
     if hasattr(obj, "source") and hasattr(obj, "labels"):  # array.Shard
         return _source_info(obj.source), obj.labels
     if hasattr(obj, "read_indptr"):
@@ -304,3 +306,414 @@ def reblock(shard, block_nnz: int):
     blocks = shard.source.row_blocks(int(block_nnz))
     return dataclasses.replace(shard, X=csr_block_array(shard.source, blocks),
                                y=label_block_array(shard.labels, blocks), row_blocks=blocks)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _fmt(n) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(int(n))
+
+
+def _read_ahead(threads: int) -> int:
+    """CSR blocks a worker may hold at once: one per running task plus the root tasks the
+    scheduler queues on it (``distributed.scheduler.worker-saturation``, 1.1 by default)."""
+    import dask
+
+    sat = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
+    try:
+        sat = float(sat)
+    except (TypeError, ValueError):
+        sat = 1.1
+    if not math.isfinite(sat):
+        sat = 4.0  # no queuing: every root task is sent at once; assume a deep queue
+    return max(math.ceil(sat * threads), threads, 1)
+
+
+def _model(cfg, block_nnz, work_chunk, persist):
+    """(driver, worker, gpu) buffers for one choice of block size, work chunk and persist."""
+    L, C, T, se = cfg["L"], cfg["C"], cfg["threads"], cfg["split_every"]
+    LC, P = L * C, L * C
+    train, test = cfg["train"], cfg["test"]
+    nb, bnz, brows = {}, {}, {}
+    for name, s in (("train", train), ("test", test)):
+        if s is not None:
+            nb[name], bnz[name], brows[name] = s.block_stats(block_nnz)
+    n, r = max(bnz.values()), max(brows.values())
+    k = _read_ahead(T)
+    torch_host = cfg["backend"] == "torch" and cfg["device"] == "cpu"
+    cuda = cfg["device"] == "cuda"
+    W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
+    streaming_fit = () if persist else ("fit", "eval_train")
+    worker = [
+        W("baseline: Python, dask, numpy, scipy" + (", torch" if cfg["torch"] else ""),
+          "measured RSS of an idle worker", cfg["worker_baseline"]),
+        W("CSR row block read (largest block)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
+          "(running + queued reads)", 8 * n + 12 * (r + 1), k,
+          ("label_train", "label_test", "eval_test") + streaming_fit),
+        W("labels of a block", "rows_b (uint8)", r, k, ("label_train", "label_test", "eval_test") + streaming_fit),
+        W("LatentBlock being used", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
+          8 * n + 8 * (L + 1) + r, T, ("label_train", "label_test", "eval_test") + streaming_fit),
+        W("label_sums scratch", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
+          LABEL_SCRATCH_PER_NNZ * n + 24 * LC, T, ("label_train", "label_test")),
+        W("label partials (LabelSums) in the reduction", f"16 L C + 16 L + 8 C; threads x "
+          f"(split_every + 2) = {T * (se + 2)}", 16 * LC + 16 * L + 8 * C, T * (se + 2),
+          ("label_train", "label_test")),
+        W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
+          20 * P + 8 * (L + 1), 1, ("fit",)),
+        W("fit partials (6 x P float64) in the reduction", f"48 P; threads x (split_every + 2)",
+          48 * P, T * (se + 2), ("fit",)),
+        W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
+          20 * LC + 8 * (L + 1), 1, ("eval_train", "eval_test")),
+        W("eval partials (3 x P float64) in the reduction", "24 L C; threads x (split_every + 2)",
+          24 * LC, T * (se + 2), ("eval_train", "eval_test")),
+    ]
+    if persist:
+        per = -(-nb["train"] // cfg["n_workers"])
+        worker.insert(1, W("resident train LatentBlocks (persisted)",
+                           f"8 nnz_b + 8 (L + 1) + rows_b; ceil({nb['train']} blocks / "
+                           f"{cfg['n_workers']} workers) + 1", 8 * bnz["train"] + 8 * (L + 1)
+                           + brows["train"], per + 1, WORKER_STAGES[1:]))
+    if torch_host:
+        worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
+                        f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
+                        TORCH_ELEMENT_BYTES * 2 * work_chunk + 8 * n + r, T, ("fit", "eval_train", "eval_test")))
+    elif not cuda:
+        worker.append(W("C kernel tile buffers", "about 64 KB per thread", _C_KERNEL_SCRATCH, T,
+                        ("fit", "eval_train", "eval_test")))
+    gpu = []
+    if cuda:
+        G = lambda *a, **kw: Buffer("gpu", *a, **kw)  # noqa: E731
+        gpu = [
+            G("device copy of the block (fit: values)", "4 nnz_b", 4 * n, 1, ("fit",)),
+            G("device copy of the block (eval: values, rows, labels)", "8 nnz_b + rows_b", 8 * n + r, 1,
+              ("eval_train", "eval_test")),
+            G("pairs b, w and classes on the device", "20 P", 20 * P, 1, ("fit", "eval_train", "eval_test")),
+            G("fit output (6 x P float64)", "48 P", 48 * P, 1, ("fit",)),
+            G("eval output (3 x P float64)", "24 P", 24 * P, 1, ("eval_train", "eval_test")),
+            G("torch chunk temporaries", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk (work_chunk = {work_chunk})",
+              TORCH_ELEMENT_BYTES * 2 * work_chunk, 1, ("fit", "eval_train", "eval_test")),
+        ]
+        worker.append(W("host copy of the kernel output", "48 P (fit) / 24 P (eval)", 48 * P, T,
+                        ("fit", "eval_train", "eval_test")))
+
+    from .solver import CHUNK_PAIRS, TrustRegionState
+
+    state_pp = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
+    n_tasks = 5 * max(nb.values()) + 2
+    D = lambda *a, **kw: Buffer("driver", *a, **kw)  # noqa: E731
+    after_open = DRIVER_STAGES[1:]
+    driver = [
+        D("baseline: Python, dask, distributed, torch, client, scheduler", "measured RSS",
+          cfg["driver_baseline"]),
+        D("scheduler state of one pass", f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
+          SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
+        D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, after_open),
+        D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
+          f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1, after_open),
+        D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
+        D("active pairs of an iteration", "28 P", 28 * P, 1, ("iteration",)),
+        D("summed fit sums (6 x P float64)", "48 P", 48 * P, 1, ("iteration",)),
+        D("solver.step scratch", f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
+          STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, ("iteration",)),
+        D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
+        D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, ("evaluate",)),
+        D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1, ("evaluate",)),
+        D("split_metrics scratch", f"{SPLIT_METRICS_PEAK_PER_PAIR} L C", SPLIT_METRICS_PEAK_PER_PAIR * LC,
+          1, ("evaluate",)),
+        D("test SplitMetrics", "40 L C", 40 * LC, 1, ("write",)),
+        D("float32 copies written to probe1d_metrics.npz + class table", "32 L C + 8 L C", 40 * LC,
+          1, ("write",)),
+    ]
+    if train.compressed or (test is not None and test.compressed):
+        driver.append(D("ingest of a compressed token_acts.npz", "2 x chunk_bytes (raw + converted)",
+                        2 * cfg["chunk_bytes"], 1, ("open",)))
+    return driver, worker, gpu, nb, {"nnz": n, "rows": r}
+
+
+def _device(device):
+    if device in (None, "auto"):
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    return str(device).split(":")[0]
+
+
+def _backend(device, backend):
+    if device == "cuda" or backend == "torch":
+        return "torch"
+    if backend == "c":
+        return "c"
+    try:
+        from . import ckernel
+
+        return "c" if ckernel.available() else "torch"
+    except ImportError:
+        return "torch"
+
+
+def _kernels_import_torch() -> bool:
+    import types
+
+    from . import kernels
+
+    return isinstance(getattr(kernels, "torch", None), types.ModuleType)
+
+
+def _default_limit(n_workers, threads) -> tuple[int, int]:
+    """(n_workers, memory_limit) a default ``LocalCluster`` would use on this machine."""
+    from distributed.system import CPU_COUNT, MEMORY_LIMIT
+
+    n_workers = n_workers or max(1, CPU_COUNT // max(threads, 1))
+    return n_workers, int(MEMORY_LIMIT * min(1.0, threads / CPU_COUNT))
+
+
+def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, threads=1,
+             device="cpu", n_classes=None, block_nnz=None, work_chunk=None,
+             target_fraction=TARGET_FRACTION, split_every=4, persist="auto", gpu_memory=None,
+             backend="auto", worker_baseline=None, driver_baseline=None,
+             chunk_bytes=64 * 2**20) -> Plan:
+    """Plan the memory of a run, and choose its block size.
+
+    Parameters
+    ----------
+    train, test : path, ``array.Shard`` or ``CSRSource``
+        The shards: folders (with ``run``), opened shards, or sources (then give
+        ``n_classes``). Only headers, ``indptr`` and labels are read.
+    run : path, optional
+        The run folder, when shards are given as folders.
+    memory_limit : int or str, optional
+        Memory limit of one worker (``"16GB"``); default: what a ``LocalCluster`` of
+        ``n_workers`` would get on this machine.
+    n_workers, threads : int
+        Workers, and threads per worker (each thread works on its own block).
+    device : {"cpu", "cuda", "auto"}
+    n_classes : int, optional
+        Default: ``max(label) + 1`` over both shards.
+    block_nnz, work_chunk : int, optional
+        Fix the block size / torch work chunk instead of choosing them.
+    target_fraction : float
+        Every worker's predicted peak must stay under this share of its limit.
+    persist : {"auto", True, False}
+        Keep the train blocks in worker memory; "auto": when they fit too.
+    gpu_memory : int or str, optional
+        Device memory of one GPU (default: the driver's first GPU, when it has one).
+
+    Returns
+    -------
+    Plan
+        ``fits`` False means no setting keeps the workers under the target; ``message``
+        says why and ``min_memory_limit`` which limit would.
+    """
+    from dask.utils import parse_bytes
+
+    tr, tr_labels = _shard(train, run)
+    te, te_labels = _shard(test, run)
+    if te is not None and te.n_cols != tr.n_cols:
+        raise InputError(te.path, "shape.npy (latents)", te.n_cols, f"{tr.n_cols} as in {tr.path}")
+    if n_classes is None:
+        if tr_labels is None:
+            raise ValueError("n_classes is needed when shards are given as CSR sources")
+        n_classes = 1 + max(int(x.max_label()) for x in (tr_labels, te_labels) if x is not None)
+    if memory_limit is None:
+        n_workers, memory_limit = _default_limit(n_workers, threads)
+    elif isinstance(memory_limit, str):
+        memory_limit = parse_bytes(memory_limit)
+    n_workers = n_workers or _default_limit(None, threads)[0]
+    device = _device(device)
+    backend = _backend(device, backend)
+    if isinstance(gpu_memory, str):
+        gpu_memory = parse_bytes(gpu_memory)
+    if device == "cuda" and gpu_memory is None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu_memory = int(torch.cuda.get_device_properties(0).total_memory)
+        except ImportError:
+            pass
+    uses_torch = _kernels_import_torch() or backend == "torch" or device == "cuda"
+    cfg = dict(L=tr.n_cols, C=int(n_classes), threads=int(threads), n_workers=int(n_workers),
+               split_every=int(split_every), train=tr, test=te, device=device, backend=backend,
+               torch=uses_torch, chunk_bytes=int(chunk_bytes),
+               worker_baseline=int(worker_baseline or (WORKER_BASELINE if uses_torch
+                                                       else WORKER_BASELINE_NO_TORCH)),
+               driver_baseline=int(driver_baseline or DRIVER_BASELINE))
+    limit = int(memory_limit)
+    budget = target_fraction * limit
+    gpu_budget = target_fraction * gpu_memory if gpu_memory else math.inf
+
+    if backend == "torch":
+        from . import kernels
+
+        default_wc = getattr(kernels, "_CUDA_WORK_CHUNK" if device == "cuda" else "_CPU_WORK_CHUNK", 2**20)
+        chunks = [int(work_chunk)] if work_chunk else \
+            [default_wc >> i for i in range(64) if (default_wc >> i) >= _MIN_WORK_CHUNK] or [default_wc]
+    else:
+        chunks = [None]
+    threads_total = max(1, int(n_workers) * int(threads))
+    cap = max(1, min(MAX_BLOCK_NNZ, -(-tr.nnz // threads_total)))
+    floor = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
+    if block_nnz:
+        sizes = [int(block_nnz)]
+    else:
+        sizes, s = [], max(cap, floor)
+        while s > floor:
+            sizes.append(s)
+            s = int(s * 0.75)
+        sizes.append(floor)
+
+    def build(bn, wc, keep):
+        drv, wrk, gpu, nb, mb = _model(cfg, bn, wc or 0, keep)
+        return Plan(tr, te, cfg["L"], cfg["C"], cfg["n_workers"], cfg["threads"], limit, device,
+                    backend, target_fraction, cfg["split_every"], int(bn), wc, keep, nb, mb, drv,
+                    wrk, gpu, gpu_memory, True, None, "", bool(block_nnz))
+
+    def ok(p):
+        return p.worker_peak <= budget and p.gpu_peak <= gpu_budget
+
+    chosen = None
+    for bn in sizes:
+        for wc in chunks:
+            p = build(bn, wc, persist is True)
+            if ok(p):
+                chosen = p
+                break
+        if chosen is not None:
+            break
+    if chosen is not None:
+        if persist == "auto":
+            kept = build(chosen.block_nnz, chosen.work_chunk, True)
+            chosen = kept if ok(kept) else chosen
+        chosen.message = (
+            f"fits: worker peak {_fmt(chosen.worker_peak)} ({_peak(chosen.worker, WORKER_STAGES)[0]}) "
+            f"<= {target_fraction:.0%} of the {_fmt(limit)} limit; driver peak {_fmt(chosen.driver_peak)}")
+        return chosen
+
+    # Nothing fits: report the smallest setting and the limit that would hold it.
+    worst = build(sizes[-1], chunks[-1], persist is True)
+    worst.fits = False
+    need = max(worst.worker_peak / target_fraction, 0)
+    worst.min_memory_limit = int(math.ceil(need / 2**20)) * 2**20
+    stage = _peak(worst.worker, WORKER_STAGES)[0]
+    head = (f"worker memory limit {_fmt(limit)} cannot hold one block: ")
+    if block_nnz:
+        auto = plan_run(tr, te, memory_limit=limit, n_workers=n_workers, threads=threads,
+                        device=device, n_classes=n_classes, work_chunk=work_chunk,
+                        target_fraction=target_fraction, split_every=split_every,
+                        persist=persist, gpu_memory=gpu_memory, backend=backend,
+                        worker_baseline=worker_baseline, driver_baseline=driver_baseline,
+                        chunk_bytes=chunk_bytes)
+        hint = (f"lower --block-nnz to {auto.block_nnz:,} (or leave it out: the plan picks it)"
+                if auto.fits else "lower --block-nnz")
+        worst.message = (
+            head + f"--block-nnz {int(block_nnz):,} (largest block {worst.max_block['nnz']:,} "
+            f"non-zeros) needs {_fmt(worst.worker_peak)} per worker ({stage}), over "
+            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {hint}, or raise "
+            f"--memory-limit to at least {_fmt(worst.min_memory_limit)}")
+    else:
+        worst.message = (
+            head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros: the widest row "
+            f"has {floor:,}) need {_fmt(worst.worker_peak)} per worker ({stage}), over "
+            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); raise --memory-limit to at "
+            f"least {_fmt(worst.min_memory_limit)}"
+            + (f", or use fewer --threads per worker (each thread holds its own block)"
+               if threads > 1 else ""))
+    if gpu_memory and worst.gpu_peak > gpu_budget:
+        worst.message += (f"; the GPU needs {_fmt(worst.gpu_peak)} of its {_fmt(gpu_memory)}")
+    return worst
+
+
+def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs):
+    """Plan a job on the workers ``client`` has, and cut both shards into the planned blocks.
+
+    The block size is the caller's when ``inputs.block_nnz`` is set, else the plan's. Raises
+    before any fitting when no setting fits the workers' memory limit.
+
+    Returns
+    -------
+    (job.JobInputs, Plan)
+        The inputs with both shards re-cut (when the size changed), and the plan.
+
+    Raises
+    ------
+    ProbeDaskError
+        When the workers' memory limit cannot hold one block (names the limit, the block
+        size and the setting to change).
+    """
+    from .cluster import gpu_resources
+
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not workers:
+        raise ProbeDaskError("the cluster has no workers")
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+    threads = max(int(w.get("nthreads") or 1) for w in workers.values())
+    limit = min((x for x in limits if x), default=None)
+    if limit is None:  # workers without a limit: the machine's memory bounds them
+        from distributed.system import MEMORY_LIMIT
+
+        limit = MEMORY_LIMIT
+    if device is None:
+        device = "cuda" if gpu_resources(client) else "auto"
+    fixed = getattr(inputs, "block_nnz", None)
+    plan = plan_run(inputs.train, inputs.test, memory_limit=limit, n_workers=len(workers),
+                    threads=threads, device=device, n_classes=inputs.n_classes, block_nnz=fixed,
+                    persist=persist, **kwargs)
+    if not plan.fits:
+        raise ProbeDaskError(plan.message)
+    if log is not None:
+        log(f"memory plan: blocks of {plan.block_nnz:,} non-zeros, worker peak "
+            f"{_fmt(plan.worker_peak)} of a {_fmt(plan.memory_limit)} limit, driver peak "
+            f"{_fmt(plan.driver_peak)}, train blocks {'kept in' if plan.persist else 're-read from disk into'} "
+            "worker memory")
+    if inputs.train.row_blocks != plan.train.blocks(plan.block_nnz):
+        inputs = dataclasses.replace(inputs, train=reblock(inputs.train, plan.block_nnz),
+                                     test=reblock(inputs.test, plan.block_nnz))
+    return inputs, plan
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a table: every buffer per process, its formula, size and when it lives."""
+    lines = []
+    for name, s in (("train", plan.train), ("test", plan.test)):
+        if s is not None:
+            lines.append(f"{name}: {s.path}: {s.n_rows:,} rows x {s.n_cols:,} latents, {s.nnz:,} "
+                         f"non-zeros (CSR {_fmt(s.csr_bytes)}), widest row {s.max_row_nnz:,}")
+    kernel = {"c": "C kernel", "torch": "torch"}[plan.backend]
+    lines.append(f"cluster: {plan.n_workers} workers x {plan.threads} thread(s), memory limit "
+                 f"{_fmt(plan.memory_limit)} each (target {plan.target_fraction:.0%} = "
+                 f"{_fmt(plan.worker_budget)}), device {plan.device} ({kernel})"
+                 + (f", GPU memory {_fmt(plan.gpu_memory)}" if plan.gpu_memory else ""))
+    nb = ", ".join(f"{k} {v:,}" for k, v in plan.n_blocks.items())
+    lines.append(f"{'given' if plan.block_nnz_fixed else 'chosen'}: block_nnz {plan.block_nnz:,} "
+                 f"(blocks: {nb}; largest {plan.max_block['nnz']:,} non-zeros, "
+                 f"{plan.max_block['rows']:,} rows), work chunk "
+                 f"{plan.work_chunk if plan.work_chunk else '- (C kernel: none)'}, train blocks "
+                 f"{'persisted' if plan.persist else 're-read every pass'}")
+    lines.append(f"L = {plan.n_latents:,} latents, C = {plan.n_classes} classes, P = L C = "
+                 f"{plan.n_latents * plan.n_classes:,} pairs, split_every = {plan.split_every}")
+    lines.append("")
+    head = f"{'process':<7} {'buffer':<50} {'each':>10} {'x':>4} {'total':>10}  {'live in':<28} formula"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for group, stages in ((plan.driver, DRIVER_STAGES), (plan.worker, WORKER_STAGES),
+                          (plan.gpu, ("fit", "eval_train", "eval_test"))):
+        for b in group:
+            live = "all" if "all" in b.stages or set(stages) <= set(b.stages) else ",".join(b.stages)
+            lines.append(f"{b.process:<7} {b.name[:50]:<50} {_fmt(b.each):>10} {b.count:>4} "
+                         f"{_fmt(b.nbytes):>10}  {live[:28]:<28} {b.formula}")
+    lines.append("")
+    for who, bufs, stages in (("driver", plan.driver, DRIVER_STAGES),
+                              ("each worker", plan.worker, WORKER_STAGES),
+                              ("each GPU", plan.gpu, ("fit", "eval_train", "eval_test"))):
+        if not bufs:
+            continue
+        per = ", ".join(f"{st} {_fmt(sum(b.nbytes for b in bufs if b.live(st)))}" for st in stages)
+        lines.append(f"peak of {who}: {_fmt(_peak(bufs, stages)[1])} (by stage: {per})")
+    lines.append(("OK, " if plan.fits else "DOES NOT FIT: ") + plan.message)
+    return "\n".join(lines)

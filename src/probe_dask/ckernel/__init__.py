@@ -15,8 +15,9 @@ disable the kernel.
 ctypes releases the GIL during a call, so threads (``threads=`` here, or dask worker
 threads) run the kernel in parallel.
 
-Memory per process: the loaded library, plus about 12 KB of stack tile buffers per
-calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials.
+Memory per process: the loaded library, plus about 40 KB of stack tile buffers per
+calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials, and inputs are
+used in place (copied only if not contiguous or of another dtype).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "available",
     "unavailable_reason",
     "library_path",
+    "library_flags",
     "load_variant",
     "fit_sums",
     "eval_sums",
@@ -101,20 +103,22 @@ def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
     target = cache / f"fused-{key}.so"
     if target.exists():
         return target, ""
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".fused-{key}-", suffix=".so", dir=cache)
-    os.close(fd)
+    tmp = None
     try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".fused-{key}-", suffix=".so", dir=cache)
+        os.close(fd)
         cmd = cc.split() + flags + ["-o", tmp, str(SOURCE)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             return None, f"{' '.join(cmd)}: {res.stderr.strip()[-2000:]}"
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from a group-shared cache
         os.replace(tmp, target)  # atomic: readers see the old name absent or complete
         return target, ""
     except (OSError, subprocess.SubprocessError) as exc:
         return None, repr(exc)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -192,6 +196,11 @@ def unavailable_reason() -> str:
 def library_path() -> Path | None:
     """Path of the loaded shared library, or None."""
     return _state.get("path") if _load() is not None else None
+
+
+def library_flags() -> list[str] | None:
+    """Compiler flags of the loaded library, or None."""
+    return list(_state["flags"]) if _load() is not None else None
 
 
 def _ptr(a: np.ndarray, dtype) -> tuple[np.ndarray, int]:

@@ -33,7 +33,9 @@ int pd_abi_version(void) { return PD_ABI; }
 static inline float exp_neg(float a) {
     float x = -a;
     x = x < -104.0f ? -104.0f : x;
-    float fn = __builtin_roundf(x * 1.44269504088896341f);
+    /* round to nearest by adding 1.5 * 2^23 (vectorises on every target, unlike roundf;
+     * exact without -ffast-math, which this file is never compiled with) */
+    float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float f = x - fn * 0.693359375f; /* Cody-Waite: ln2 = 0.693359375 - 2.12194440e-4 */
     f = f + fn * 2.12194440e-4f;
     float z = f * f;
@@ -341,35 +343,48 @@ static void eval_latent(int64_t n, const float *vals, const int32_t *rows,
 }
 
 #else /* ------------------------------------------------- portable (generic C) kernel */
+/* The same staged structure as the AVX2 kernel, as plain loops that the compiler
+ * vectorises for the target (SSE2, NEON, ...). Counts are accumulated as doubles (exact
+ * below 2^53) and labels compared as doubles, so every loop has one lane type family. */
 static void fit_latent(int64_t n, const float *vals, int64_t k, const double *b,
                        const double *w, int64_t stride, double *out) {
     double tv[TILE] __attribute__((aligned(64)));
+    float tx[TILE] __attribute__((aligned(64))), te[TILE] __attribute__((aligned(64)));
+    float tmu[TILE] __attribute__((aligned(64))), ts[TILE] __attribute__((aligned(64)));
+    float tlp[TILE] __attribute__((aligned(64)));
     for (int64_t t0 = 0; t0 < n; t0 += TILE) {
         const int64_t m = n - t0 < TILE ? n - t0 : TILE;
         for (int64_t i = 0; i < m; ++i) tv[i] = (double)vals[t0 + i];
         for (int64_t p = 0; p < k; ++p) {
             const double bb = b[p], ww = w[p];
-            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5)
+#pragma omp simd
             for (int64_t i = 0; i < m; ++i) {
-                const double v = tv[i];
-                const double eta = bb + ww * v;
-                const float x = (float)eta;
-                const float e = exp_neg(__builtin_fabsf(x));
+                const float x = (float)(bb + ww * tv[i]);
+                tx[i] = x;
+                te[i] = exp_neg(__builtin_fabsf(x));
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < m; ++i) {
+                const float e = te[i];
                 /* one division gives both 1/(1+e) and e/(2+e) */
                 const float q = 1.0f / ((1.0f + e) * (2.0f + e));
                 const float r = (2.0f + e) * q;
                 const float t = e * (1.0f + e) * q;
-                const float lp = 2.0f * t * atanh_series(t * t);
-                const float mu = x >= 0.0f ? r : e * r;
-                const float s = e * r * r;
-                const double mud = (double)mu, sd = (double)s, sv = sd * v;
+                tlp[i] = 2.0f * t * atanh_series(t * t);
+                tmu[i] = tx[i] >= 0.0f ? r : e * r;
+                ts[i] = e * r * r;
+            }
+            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5)
+            for (int64_t i = 0; i < m; ++i) {
+                const double v = tv[i], eta = bb + ww * v;
+                const double mud = (double)tmu[i], sd = (double)ts[i], sv = sd * v;
                 a0 += mud;
                 a1 += mud * v;
                 a2 += sd;
                 a3 += sv;
                 a4 += sv * v;
-                a5 += (eta > 0.0 ? eta : 0.0) + (double)lp;
+                a5 += (eta > 0.0 ? eta : 0.0) + (double)tlp[i];
             }
             out[p] += a0;
             out[stride + p] += a1;
@@ -384,33 +399,35 @@ static void fit_latent(int64_t n, const float *vals, int64_t k, const double *b,
 static void eval_latent(int64_t n, const float *vals, const int32_t *rows,
                         const uint8_t *labels, int64_t k, const int32_t *classes,
                         const double *b, const double *w, int64_t stride, double *out) {
-    double tv[TILE] __attribute__((aligned(64)));
-    int32_t tl[TILE] __attribute__((aligned(64)));
+    double tv[TILE] __attribute__((aligned(64))), tl[TILE] __attribute__((aligned(64)));
+    float te[TILE] __attribute__((aligned(64))), tlp[TILE] __attribute__((aligned(64)));
     for (int64_t t0 = 0; t0 < n; t0 += TILE) {
         const int64_t m = n - t0 < TILE ? n - t0 : TILE;
         for (int64_t i = 0; i < m; ++i) {
             tv[i] = (double)vals[t0 + i];
-            tl[i] = labels[rows[t0 + i]];
+            tl[i] = (double)labels[rows[t0 + i]];
         }
         for (int64_t p = 0; p < k; ++p) {
-            const double bb = b[p], ww = w[p];
-            const int32_t c = classes[p];
-            double a0 = 0;
-            int64_t npos = 0, ntp = 0;
+            const double bb = b[p], ww = w[p], c = (double)classes[p];
+#pragma omp simd
+            for (int64_t i = 0; i < m; ++i)
+                te[i] = exp_neg(__builtin_fabsf((float)(bb + ww * tv[i])));
+#pragma omp simd
+            for (int64_t i = 0; i < m; ++i) {
+                const float t = te[i] / (2.0f + te[i]);
+                tlp[i] = 2.0f * t * atanh_series(t * t);
+            }
+            double a0 = 0, npos = 0, ntp = 0;
 #pragma omp simd reduction(+ : a0, npos, ntp)
             for (int64_t i = 0; i < m; ++i) {
                 const double eta = bb + ww * tv[i];
-                const float e = exp_neg(__builtin_fabsf((float)eta));
-                const float t = e / (2.0f + e);
-                const float lp = 2.0f * t * atanh_series(t * t);
-                a0 += (eta > 0.0 ? eta : 0.0) + (double)lp;
-                const int pos = eta > 0.0;
-                npos += pos;
-                ntp += pos & (tl[i] == c);
+                a0 += (eta > 0.0 ? eta : 0.0) + (double)tlp[i];
+                npos += eta > 0.0 ? 1.0 : 0.0;
+                ntp += (eta > 0.0 && tl[i] == c) ? 1.0 : 0.0;
             }
             out[p] += a0;
-            out[stride + p] += (double)npos;
-            out[2 * stride + p] += (double)ntp;
+            out[stride + p] += npos;
+            out[2 * stride + p] += ntp;
         }
     }
 }
