@@ -71,10 +71,13 @@ def _job(client, run, out, callbacks=None):
 
 
 class Killer:
-    """SIGKILL a worker process as soon as it is running a task of a solver pass."""
+    """Call ``action()`` (a kill) as soon as worker ``address`` runs a task of a solver pass.
 
-    def __init__(self, client, address, pid, match="fit_sums"):
-        self.client, self.address, self.pid, self.match = client, address, pid, match
+    Started from the fit's ``iteration`` callback, so the kill lands inside a later pass.
+    """
+
+    def __init__(self, client, address, action, match="fit_sums"):
+        self.client, self.address, self.action, self.match = client, address, action, match
         self.done = threading.Event()
         self.info = {}
         self.thread = None
@@ -90,7 +93,7 @@ class Killer:
                 busy = self.client.processing(workers=[self.address]).get(self.address) or []
                 hits = [k for k in busy if self.match in str(k)]
                 if hits:
-                    os.kill(self.pid, signal.SIGKILL)
+                    self.action()
                     self.info.update(keys=hits, at=time.monotonic())
                     return
                 time.sleep(0.002)
@@ -104,7 +107,7 @@ def test_worker_sigkill_mid_pass_same_results(run, tmp_path, capsys):
         ref = _job(client, run, tmp_path / "ref")
         pids = client.run(os.getpid)
         address, pid = sorted(pids.items())[0]
-        killer = Killer(client, address, pid)
+        killer = Killer(client, address, lambda: os.kill(pid, signal.SIGKILL))
         seen = []
 
         def on_event(event, info):
@@ -205,7 +208,7 @@ def test_driver_sigkill_resume_restart_and_stale_checkpoint(run, tmp_path, capsy
         pids = kill_tree(proc)
     assert proc.returncode == -signal.SIGKILL
     report.append(f"driver killed at checkpoint pass {killed_at}; {len(pids)} processes "
-                  "(driver, nanny, worker) killed")
+                  "(the driver and its LocalCluster) killed")
     no_results(b)
     after_kill = checkpoint_pass(ckpt)
     assert after_kill >= killed_at

@@ -12,6 +12,7 @@ Needs a running Slurm (marker ``slurm``).
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def test_notebook_runs_unattended_on_slurm(slurm, tmp_path, capsys):
               f"; scale -> ready {scale.group(1) if scale else '?'} s; executed copy: "
               f"{tmp_path / 'executed.ipynb'}")
     assert scale, every[-3000:]
+    # The kernel (and so every worker job) runs this interpreter.
+    assert f"python (the worker jobs run the same): {sys.executable}" in every
     assert "#SBATCH -J " + JOB_NAME in every and "export DASK_CONFIG=" in every  # job script
     assert re.search(r"http://[^\s]+/status", every)  # dashboard link
     assert "/proxy/" in every  # the jupyter-server-proxy form

@@ -14,6 +14,7 @@ left. Jobs are submitted with ``--chdir`` into the test's folder, so every job t
 (and its log) is found by its working directory. Needs a running Slurm (marker ``slurm``).
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -36,8 +37,6 @@ def job_record(job_id: str) -> dict:
                        check=False)
     text = r.stdout if r.returncode == 0 and "JobState=" in r.stdout else ""
     if not text:
-        import os
-
         comp = Path(os.environ.get(JOBCOMP_ENV, "/tmp/pdslurm")) / "jobcomp.txt"
         if comp.exists():
             text = next((line for line in comp.read_text().splitlines()
@@ -86,8 +85,6 @@ def check_outputs(run):
 
 
 def submit(script, tmp_path, sbatch_flags, args, env_extra=None):
-    import os
-
     env = dict(os.environ)
     # The worker jobs must run this environment: its probe-dask and its python.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

@@ -1,7 +1,7 @@
-"""Command line: ``probe-dask demo | fit | plan | submit``.
+"""Command line: ``probe-dask demo | fit | plan``.
 
 Thin by design: every command parses its flags, starts or joins a cluster, and calls a
-library function (``job.run_job``, ``plan.plan_run``, ``submit``). Errors meant for the
+library function (``job.run_job``, ``plan``). Errors meant for the
 user (``ProbeDaskError``) become one line on stderr and exit status 2; any other failure
 becomes one line and status 1 (``--debug`` shows the traceback).
 """

@@ -346,18 +346,24 @@ def _model(cfg, block_nnz, work_chunk, persist):
     torch_host = cfg["backend"] == "torch" and cfg["device"] == "cpu"
     cuda = cfg["device"] == "cuda"
     W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
-    streaming_fit = () if persist else ("fit", "eval_train")
     worker = [
         W("baseline: Python, dask, numpy, scipy" + (", torch" if cfg["torch"] else ""),
           "measured RSS of an idle worker", cfg["worker_baseline"]),
-        W("CSR row block read (largest block)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
-          "(running + queued reads)", 8 * n + 12 * (r + 1), k,
-          ("label_train", "label_test", "eval_test") + streaming_fit),
-        W("labels of a block", "rows_b (uint8)", r, k, ("label_train", "label_test", "eval_test") + streaming_fit),
-        W("LatentBlock being used", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
-          8 * n + 8 * (L + 1) + r, T, ("label_train", "label_test", "eval_test") + streaming_fit),
-        W("label_sums scratch", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
-          LABEL_SCRATCH_PER_NNZ * n + 24 * LC, T, ("label_train", "label_test")),
+    ]
+    for name in nb:  # blocks streamed from disk, per shard and stage
+        sn, sr = bnz[name], brows[name]
+        live = ("label_train",) + (() if persist else ("fit", "eval_train")) if name == "train" \
+            else ("label_test", "eval_test")
+        worker += [
+            W(f"CSR row block read ({name}, largest)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
+              "(running + queued reads)", 8 * sn + 12 * (sr + 1), k, live),
+            W(f"labels of a block ({name})", "rows_b (uint8)", sr, k, live),
+            W(f"LatentBlock being used ({name})", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
+              8 * sn + 8 * (L + 1) + sr, T, live),
+            W(f"label_sums scratch ({name})", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
+              LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
+        ]
+    worker += [
         W("label partials (LabelSums) in the reduction", f"16 L C + 16 L + 8 C; threads x "
           f"(split_every + 2) = {T * (se + 2)}", 16 * LC + 16 * L + 8 * C, T * (se + 2),
           ("label_train", "label_test")),
