@@ -98,7 +98,7 @@ def test_smaller_limits_get_smaller_blocks_until_none_fits(small_run):
     assert sizes[0] <= MAX_BLOCK_NNZ
     bad = plan_run(small_run.train_shard, small_run.test_shard, memory_limit="300MB", **kw)
     assert not bad.fits
-    assert "300" in bad.message and "--memory-limit" in bad.message and "cannot hold one block" in bad.message
+    assert "limit 300 MB" in bad.message and "--memory-limit" in bad.message and "cannot hold one block" in bad.message
     # the limit the message names does fit
     ok = plan_run(small_run.train_shard, small_run.test_shard, memory_limit=bad.min_memory_limit, **kw)
     assert ok.fits, ok.message
@@ -106,7 +106,7 @@ def test_smaller_limits_get_smaller_blocks_until_none_fits(small_run):
 
 def test_a_given_block_size_that_does_not_fit_says_which_does(small_run):
     plan = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
-                    memory_limit="450MB", n_workers=2, block_nnz=10**9)
+                    memory_limit="560MB", n_workers=2, block_nnz=10**9)
     assert not plan.fits and plan.block_nnz_fixed
     assert "--block-nnz 1,000,000,000" in plan.message and "lower --block-nnz to" in plan.message
 
@@ -145,7 +145,7 @@ def test_one_row_wider_than_the_budget_stops_before_fitting(tmp_path, monkeypatc
         with pytest.raises(ProbeDaskError) as err:
             run_job(client, inputs, log=lambda m: None)
         msg = str(err.value)
-        assert "memory limit 572.20 MiB cannot hold one block" in msg  # 600 MB = 572 MiB
+        assert "memory limit 600 MB cannot hold one block" in msg
         assert "widest row has 300,000" in msg and "--memory-limit" in msg
         # the same planner, asked directly, names a limit that fits
         with pytest.raises(ProbeDaskError):
@@ -166,7 +166,7 @@ def test_cli_tiny_memory_limit_is_one_error_before_fitting(small_run, tmp_path):
         env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("probe-dask: error: worker memory limit 190.73 MiB cannot hold one block")
+    assert last.startswith("probe-dask: error: worker memory limit 200 MB cannot hold one block")
     assert "--memory-limit" in last and "non-zeros" in last
     assert not list(run.rglob(METRICS_NAME))
 

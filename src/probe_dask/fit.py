@@ -33,11 +33,9 @@ __all__ = ["ProbeFitter"]
 PERSIST_FRACTION = 0.4
 
 
-def _block_bytes(label_sums, n_blocks: int) -> int:
+def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
     """Bytes of all ``LatentBlock`` s: values, rows, latent pointers and labels."""
-    nnz = int(label_sums.count.sum())
-    n_latents = int(label_sums.count.shape[0])
-    return nnz * 8 + int(label_sums.n_rows) + n_blocks * (n_latents + 1) * 8
+    return int(nnz) * 8 + int(n_rows) + n_blocks * (int(n_latents) + 1) * 8
 
 
 def _worker_memory(client) -> int:
@@ -159,7 +157,7 @@ class ProbeFitter:
                 np.savez(f, identity=np.array(self._identity_json(n_classes)), **state.to_dict())
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, X, y, n_classes=None, client=None):
+    def fit(self, X, y, n_classes=None, client=None, nnz=None):
         """Fit every pair on activations ``X`` and labels ``y``.
 
         Parameters
@@ -172,6 +170,10 @@ class ProbeFitter:
             Default: ``max(y) + 1``.
         client : distributed.Client, optional
             Default: the current client.
+        nnz : int, optional
+            Non-zeros of ``X`` when known (``Shard.nnz``): whether blocks stay in worker
+            memory is then decided before the first pass, which saves reading every block
+            twice. Otherwise the label pass counts them first.
 
         Returns
         -------
@@ -183,13 +185,24 @@ class ProbeFitter:
         if n_classes is None:
             n_classes = int(y.max().compute()) + 1
         blocks = latent_blocks(X, y)
+        have = _worker_memory(client)
+
+        def decide(nnz):
+            need = _block_bytes(nnz, X.shape[0], X.shape[1], len(blocks))
+            keep = self.persist if self.persist != "auto" else need <= PERSIST_FRACTION * have
+            return need, bool(keep)
+
+        persist = None
+        if nnz is not None:
+            need, persist = decide(nnz)
+            if persist:
+                blocks = client.persist(blocks)
         self._emit("label_sums_start", n_blocks=len(blocks))
         self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
-        need = _block_bytes(self.label_sums_, len(blocks))
-        have = _worker_memory(client)
-        persist = self.persist if self.persist != "auto" else (need <= PERSIST_FRACTION * have)
-        if persist:
-            blocks = client.persist(blocks)
+        if persist is None:
+            need, persist = decide(self.label_sums_.count.sum())
+            if persist:
+                blocks = client.persist(blocks)
         self.persisted_ = bool(persist)
         self.blocks_ = blocks
         self.constants_ = constants = solver.ProblemConstants.from_label_sums(

@@ -162,7 +162,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())])
     t1 = time.perf_counter()
-    fitter.fit(train.X, train.y, n_classes=n_classes, client=client)
+    fitter.fit(train.X, train.y, n_classes=n_classes, client=client, nnz=train.nnz)
     seconds["fit"] = time.perf_counter() - t1
     b, w = fitter.intercept_, fitter.coef_
 

@@ -317,6 +317,15 @@ def _fmt(n) -> str:
     return format_bytes(int(n))
 
 
+def _limit(n) -> str:
+    """A memory limit as a user writes it: decimal GB/MB when exact, else binary units."""
+    n = int(n)
+    for unit, size in (("GB", 10**9), ("MB", 10**6)):
+        if n % size == 0:
+            return f"{n // size} {unit}"
+    return _fmt(n)
+
+
 def _read_ahead(threads: int) -> int:
     """CSR blocks a worker may hold at once: one per running task plus the root tasks the
     scheduler queues on it (``distributed.scheduler.worker-saturation``, 1.1 by default)."""
@@ -598,16 +607,17 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
             chosen = kept if ok(kept) else chosen
         chosen.message = (
             f"fits: worker peak {_fmt(chosen.worker_peak)} ({_peak(chosen.worker, WORKER_STAGES)[0]}) "
-            f"<= {target_fraction:.0%} of the {_fmt(limit)} limit; driver peak {_fmt(chosen.driver_peak)}")
+            f"<= {target_fraction:.0%} of the {_limit(limit)} limit; driver peak {_fmt(chosen.driver_peak)}")
         return chosen
 
     # Nothing fits: report the smallest setting and the limit that would hold it.
     worst = build(sizes[-1], chunks[-1], persist is True)
     worst.fits = False
     need = max(worst.worker_peak / target_fraction, 0)
-    worst.min_memory_limit = int(math.ceil(need / 2**20)) * 2**20
+    worst.min_memory_limit = int(math.ceil(need / 10**6)) * 10**6
     stage = _peak(worst.worker, WORKER_STAGES)[0]
-    head = (f"worker memory limit {_fmt(limit)} cannot hold one block: ")
+    head = f"worker memory limit {_limit(limit)} cannot hold one block: "
+    raise_to = f"raise --memory-limit to at least {worst.min_memory_limit // 10**6}MB"
     if block_nnz:
         auto = plan_run(tr, te, memory_limit=limit, n_workers=n_workers, threads=threads,
                         device=device, n_classes=n_classes, work_chunk=work_chunk,
@@ -620,14 +630,12 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         worst.message = (
             head + f"--block-nnz {int(block_nnz):,} (largest block {worst.max_block['nnz']:,} "
             f"non-zeros) needs {_fmt(worst.worker_peak)} per worker ({stage}), over "
-            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {hint}, or raise "
-            f"--memory-limit to at least {_fmt(worst.min_memory_limit)}")
+            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {hint}, or {raise_to}")
     else:
         worst.message = (
             head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros: the widest row "
             f"has {floor:,}) need {_fmt(worst.worker_peak)} per worker ({stage}), over "
-            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); raise --memory-limit to at "
-            f"least {_fmt(worst.min_memory_limit)}"
+            f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {raise_to}"
             + (f", or use fewer --threads per worker (each thread holds its own block)"
                if threads > 1 else ""))
     if gpu_memory and worst.gpu_peak > gpu_budget:
