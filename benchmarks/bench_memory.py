@@ -48,7 +48,8 @@ MiB = 2**20
 
 def sample_tree(proc: psutil.Process, stop: threading.Event, out: dict, interval=0.1):
     """Max RSS of ``proc`` (the driver) and of each worker process under it, by pid."""
-    out.update(driver=0, workers={}, worker_pids_seen=[])
+    out.update(driver=0, workers={}, worker_pids_seen=[], pid_info={})
+    t0 = time.perf_counter()
     while not stop.is_set():
         try:
             out["driver"] = max(out["driver"], proc.memory_info().rss)
@@ -60,8 +61,11 @@ def sample_tree(proc: psutil.Process, stop: threading.Event, out: dict, interval
                     rss = child.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
+                now = round(time.perf_counter() - t0, 1)
                 if child.pid not in out["workers"]:
                     out["worker_pids_seen"].append(child.pid)
+                    out["pid_info"][child.pid] = {"cmd": cmd[-120:], "first": now}
+                out["pid_info"][child.pid]["last"] = now
                 out["workers"][child.pid] = max(out["workers"].get(child.pid, 0), rss)
         except psutil.NoSuchProcess:
             break
@@ -131,7 +135,9 @@ def main(argv=None):
 
     limit = parse_bytes(args.memory_limit)
     work = os.path.join(args.workdir, f"probe-dask-bench-memory-{os.getpid()}")
+    logs = work + "-logs"  # kept: the fit logs of every size
     os.makedirs(work)
+    os.makedirs(logs)
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
           f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
           f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
@@ -151,11 +157,17 @@ def main(argv=None):
             csr = os.path.getsize(run.train_acts)
             print(f"size {i}: {nnz:,} non-zeros ({csr / 2**30:.2f} GiB CSR), generated in "
                   f"{gen_s:.0f} s; fitting ...", flush=True)
-            wall, peaks, summary, plan, passes = fit(run, args, os.path.join(work, f"fit{i}.log"))
+            log_path = os.path.join(logs, f"fit-size{i}.log")
+            wall, peaks, summary, plan, passes = fit(run, args, log_path)
+            with open(log_path) as f:
+                alarms = [line.strip() for line in f if any(
+                    w in line for w in ("Restarting worker", "KilledWorker", "Worker process", "exceed",
+                                        "paused", "Unmanaged memory", "Memory use is high"))]
             workers = sorted(peaks["workers"].values(), reverse=True)
             row = dict(nnz=nnz, csr_bytes=csr, test_nnz=nnz_of(run.test_acts), wall_s=wall,
                        passes=passes, driver_peak=peaks["driver"], worker_peaks=workers,
-                       worker_pids=len(peaks["worker_pids_seen"]),
+                       worker_pids=len(peaks["worker_pids_seen"]), pid_info=peaks["pid_info"],
+                       log_alarms=alarms[:20],
                        restarts=summary["worker_restarts"], paused=summary["workers_paused"],
                        removed=summary["workers_removed"],
                        hwm_workers=[w["peak_rss"] for w in summary["measured"]["workers"].values()],
@@ -170,6 +182,8 @@ def main(argv=None):
                   f"{sorted((round(w / MiB) for w in row['hwm_workers']), reverse=True)} MiB "
                   f"kernel high-water mark (planned "
                   f"{row['plan_worker'] / MiB:.0f}), restarts {row['restarts']}", flush=True)
+            if len(workers) != 2 or alarms:
+                print(f"  processes: {peaks['pid_info']}\n  log: {alarms[:10]}", flush=True)
             if not args.keep:
                 shutil.rmtree(root)
     finally:

@@ -79,3 +79,16 @@ def test_streaming_blocks_equal_persisted(local_client, tiny_run):
     assert kept.persisted_ and not streamed.persisted_
     np.testing.assert_array_equal(kept.coef_, streamed.coef_)
     np.testing.assert_array_equal(kept.intercept_, streamed.intercept_)
+
+
+def test_sparse_reference_agrees_with_dense_reference(tiny_run):
+    """The all-pairs sparse reference (used for whole-run gaps) equals the per-pair dense one."""
+    import scipy.sparse as sp
+
+    from reference import sparse_reference_fit
+
+    X, y = dense_shard(tiny_run.run_dir, tiny_run.train_shard)
+    dense = reference_fit(X, y, 8)
+    b, w, loss = sparse_reference_fit(sp.csc_matrix(X), y, 8)
+    np.testing.assert_allclose(loss, dense.loss, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(exact_loss(X, y, 8, b, w), loss, rtol=0, atol=1e-12)

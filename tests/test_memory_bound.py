@@ -7,6 +7,7 @@ its time fitting: about 4.3 GB of CSR for 2 workers of 512 MiB, read from disk e
 
 import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -77,6 +78,13 @@ def test_shard_4x_bigger_than_all_workers_fits_without_restart(tmp_path):
     n_workers = 2
     tile_bytes = 8 * 16384 * 48
     tiles = int(np.ceil(4.1 * n_workers * WORKER_LIMIT / tile_bytes))
+    try:
+        _fit_big_shard(tmp_path, n_workers, tiles)
+    finally:  # 4 GB: pytest keeps its last temporary folders, so remove the data now
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def _fit_big_shard(tmp_path, n_workers, tiles):
     run_dir, train, csr_bytes = write_tiled_shard(tmp_path, "train0001", tiles=tiles, seed=1)
     _, test, _ = write_tiled_shard(tmp_path, "test0001", tiles=2, seed=2)
     assert csr_bytes >= 4 * n_workers * WORKER_LIMIT

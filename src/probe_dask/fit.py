@@ -9,7 +9,8 @@ pitfall 4), each block returns its label-free float64 sums for those pairs, the 
 tree-summed, and the driver takes one trust-region step for every active pair.
 
 Memory per process: the driver holds the solver state (about a dozen ``(L, C)`` float64
-arrays, see ``solver``) and one ``(6, P)`` float64 sum; each worker holds its resident
+arrays, see ``solver``), one copy of it while a checkpoint is being written, and one
+``(6, P)`` float64 sum; each worker holds its resident
 blocks (when they fit, else one block read per task), the scattered active pairs (about
 28 bytes per pair) and the pass's partials (``passes``).
 """
@@ -17,6 +18,7 @@ blocks (when they fit, else one block read per task), the scattered active pairs
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -151,10 +153,40 @@ class ProbeFitter:
         return state
 
     def _save_checkpoint(self, state, n_classes):
+        """Write a copy of ``state`` atomically, in a thread that overlaps the next pass.
+
+        One write at a time: the previous one is waited for first (and its error, if any,
+        raised here). On the demo (4096 x 151 pairs, 54 MB of state) an inline write held
+        the driver about 0.12 s per pass (+15-20 % fit wall time on 2 cores); in the
+        background the driver waits about 0.03 s per pass (the copy).
+        """
+        self._wait_checkpoint()
+        arrays = state.to_dict()  # copies: the next step updates the state in place
+        identity = np.array(self._identity_json(n_classes))
         path = Path(self.checkpoint)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, identity=np.array(self._identity_json(n_classes)), **state.to_dict())
+
+        def write():
+            try:
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, identity=identity, **arrays)
+            except BaseException as exc:  # raised in the fit's thread by _wait_checkpoint
+                self._checkpoint_error = exc
+
+        self._checkpoint_error = None
+        self._checkpoint_writer = threading.Thread(target=write, name="probe-dask-checkpoint",
+                                                   daemon=True)
+        self._checkpoint_writer.start()
+
+    def _wait_checkpoint(self):
+        """Wait for the checkpoint being written, if any; raise its error."""
+        writer = getattr(self, "_checkpoint_writer", None)
+        if writer is not None:
+            writer.join()
+            self._checkpoint_writer = None
+        error, self._checkpoint_error = getattr(self, "_checkpoint_error", None), None
+        if error is not None:
+            raise error
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X, y, n_classes=None, client=None, nnz=None):
@@ -250,6 +282,7 @@ class ProbeFitter:
         finally:
             if bar is not None:
                 bar.close()
+            self._wait_checkpoint()  # the last checkpoint is whole before fit returns
 
         self.state_ = state
         self.coef_ = state.w

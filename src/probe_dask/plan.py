@@ -37,6 +37,9 @@ __all__ = ["Buffer", "ShardInfo", "Plan", "plan_run", "plan_job", "format_plan",
 
 #: Largest block the planner picks: past this, fewer tasks save no measurable time.
 MAX_BLOCK_NNZ = 4_000_000
+#: Smallest block the planner picks (unless one row is wider): smaller blocks make the
+#: scheduler, not the memory, the bottleneck.
+MIN_BLOCK_NNZ = 2**16
 #: Share of a worker's memory limit the plan keeps every worker under (Dask's own ``target``).
 TARGET_FRACTION = 0.6
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
@@ -139,6 +142,8 @@ class Plan:
     min_memory_limit: int | None
     message: str
     block_nnz_fixed: bool = False
+    #: The row blocks of each shard at ``block_nnz`` (``CSRSource.row_blocks``): what the fit uses.
+    row_blocks: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def worker_budget(self) -> int:
@@ -299,11 +304,14 @@ def _shard(obj, run):
     return info, labels
 
 
-def reblock(shard, block_nnz: int):
-    """The same ``array.Shard`` cut into blocks of about ``block_nnz`` non-zeros (no re-reading)."""
+def reblock(shard, blocks):
+    """The same ``array.Shard`` cut into other row blocks: a list of ``(r0, r1)``, or a
+    target number of non-zeros per block (``CSRSource.row_blocks``). Nothing is read."""
     from .array import csr_block_array, label_block_array
 
-    blocks = shard.source.row_blocks(int(block_nnz))
+    if isinstance(blocks, (int, np.integer)):
+        blocks = shard.source.row_blocks(int(blocks))
+    blocks = [(int(r0), int(r1)) for r0, r1 in blocks]
     return dataclasses.replace(shard, X=csr_block_array(shard.source, blocks),
                                y=label_block_array(shard.labels, blocks), row_blocks=blocks)
 
@@ -473,16 +481,28 @@ def _backend(device, backend):
 
 
 def _kernels_import_torch() -> bool:
-    import types
+    """Whether importing ``probe_dask.kernels`` (every worker does) imports torch: read from
+    its source, so that planning never pays for importing torch itself."""
+    import ast
+    import importlib.util
 
-    from . import kernels
-
-    return isinstance(getattr(kernels, "torch", None), types.ModuleType)
+    spec = importlib.util.find_spec("probe_dask.kernels")
+    try:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    except (OSError, TypeError, SyntaxError):
+        return True
+    for node in tree.body:
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "torch" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+            return True
+    return False
 
 
 def _default_limit(n_workers, threads) -> tuple[int, int]:
     """(n_workers, memory_limit) a default ``LocalCluster`` would use on this machine."""
-    from distributed.system import CPU_COUNT, MEMORY_LIMIT
+    from dask.system import CPU_COUNT
+    from distributed.system import MEMORY_LIMIT
 
     n_workers = n_workers or max(1, CPU_COUNT // max(threads, 1))
     return n_workers, int(MEMORY_LIMIT * min(1.0, threads / CPU_COUNT))
@@ -573,7 +593,8 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         chunks = [None]
     threads_total = max(1, int(n_workers) * int(threads))
     cap = max(1, min(MAX_BLOCK_NNZ, -(-tr.nnz // threads_total)))
-    floor = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
+    widest = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
+    floor = max(widest, min(MIN_BLOCK_NNZ, cap))  # rows are never split
     if block_nnz:
         sizes = [int(block_nnz)]
     else:
@@ -605,6 +626,7 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         if persist == "auto":
             kept = build(chosen.block_nnz, chosen.work_chunk, True)
             chosen = kept if ok(kept) else chosen
+        _finish(chosen)
         chosen.message = (
             f"fits: worker peak {_fmt(chosen.worker_peak)} ({_peak(chosen.worker, WORKER_STAGES)[0]}) "
             f"<= {target_fraction:.0%} of the {_limit(limit)} limit; driver peak {_fmt(chosen.driver_peak)}")
@@ -633,14 +655,25 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
             f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {hint}, or {raise_to}")
     else:
         worst.message = (
-            head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros: the widest row "
-            f"has {floor:,}) need {_fmt(worst.worker_peak)} per worker ({stage}), over "
+            head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros; the widest row "
+            f"has {widest:,}) need {_fmt(worst.worker_peak)} per worker ({stage}), over "
             f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {raise_to}"
             + (f", or use fewer --threads per worker (each thread holds its own block)"
                if threads > 1 else ""))
     if gpu_memory and worst.gpu_peak > gpu_budget:
         worst.message += (f"; the GPU needs {_fmt(worst.gpu_peak)} of its {_fmt(gpu_memory)}")
-    return worst
+    return _finish(worst)
+
+
+def _finish(plan: Plan) -> Plan:
+    """Keep the chosen row blocks and let go of ``indptr`` (8 bytes a row): a plan kept for
+    the whole run (telemetry holds it) must not hold per-row data on the driver."""
+    for name in ("train", "test"):
+        info = getattr(plan, name)
+        if info is not None and info.indptr is not None:
+            plan.row_blocks[name] = info.blocks(plan.block_nnz)
+            setattr(plan, name, dataclasses.replace(info, indptr=None))
+    return plan
 
 
 def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs):
@@ -685,9 +718,10 @@ def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs)
             f"{_fmt(plan.worker_peak)} of a {_fmt(plan.memory_limit)} limit, driver peak "
             f"{_fmt(plan.driver_peak)}, train blocks {'kept in' if plan.persist else 're-read from disk into'} "
             "worker memory")
-    if inputs.train.row_blocks != plan.train.blocks(plan.block_nnz):
-        inputs = dataclasses.replace(inputs, train=reblock(inputs.train, plan.block_nnz),
-                                     test=reblock(inputs.test, plan.block_nnz))
+    if inputs.train.row_blocks != plan.row_blocks["train"] or \
+            inputs.test.row_blocks != plan.row_blocks["test"]:
+        inputs = dataclasses.replace(inputs, train=reblock(inputs.train, plan.row_blocks["train"]),
+                                     test=reblock(inputs.test, plan.row_blocks["test"]))
     return inputs, plan
 
 
