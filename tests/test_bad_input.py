@@ -8,7 +8,7 @@ half-written store behind. The allowed cases (a class only in test, a shard with
 non-zero, a store whose source changed) must run to the end and write correct results.
 
 The cases run concurrently (a few subprocesses at a time) in one module fixture; each
-test then checks its own case.
+test then checks its own case. The allowed cases run whole fits and are marked slow.
 """
 
 import json
@@ -446,6 +446,7 @@ def _check_written(c, r):
     assert not list(c.root.rglob(".probe1d_checkpoint*"))
 
 
+@pytest.mark.slow  # a whole fit on a LocalCluster
 @uses("class_only_in_test")
 def test_class_only_in_test_gets_prior_only_probe(results):
     c, expect, _, r, seconds = results["class_only_in_test"]
@@ -470,6 +471,7 @@ def _prior_logit(y, n_classes):
     return np.log(pi) - np.log1p(-pi), -(pi * np.log(pi) + (1 - pi) * np.log1p(-pi))
 
 
+@pytest.mark.slow  # a whole fit on a LocalCluster
 @uses("fit_split_without_nonzeros")
 def test_train_without_nonzeros_every_pair_prior_only(results):
     c, _, _, r, seconds = results["fit_split_without_nonzeros"]
@@ -484,6 +486,7 @@ def test_train_without_nonzeros_every_pair_prior_only(results):
     assert "solver passes: 0" in r.stdout
 
 
+@pytest.mark.slow  # a whole fit on a LocalCluster
 @uses("eval_split_without_nonzeros")
 def test_test_without_nonzeros_is_scored_at_the_intercept(results):
     c, _, _, r, seconds = results["eval_split_without_nonzeros"]
@@ -499,6 +502,7 @@ def test_test_without_nonzeros_is_scored_at_the_intercept(results):
     assert np.all(m["tp"] + m["fn"] == pos) and np.all(m["tp"] + m["fp"] + m["tn"] + m["fn"] == y.size)
 
 
+@pytest.mark.slow  # a whole fit on a LocalCluster
 @uses("stale_store_same_size_and_mtime")
 def test_stale_store_is_ingested_again(results):
     c, expect, _, r, seconds = results["stale_store_same_size_and_mtime"]

@@ -105,6 +105,7 @@ def test_worker_sigkill_mid_pass_same_results(run, tmp_path, capsys):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="2GB") as cluster, Client(cluster) as client:
         ref = _job(client, run, tmp_path / "ref")
+        ref.fitter.blocks_ = None  # release its persisted blocks: the next fit starts cold
         pids = client.run(os.getpid)
         address, pid = sorted(pids.items())[0]
         killer = Killer(client, address, lambda: os.kill(pid, signal.SIGKILL))

@@ -395,12 +395,16 @@ def write_big_npz(path, n_chunks):
     return n_rows, nnz
 
 
+# The child's own high-water mark: VmHWM of /proc/self/status. (ru_maxrss is inherited
+# across fork+exec on Linux: a child of a 400 MiB pytest process would report 400 MiB.)
 INGEST = textwrap.dedent("""
-    import resource, sys, time
+    import sys, time
     from probe_dask.store import open_csr
     t = time.perf_counter()
     src = open_csr(sys.argv[1], cache_dir=sys.argv[2])
-    print(src.nnz, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+               if line.startswith("VmHWM:"))
+    print(src.nnz, time.perf_counter() - t, hwm)
 """)
 
 

@@ -77,5 +77,5 @@ def check_writable(folder) -> None:
     except OSError as err:
         raise ProbeDaskError(
             f"{folder}: output folder is not writable ({err.strerror}); "
-            "results are written there, so fix its permissions or pick another --out"
+            "results are written into each split's inference folder, so fix its permissions"
         ) from None

@@ -169,6 +169,7 @@ class Telemetry:
         self.gpu_peaks = {}  # name -> peak GPU bytes allocated
         self.driver_peak = 0
         self.stage_peaks = {}  # host_mem stage -> (max worker stage peak, driver stage peak)
+        self.stage_marks = []  # (elapsed, driver stage peak, {name: worker stage peak})
         self.sampled_max = {}  # name -> max sampled process memory
         self._lines = []
         self._file = None
@@ -299,6 +300,8 @@ class Telemetry:
                 workers[name] = rec
         with self._lock:
             self.stages.append((time.time() - self.t0, stage))
+            self.stage_marks.append((time.time() - self.t0, stage_peak,
+                                     {n: w.get("stage_peak_rss") for n, w in workers.items()}))
             got = [w.get("stage_peak_rss") or 0 for w in workers.values()]
             old = self.stage_peaks.get(stage, (0, 0))
             self.stage_peaks[stage] = (max(old[0], max(got, default=0)), max(old[1], stage_peak or 0))
@@ -430,17 +433,27 @@ class Telemetry:
         for ax, panel in zip(axes[:, 0], panels):
             if panel == "driver":
                 ax.plot(t, [s[1] / gib for s in self.samples], color="k", label="driver RSS")
+                pk = [(el, d) for el, d, _ in self.stage_marks if d]
+                if pk:
+                    ax.plot([p[0] for p in pk], [p[1] / gib for p in pk], "x", color="k",
+                            label="peak since previous stage (VmHWM)")
                 if self.plan is not None:
                     ax.axhline(self.plan.driver_peak / gib, color="g", ls=":", label="planned peak")
             else:
                 shown = names if panel == "all workers" else [panel]
                 for n in shown:
                     pts = [(s[0], s[2][n]) for s in self.samples if n in s[2]]
-                    ax.plot([p[0] for p in pts], [p[1][0] / gib for p in pts],
-                            label="RSS" if len(shown) == 1 else f"{n} RSS")
+                    line, = ax.plot([p[0] for p in pts], [p[1][0] / gib for p in pts],
+                                    label="RSS" if len(shown) == 1 else f"{n} RSS")
+                    pk = [(el, w[n]) for el, _, w in self.stage_marks if w.get(n)]
+                    if pk:
+                        ax.plot([p[0] for p in pk], [p[1] / gib for p in pk], "x", color=line.get_color(),
+                                label="peak since previous stage (VmHWM)" if len(shown) == 1 else None)
                     if len(shown) == 1:
-                        ax.plot([p[0] for p in pts], [p[1][1] / gib for p in pts], ls="--", label="managed")
-                        ax.plot([p[0] for p in pts], [p[1][2] / gib for p in pts], ls="-.", label="spilled")
+                        ax.plot([p[0] for p in pts], [p[1][1] / gib for p in pts], ls="--",
+                                color="tab:purple", label="managed")
+                        ax.plot([p[0] for p in pts], [p[1][2] / gib for p in pts], ls="-.",
+                                color="tab:brown", label="spilled")
                 limit = max((self.workers.get(n, {}).get("memory_limit") or 0 for n in shown), default=0)
                 if limit:
                     ax.axhline(limit / gib, color="r", label="memory limit")
