@@ -16,8 +16,9 @@ Sizes come from the code they describe (``kernels``, ``solver``, ``passes``) and
 measurements on this stack (``tracemalloc``; process RSS of a LocalCluster worker); they are
 estimates meant to be right within tens of percent, and the telemetry checks them.
 
-Memory per process: the ``indptr`` of one shard at a time (8 bytes a row, 45 MB for 5.6
-million rows) and the plan itself (a few hundred small objects).
+Memory per process: while planning, the ``indptr`` of one shard at a time (8 bytes a row,
+45 MB for 5.6 million rows); the plan kept afterwards holds no per-row data (a few hundred
+small objects and the row ranges of the blocks).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 from .errors import InputError, ProbeDaskError
 
 __all__ = ["Buffer", "ShardInfo", "Plan", "plan_run", "plan_job", "format_plan", "reblock",
-           "MAX_BLOCK_NNZ", "TARGET_FRACTION"]
+           "read_shard_info", "MAX_BLOCK_NNZ", "MIN_BLOCK_NNZ", "TARGET_FRACTION",
+           "WORKER_STAGES", "DRIVER_STAGES"]
 
 #: Largest block the planner picks: past this, fewer tasks save no measurable time.
 MAX_BLOCK_NNZ = 4_000_000
@@ -43,7 +45,7 @@ MIN_BLOCK_NNZ = 2**16
 #: Share of a worker's memory limit the plan keeps every worker under (Dask's own ``target``).
 TARGET_FRACTION = 0.6
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
-#: measured on a LocalCluster worker; without torch it is about 80 MB.
+#: measured on a LocalCluster worker (250 to 265 MiB); without torch it is about 70 MiB.
 WORKER_BASELINE = 270 * 2**20
 WORKER_BASELINE_NO_TORCH = 100 * 2**20
 #: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler.
@@ -64,7 +66,7 @@ _C_KERNEL_SCRATCH = 64 * 2**10
 _MIN_WORK_CHUNK = 2**12
 
 WORKER_STAGES = ("label_train", "fit", "eval_train", "label_test", "eval_test")
-DRIVER_STAGES = ("open", "fit_start", "iteration", "evaluate", "write")
+DRIVER_STAGES = ("open", "plan", "fit_start", "iteration", "evaluate", "write")
 
 
 @dataclasses.dataclass
@@ -269,16 +271,22 @@ def read_shard_info(npz_path, chunk_items: int = 2**22) -> ShardInfo:
                 indptr[s:s + k] = np.frombuffer(raw, dtype)
     if indptr[-1] != nnz:
         raise InputError(path, "indptr.npy[-1]", int(indptr[-1]), f"nnz = {nnz}")
-    max_row = int(np.diff(indptr).max()) if n_rows else 0
+    max_row = _max_row(indptr)
     return ShardInfo(path, n_rows, n_cols, int(nnz), max_row,
                      info.compress_type != zipfile.ZIP_STORED, indptr)
+
+
+def _max_row(indptr, step=2**20) -> int:
+    """Non-zeros of the widest row, without a second row-length array."""
+    return max((int(np.diff(indptr[s:s + step + 1]).max()) for s in range(0, indptr.size - 1, step)),
+               default=0)
 
 
 def _source_info(source) -> ShardInfo:
     """ShardInfo of an opened ``CSRSource`` (its ``indptr`` read once)."""
     indptr = source.read_indptr(0, source.n_rows)
     return ShardInfo(str(source.path), int(source.n_rows), int(source.n_cols), int(source.nnz),
-                     int(np.diff(indptr).max()) if source.n_rows else 0,
+                     _max_row(indptr),
                      getattr(source, "kind", "") == "store", indptr)
 
 
@@ -335,8 +343,9 @@ def _limit(n) -> str:
 
 
 def _read_ahead(threads: int) -> int:
-    """CSR blocks a worker may hold at once: one per running task plus the root tasks the
-    scheduler queues on it (``distributed.scheduler.worker-saturation``, 1.1 by default)."""
+    """CSR blocks a worker may hold at once: one per thread being converted, plus the root
+    tasks (reads) the scheduler keeps on it (``distributed.scheduler.worker-saturation``,
+    1.1 by default)."""
     import dask
 
     sat = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
@@ -346,7 +355,9 @@ def _read_ahead(threads: int) -> int:
         sat = 1.1
     if not math.isfinite(sat):
         sat = 4.0  # no queuing: every root task is sent at once; assume a deep queue
-    return max(math.ceil(sat * threads), threads, 1)
+    # one block being converted per thread, plus the reads running or queued (measured on
+    # a 1-thread LocalCluster worker: up to 3 CSR blocks during a streaming pass)
+    return threads + max(math.ceil(sat * threads), 1)
 
 
 def _model(cfg, block_nnz, work_chunk, persist):
@@ -373,7 +384,7 @@ def _model(cfg, block_nnz, work_chunk, persist):
             else ("label_test", "eval_test")
         worker += [
             W(f"CSR row block read ({name}, largest)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
-              "(running + queued reads)", 8 * sn + 12 * (sr + 1), k, live),
+              "(converting + running/queued reads)", 8 * sn + 12 * (sr + 1), k, live),
             W(f"labels of a block ({name})", "rows_b (uint8)", sr, k, live),
             W(f"LatentBlock being used ({name})", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
               8 * sn + 8 * (L + 1) + sr, T, live),
@@ -398,7 +409,7 @@ def _model(cfg, block_nnz, work_chunk, persist):
         worker.insert(1, W("resident train LatentBlocks (persisted)",
                            f"8 nnz_b + 8 (L + 1) + rows_b; ceil({nb['train']} blocks / "
                            f"{cfg['n_workers']} workers) + 1", 8 * bnz["train"] + 8 * (L + 1)
-                           + brows["train"], per + 1, WORKER_STAGES[1:]))
+                           + brows["train"], per + 1, WORKER_STAGES))  # filled during the label pass
     if torch_host:
         worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
                         f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
@@ -427,7 +438,8 @@ def _model(cfg, block_nnz, work_chunk, persist):
     state_pp = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
     n_tasks = 5 * max(nb.values()) + 2
     D = lambda *a, **kw: Buffer("driver", *a, **kw)  # noqa: E731
-    after_open = DRIVER_STAGES[1:]
+    after_open = DRIVER_STAGES[2:]
+    rows = max(train.n_rows, test.n_rows if test is not None else 0)
     driver = [
         D("baseline: Python, dask, distributed, torch, client, scheduler", "measured RSS",
           cfg["driver_baseline"]),
@@ -450,9 +462,13 @@ def _model(cfg, block_nnz, work_chunk, persist):
         D("float32 copies written to probe1d_metrics.npz + class table", "32 L C + 8 L C", 40 * LC,
           1, ("write",)),
     ]
-    if train.compressed or (test is not None and test.compressed):
-        driver.append(D("ingest of a compressed token_acts.npz", "2 x chunk_bytes (raw + converted)",
-                        2 * cfg["chunk_bytes"], 1, ("open",)))
+    csr = max(train.csr_bytes, test.csr_bytes if test is not None else 0)
+    driver += [
+        D("validating (and ingesting, when compressed) token_acts.npz",
+          "min(2 x chunk_bytes, CSR bytes): a raw and a converted chunk", min(2 * cfg["chunk_bytes"], csr),
+          1, ("open",)),
+        D("indptr of a shard, read to plan the blocks", "8 (rows + 1)", 8 * (rows + 1), 1, ("plan",)),
+    ]
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
 

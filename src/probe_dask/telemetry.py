@@ -4,11 +4,12 @@
 ``null``) to ``probe1d_telemetry.jsonl`` beside the train results:
 
 - ``host_mem`` at each stage (``open``, ``ingest``, ``cluster``, ``label_counts_start``,
-  ``fit_start``, every ``iteration``, ``fit_end``, each ``evaluate_*`` pass, ``write``,
-  ``end``): the driver's RSS and peak RSS, and for every worker its RSS and peak RSS (read
-  on the worker: ``psutil`` and ``VmHWM``), the managed / unmanaged / spilled bytes and
-  status the scheduler holds for it, and its GPU's peak allocated bytes where torch has
-  used CUDA there;
+  ``fit_start``, every ``iteration``, ``fit_end``, ``evaluate_train_start``,
+  ``evaluate_train_end``, ``evaluate_test_end``, ``write_end``, ``end``): for the driver and
+  every worker its RSS, ``stage_peak_rss`` (the kernel's ``VmHWM`` since the previous
+  event: it is restarted at each one, Linux ``clear_refs``) and ``peak_rss`` (the largest so
+  far); for workers also the managed / unmanaged / spilled bytes and status the scheduler
+  holds, and the GPU's peak allocated bytes where torch has used CUDA there;
 - ``iteration``: the solver's statistics of each pass (``fit.history_``), with the names of
   the issue (``passes``, ``active_pairs``, ``max_gradient``, ``max_scaled_step``,
   ``mean_damping``, ``mean_loss``, ``pass_seconds``);
@@ -345,6 +346,11 @@ class Telemetry:
     PLAN_STAGES = {"fit_start": "label_train", "iteration": "fit", "evaluate_train_end": "eval_train",
                    "evaluate_test_end": "label_test+eval_test"}
 
+    DRIVER_PLAN_STAGES = {"open": ("open", "ingest"), "plan": ("label_counts_start",),
+                          "fit_start": ("fit_start",), "iteration": ("iteration",),
+                          "evaluate": ("evaluate_train_end", "evaluate_test_end"),
+                          "write": ("write_end",)}
+
     def summary(self, **extra) -> dict:
         """Measured peaks beside the plan's predictions (also written as ``summary``)."""
         from .plan import DRIVER_STAGES, WORKER_STAGES
@@ -380,7 +386,11 @@ class Telemetry:
                     by_stage[plan_stage] = {"predicted": want, "measured": self.stage_peaks[stage][0]}
             out["worker_peak_by_stage"] = by_stage
             drv = {st: sum(b.nbytes for b in p.driver if b.live(st)) for st in DRIVER_STAGES}
-            out["driver_predicted_by_stage"] = drv
+            out["driver_peak_by_stage"] = {
+                plan_stage: {"predicted": drv[plan_stage],
+                             "measured": max(self.stage_peaks[st][1] for st in stages if st in self.stage_peaks)}
+                for plan_stage, stages in self.DRIVER_PLAN_STAGES.items()
+                if any(st in self.stage_peaks for st in stages)}
             out["worker_predicted_by_stage"] = {st: sum(b.nbytes for b in p.worker if b.live(st))
                                                 for st in WORKER_STAGES}
             out["workers_under_target"] = bool(peaks) and all(
