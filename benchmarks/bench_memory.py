@@ -47,13 +47,15 @@ MiB = 2**20
 
 
 def sample_tree(proc: psutil.Process, stop: threading.Event, out: dict, interval=0.1):
-    """Max RSS of ``proc`` (the driver) and of each worker process under it, by pid."""
+    """Max RSS of ``proc`` (the driver) and of each worker process it spawned, by pid."""
     out.update(driver=0, workers={}, worker_pids_seen=[], pid_info={})
     t0 = time.perf_counter()
     while not stop.is_set():
         try:
             out["driver"] = max(out["driver"], proc.memory_info().rss)
-            for child in proc.children(recursive=True):
+            # Workers are the driver's own spawned children; their children (a fork running
+            # the C compiler's version check, say) share the worker's pages and are not workers.
+            for child in proc.children(recursive=False):
                 try:
                     cmd = " ".join(child.cmdline())
                     if "spawn_main" not in cmd or "resource_tracker" in cmd:

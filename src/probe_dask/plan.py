@@ -387,7 +387,8 @@ def _model(cfg, block_nnz, work_chunk, persist):
               "(converting + running/queued reads)", 8 * sn + 12 * (sr + 1), k, live),
             W(f"labels of a block ({name})", "rows_b (uint8)", sr, k, live),
             W(f"LatentBlock being used ({name})", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
-              8 * sn + 8 * (L + 1) + sr, T, live),
+              8 * sn + 8 * (L + 1) + sr, T,
+              () if persist and name == "train" else live),  # persisted: it is a resident one
             W(f"label_sums scratch ({name})", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
               LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
         ]
@@ -406,10 +407,12 @@ def _model(cfg, block_nnz, work_chunk, persist):
     ]
     if persist:
         per = -(-nb["train"] // cfg["n_workers"])
+        extra = 1 if nb["train"] > cfg["n_workers"] else 0  # the scheduler may not spread them evenly
         worker.insert(1, W("resident train LatentBlocks (persisted)",
                            f"8 nnz_b + 8 (L + 1) + rows_b; ceil({nb['train']} blocks / "
-                           f"{cfg['n_workers']} workers) + 1", 8 * bnz["train"] + 8 * (L + 1)
-                           + brows["train"], per + 1, WORKER_STAGES))  # filled during the label pass
+                           f"{cfg['n_workers']} workers)" + (" + 1" if extra else ""),
+                           8 * bnz["train"] + 8 * (L + 1) + brows["train"], per + extra,
+                           WORKER_STAGES))  # filled during the label pass
     if torch_host:
         worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
                         f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
@@ -469,6 +472,7 @@ def _model(cfg, block_nnz, work_chunk, persist):
           1, ("open",)),
         D("indptr of a shard, read to plan the blocks", "8 (rows + 1)", 8 * (rows + 1), 1, ("plan",)),
     ]
+    worker = [b for b in worker if b.stages]  # e.g. no separate block when persisted
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
 
