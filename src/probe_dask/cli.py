@@ -156,6 +156,8 @@ def _run(args, run_dir, train, test):
             if tele is not None:
                 summary = tele.close(**({"error": error} if error else {}))
                 _log_memory_summary(summary, tele)
+        except Exception as exc:  # noqa: BLE001 - telemetry never hides the run's own outcome
+            _log(f"telemetry: not completed ({type(exc).__name__}: {exc})")
         finally:
             handle.close()
     print(format_table(result.table))

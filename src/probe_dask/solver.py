@@ -13,7 +13,7 @@ Memory held on the driver (``L`` latents, ``C`` classes, ``P`` active pairs):
 - :class:`TrustRegionState`: ``b``, ``w``, ``lam``, ``pred_prev``, ``loss_prev``, ``grad``,
   ``decrement``, ``budget``, ``step_b``, ``step_u``, ``quad_prev`` float64 ``(L, C)``; ``clipped_prev``, ``active``, ``converged`` bool ``(L, C)``.
 
-13 float64 and 3 bool ``(L, C)`` arrays: 107 bytes a pair, 0.53 GB at 32768 x 151.
+11 float64 and 3 bool ``(L, C)`` arrays: 91 bytes a pair, 0.45 GB at 32768 x 151.
 :func:`step` adds the int64 ``(P,)`` index of the active pairs and about 30 float64
 temporaries of at most ``CHUNK_PAIRS`` pairs (0.38 GB peak measured at P = 4.8 M, 2 s),
 whatever ``P`` is; the ``(6, P)`` sums it is given are the caller's.
