@@ -39,8 +39,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import glob
+import os
+
 import numpy as np
-import torch
 
 from . import ckernel
 
@@ -52,6 +54,7 @@ __all__ = [
     "fit_sums",
     "eval_sums",
     "resolve_device",
+    "device_type",
     "FIT_FIELDS",
     "EVAL_FIELDS",
 ]
@@ -273,8 +276,24 @@ def label_sums(block: LatentBlock, n_classes: int) -> LabelSums:
     return LabelSums(block.n_rows, class_rows, count.astype(np.int64), sum_v2, pos, vpos)
 
 
-def resolve_device(device=None) -> torch.device:
+def _cuda_possible() -> bool:
+    # CUDA needs the NVIDIA driver's device nodes (or WSL's /dev/dxg); without them there is
+    # no GPU, and importing torch only to learn that would cost each worker ~200 MB.
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
+def device_type(device=None) -> str:
+    """``"cuda"`` or ``"cpu"`` (or another torch device type) without importing torch
+    unless a GPU may be present."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return resolve_device(device).type if _cuda_possible() else "cpu"
+    return device.split(":")[0] if isinstance(device, str) else device.type
+
+
+def resolve_device(device=None):
     """The torch device to compute on: ``None``/``'auto'`` = CUDA if available, else CPU."""
+    import torch
+
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -342,114 +361,15 @@ def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
     _check(kind, block, pairs)
     if backend not in ("auto", "c", "torch"):
         raise ValueError(f"backend={backend!r}; expected 'auto', 'c' or 'torch'")
-    dev = resolve_device(device)
-    if backend != "torch" and dev.type == "cpu":
+    dev_type = device_type(device)
+    if backend != "torch" and dev_type == "cpu":
         if ckernel.available():
             fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
             return fn(block, pairs, threads=threads)
         if backend == "c":
             raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
     elif backend == "c":
-        raise ValueError(f"backend='c' runs on CPU only, not {dev}")
-    return _torch_sums(kind, block, pairs, dev, work_chunk)
+        raise ValueError(f"backend='c' runs on CPU only, not {device}")
+    from .kernels_torch import torch_sums  # torch is imported only when this path runs
 
-
-# ----------------------------------------------------------------------------- torch
-
-
-def _bucket(k):
-    """Pair counts rounded up to few distinct widths: 1, 2, 4, 8, 16, then multiples of 16."""
-    small = 2 ** np.ceil(np.log2(np.maximum(k, 1))).astype(np.int64)
-    return np.where(k <= 16, small, -(-k // 16) * 16)
-
-
-def _plan(ev_ptr, pair_ptr, work_chunk):
-    """Yield the torch chunks: ``(width, lat, e0, n)`` arrays of units, one chunk at a time.
-
-    A unit is an event slice of one latent with all its pairs; the latents of a chunk share
-    the padded pair count ``width`` (:func:`_bucket`), so a chunk's work is an
-    ``(events, width)`` matrix. Latents whose events x width exceed ``work_chunk`` are
-    cut into event slices; units are grouped so that a chunk holds at most ``work_chunk``
-    elements plus its last unit. Latents without events or without pairs yield nothing.
-    """
-    n_ev, n_pr = np.diff(ev_ptr), np.diff(pair_ptr)
-    active = np.flatnonzero((n_ev > 0) & (n_pr > 0))
-    widths = _bucket(n_pr[active])
-    for width in np.unique(widths):
-        lat = active[widths == width]
-        size = max(work_chunk // int(width), 1)
-        n_slices = -(-n_ev[lat] // size)
-        u_lat = np.repeat(lat, n_slices)
-        j = np.arange(u_lat.size) - np.repeat(np.cumsum(n_slices) - n_slices, n_slices)
-        e0 = ev_ptr[u_lat] + j * size
-        n = np.minimum(e0 + size, ev_ptr[u_lat + 1]) - e0
-        cost = n * width
-        chunk_id = (np.cumsum(cost) - cost) // work_chunk
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(chunk_id)) + 1, [u_lat.size]])
-        for c0, c1 in zip(cuts[:-1], cuts[1:]):
-            yield int(width), u_lat[c0:c1], e0[c0:c1], n[c0:c1]
-
-
-def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    # from_numpy shares memory but warns on read-only arrays (e.g. from dask frames).
-    if a.flags.writeable and a.flags.c_contiguous:
-        return torch.from_numpy(a).to(device)
-    return torch.tensor(a, device=device)
-
-
-def _torch_sums(kind, block, pairs, dev, work_chunk):
-    """Chunked torch version of the sums, on any device.
-
-    Each chunk is a matrix of (events of its units) x (padded pair slots): eta is an outer
-    broadcast ``b[unit] + w[unit] * v``, and the sums over each unit's events are
-    contiguous segment reductions along the event axis (no atomics on CUDA). Padding slots
-    point to one extra, discarded output column.
-    """
-    n_out, n_pairs = (6 if kind == "fit" else 3), pairs.n_pairs
-    if work_chunk is None:
-        work_chunk = _CUDA_WORK_CHUNK if dev.type == "cuda" else _CPU_WORK_CHUNK
-    out = torch.zeros((n_out, n_pairs + 1), dtype=torch.float64, device=dev)
-    n_pr = np.diff(pairs.latent_ptr)
-    if not np.any((np.diff(block.latent_ptr) > 0) & (n_pr > 0)):
-        return out[:, :n_pairs].cpu().numpy()
-    vals = _tensor(block.values, dev)
-    zero = torch.zeros(1, dtype=torch.float64, device=dev)
-    b = torch.cat([_tensor(pairs.b, dev), zero])
-    w = torch.cat([_tensor(pairs.w, dev), zero])
-    if kind == "eval":
-        rows, labels = _tensor(block.rows, dev), _tensor(block.labels, dev).int()
-        classes = torch.cat([_tensor(pairs.classes, dev), torch.full((1,), -1, device=dev,
-                                                                     dtype=torch.int32)])
-    for width, lat, e0, n in _plan(block.latent_ptr, pairs.latent_ptr, int(work_chunk)):
-        slot = np.arange(width)
-        pidx = np.where(slot < n_pr[lat][:, None], pairs.latent_ptr[lat][:, None] + slot, n_pairs)
-        pidx = torch.from_numpy(pidx.ravel()).to(dev)
-        unit = np.repeat(np.arange(lat.size), n)
-        ev = torch.from_numpy(np.arange(unit.size) + np.repeat(e0 - (np.cumsum(n) - n), n)).to(dev)
-        unit = torch.from_numpy(unit).to(dev)
-        lengths = torch.from_numpy(n).to(dev)
-        v = vals[ev].double()[:, None]
-        eta = b[pidx].view(-1, width)[unit] + w[pidx].view(-1, width)[unit] * v
-        # exp(-|eta|) never overflows; float32 is enough for the transcendental part.
-        e = torch.exp(-eta.abs().float())
-        softplus = eta.clamp(min=0) + torch.log1p(e).double()
-        if kind == "fit":
-            r = 1.0 / (1.0 + e)
-            er = e * r
-            mu = torch.where(eta >= 0, r, er).double()
-            s = (er * r).double()
-            del e, r, er
-            sv = s * v
-            parts = [mu, mu * v, s, sv, sv * v, softplus]
-        else:
-            pos = eta > 0
-            hit = pos & (labels[rows[ev]][:, None] == classes[pidx].view(-1, width)[unit])
-            parts = [softplus, pos.double(), hit.double()]
-        del eta
-        for i, x in enumerate(parts):
-            if dev.type == "cpu":  # row-wise adds: faster than segment_reduce on CPU
-                seg = torch.zeros((lat.size, width), dtype=torch.float64).index_add_(0, unit, x)
-            else:  # contiguous segments: no atomics contending on one unit's row
-                seg = torch.segment_reduce(x, "sum", lengths=lengths, axis=0)
-            out[i].index_add_(0, pidx, seg.ravel())
-    return out[:, :n_pairs].cpu().numpy()
+    return torch_sums(kind, block, pairs, resolve_device(device), work_chunk)

@@ -53,7 +53,7 @@ DRIVER_BASELINE = 300 * 2**20
 #: Scheduler state per task of a pass (held on the driver for local and Slurm clusters).
 SCHEDULER_TASK_BYTES = 8 * 2**10
 #: Bytes per (event x pair) element of the torch backend's chunk temporaries (counted in
-#: ``kernels._torch_sums``); a chunk holds at most ``2 work_chunk`` elements.
+#: ``kernels_torch.torch_sums``); a chunk holds at most ``2 work_chunk`` elements.
 TORCH_ELEMENT_BYTES = 112
 #: ``kernels.label_sums`` scratch per non-zero (measured with tracemalloc: 25.0).
 LABEL_SCRATCH_PER_NNZ = 25
