@@ -97,6 +97,15 @@ def main(argv=None):
           f"converged {summary['converged_pairs']:,} of {summary['pairs']:,}")
     print(f"peak RSS: driver {driver / mib:.0f} MiB; worker processes "
           f"{', '.join(f'{v / mib:.0f}' for v in workers[:4])} MiB (sampled every 50 ms)")
+    telemetry = next(work.rglob("probe1d_telemetry.jsonl"), None)
+    if telemetry is not None:  # the run's own measurement (kernel high-water marks per worker)
+        events = [json.loads(line) for line in telemetry.read_text().splitlines() if line.strip()]
+        final = next((e for e in reversed(events) if e.get("event") == "summary"), None)
+        if final is not None:
+            m = final["measured"]
+            print(f"telemetry: driver peak {m.get('driver_peak_rss', 0) / mib:.0f} MiB, "
+                  f"worker peak {m.get('worker_peak_rss_max', 0) / mib:.0f} MiB, "
+                  f"measured / planned: {final.get('measured_over_predicted')}")
 
     if not args.no_gap:
         import scipy.sparse as sp
