@@ -75,3 +75,21 @@ def tiny_run(tmp_path_factory):
                     tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,
                     n_planted=4)
 
+
+
+@pytest.fixture
+def clean_dask_config(monkeypatch):
+    """Restore dask's config (and the yaml files probe_dask.cluster merged) after a test, and
+    hide DASK_CONFIG so Slurm workers can only get it from their job script."""
+    import copy
+
+    import dask
+
+    from probe_dask import cluster
+
+    saved = copy.deepcopy(dask.config.config)
+    monkeypatch.setattr(cluster, "_loaded", [])
+    monkeypatch.delenv("DASK_CONFIG", raising=False)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)

@@ -171,6 +171,18 @@ def exact_loss(X, y, n_classes, b, w, ridge=1e-8, eps=1e-8):
     return out
 
 
+def _latent_stats(csc, y, l, n_classes, P):
+    """Non-zero values of latent ``l``, its zero-row count, positives and their value sums per
+    class, and the positives among its zero rows."""
+    lo, hi = csc.indptr[l], csc.indptr[l + 1]
+    v = csc.data[lo:hi].astype(np.float64)
+    lab = y[csc.indices[lo:hi]]
+    n0 = csc.shape[0] - v.size
+    pos = np.bincount(lab, minlength=n_classes).astype(np.float64)
+    vpos = np.bincount(lab, weights=v, minlength=n_classes)
+    return v, n0, pos, vpos, np.clip(P - pos, 0, n0)
+
+
 def sparse_reference_fit(csc, y, n_classes, ridge=1e-8, eps=1e-8, tol=1e-13, max_iter=300):
     """Optimum of every pair of a sparse problem, by plain Newton with Armijo backtracking.
 
@@ -194,13 +206,7 @@ def sparse_reference_fit(csc, y, n_classes, ridge=1e-8, eps=1e-8, tol=1e-13, max
     out_b, out_w, out_f = (np.empty((L, C)) for _ in range(3))
     sp = lambda t: np.logaddexp(0.0, t)  # noqa: E731
     for l in range(L):
-        lo, hi = csc.indptr[l], csc.indptr[l + 1]
-        v = csc.data[lo:hi].astype(np.float64)
-        lab = y[csc.indices[lo:hi]]
-        n0 = N - v.size
-        pos = np.bincount(lab, minlength=C).astype(np.float64)
-        vpos = np.bincount(lab, weights=v, minlength=C)
-        pz = np.clip(P - pos, 0, n0)  # positives among the zero rows
+        v, n0, pos, vpos, pz = _latent_stats(csc, y, l, C, P)
 
         def f(b, w):
             eta = b[None, :] + v[:, None] * w[None, :]
@@ -247,13 +253,7 @@ def sparse_objective(csc, y, n_classes, b, w, ridge=1e-8, eps=1e-8):
     P = np.bincount(y, minlength=n_classes).astype(np.float64)
     out = np.empty((L, n_classes))
     for l in range(L):
-        lo, hi = csc.indptr[l], csc.indptr[l + 1]
-        v = csc.data[lo:hi].astype(np.float64)
-        lab = y[csc.indices[lo:hi]]
-        n0 = N - v.size
-        pos = np.bincount(lab, minlength=n_classes).astype(np.float64)
-        vpos = np.bincount(lab, weights=v, minlength=n_classes)
-        pz = np.clip(P - pos, 0, n0)
+        v, n0, pos, vpos, pz = _latent_stats(csc, y, l, n_classes, P)
         bl, wl = np.asarray(b[l], np.float64), np.asarray(w[l], np.float64)
         eta = bl[None, :] + v[:, None] * wl[None, :]
         nll = (np.logaddexp(0, eta).sum(0) - bl * pos - wl * vpos + pz * np.logaddexp(0, -bl)

@@ -7,7 +7,6 @@ kept small (1 core, 1 GiB) so that the tests fit a 2-core machine; the GPU profi
 without its --gres directive, which a machine without GPUs cannot grant.
 """
 
-import copy
 import os
 import subprocess
 import time
@@ -28,13 +27,8 @@ PROLOGUE = [f"export PYTHONPATH={Path(__file__).resolve().parent}${{PYTHONPATH:+
 
 
 @pytest.fixture(autouse=True)
-def clean_config(monkeypatch):
-    saved = copy.deepcopy(dask.config.config)
-    monkeypatch.setattr(C, "_loaded", [])
-    monkeypatch.delenv("DASK_CONFIG", raising=False)  # workers must get it from the script
+def _clean_config(clean_dask_config):
     yield
-    dask.config.config.clear()
-    dask.config.config.update(saved)
 
 
 def small(profile, tmp_path, **extra):

@@ -10,13 +10,11 @@ Needs a running Slurm (scripts/slurm/start.sh); skipped without one unless
 PROBE_DASK_REQUIRE_SLURM=1. Jobs are small (1 core, 1 GiB) to fit a 2-core machine.
 """
 
-import copy
 import os
 import subprocess
 import time
 from pathlib import Path
 
-import dask
 import pytest
 
 from probe_dask import cluster as C
@@ -31,13 +29,8 @@ ROOT_YAML = Path(__file__).resolve().parents[1] / "jobqueue.yaml"
 
 
 @pytest.fixture(autouse=True)
-def clean_config(monkeypatch):
-    saved = copy.deepcopy(dask.config.config)
-    monkeypatch.setattr(C, "_loaded", [])
-    monkeypatch.delenv("DASK_CONFIG", raising=False)  # workers get it from the job script
+def _clean_config(clean_dask_config):
     yield
-    dask.config.config.clear()
-    dask.config.config.update(saved)
 
 
 def small_cpu(tmp_path):

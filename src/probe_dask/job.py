@@ -15,12 +15,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .array import DEFAULT_BLOCK_NNZ, Shard, open_shard
 from .errors import InputError
 from .outputs import check_writable, write_json, write_metrics_npz
+
+if TYPE_CHECKING:  # fit (and its imports) load only when a job runs: bad input fails fast
+    from .fit import ProbeFitter
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
            "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]

@@ -66,21 +66,20 @@ def missing_hint(path) -> str:
     return hint
 
 
+def _require(path, field, expected, is_kind, kind, other):
+    p = Path(os.path.abspath(os.fspath(path)))
+    if is_kind(p):
+        return p
+    if p.exists():
+        raise InputError(p, field, f"a {other}, not a {kind}", expected)
+    raise InputError(p, field, f"no such {kind}", f"{expected}; {missing_hint(p)}")
+
+
 def require_dir(path, field: str, expected: str) -> Path:
     """Return ``path`` when it is a folder; else raise ``InputError`` with a suggestion."""
-    p = Path(os.path.abspath(os.fspath(path)))
-    if p.is_dir():
-        return p
-    found = "a file, not a folder" if p.exists() else "no such folder"
-    raise InputError(p, field, found, f"{expected}; {missing_hint(p)}" if not p.exists()
-                     else expected)
+    return _require(path, field, expected, Path.is_dir, "folder", "file")
 
 
 def require_file(path, field: str, expected: str) -> Path:
     """Return ``path`` when it is a file; else raise ``InputError`` with a suggestion."""
-    p = Path(os.path.abspath(os.fspath(path)))
-    if p.is_file():
-        return p
-    found = "a folder, not a file" if p.exists() else "no such file"
-    raise InputError(p, field, found, f"{expected}; {missing_hint(p)}" if not p.exists()
-                     else expected)
+    return _require(path, field, expected, Path.is_file, "file", "folder")

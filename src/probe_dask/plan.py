@@ -398,7 +398,7 @@ def _model(cfg, block_nnz, work_chunk, persist):
           ("label_train", "label_test")),
         W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
           20 * P + 8 * (L + 1), 1, ("fit",)),
-        W("fit partials (6 x P float64) in the reduction", f"48 P; threads x (split_every + 2)",
+        W("fit partials (6 x P float64) in the reduction", "48 P; threads x (split_every + 2)",
           48 * P, T * (se + 2), ("fit",)),
         W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
           20 * LC + 8 * (L + 1), 1, ("eval_train", "eval_test")),
@@ -678,7 +678,7 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
             head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros; the widest row "
             f"has {widest:,}) need {_fmt(worst.worker_peak)} per worker ({stage}), over "
             f"{target_fraction:.0%} of the limit ({_fmt(budget)}); {raise_to}"
-            + (f", or use fewer --threads per worker (each thread holds its own block)"
+            + (", or use fewer --threads per worker (each thread holds its own block)"
                if threads > 1 else ""))
     if gpu_memory and worst.gpu_peak > gpu_budget:
         worst.message += (f"; the GPU needs {_fmt(worst.gpu_peak)} of its {_fmt(gpu_memory)}")
