@@ -30,6 +30,9 @@ def _add_cluster_flags(p):
     g.add_argument("--memory-limit", default=None,
                    help="memory limit per worker, e.g. 4GB (default: machine memory / workers)")
     g.add_argument("--jobs", type=int, default=None, help="Slurm: worker jobs to start")
+    g.add_argument("--min-jobs", type=int, default=None,
+                   help="Slurm, adaptive: keep at least this many worker jobs (replaces lost ones)")
+    g.add_argument("--max-jobs", type=int, default=None, help="Slurm, adaptive: at most this many")
     g.add_argument("--jobqueue-config", metavar="PATH", default=None,
                    help="jobqueue.yaml with the Slurm profiles (default: found via DASK_CONFIG)")
 
@@ -112,7 +115,8 @@ def _open_client(args):
 
     spec = args.scheduler or args.cluster
     sizing = dict(n_workers=args.workers, threads_per_worker=args.threads,
-                  memory_limit=args.memory_limit, jobs=args.jobs)
+                  memory_limit=args.memory_limit, jobs=args.jobs, minimum_jobs=args.min_jobs,
+                  maximum_jobs=args.max_jobs)
     if spec == "local" and sizing["threads_per_worker"] is None:
         sizing["threads_per_worker"] = 1  # torch and the C kernel each use one core per task
     # Only what the user asked for: joining a running scheduler takes no sizing at all.
