@@ -1,7 +1,7 @@
 """Independent dense float64 reference for the probe objective (tests only).
 
-Nothing here uses ``probe_dask``: the objective is evaluated over all ``N`` rows of a dense
-``X`` (no closed form for zero rows, no sums), and every pair is minimised by its own plain
+Nothing here uses ``probe_dask`` but the ``kernels.LabelSums`` container: the objective is
+evaluated over all ``N`` rows of a dense ``X`` (no closed form for zero rows, no sums), and every pair is minimised by its own plain
 Newton iteration with a backtracking line search. Problems are tiny; memory is a few
 dense ``(N, L)`` / ``(N, C)`` float64 arrays.
 """
@@ -12,22 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probe_dask.kernels import LabelSums
+
 
 def _sigmoid(x):
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@dataclass
-class DenseLabelSums:
-    """Same attributes as ``kernels.LabelSums``."""
-
-    n_rows: int
-    class_rows: np.ndarray
-    count: np.ndarray
-    sum_v2: np.ndarray
-    pos: np.ndarray
-    vpos: np.ndarray
 
 
 def dense_label_sums(X, y, n_classes):
@@ -35,9 +25,10 @@ def dense_label_sums(X, y, n_classes):
     X = np.asarray(X, dtype=np.float64)
     onehot = (np.asarray(y)[:, None] == np.arange(n_classes)).astype(np.float64)
     nz = (X != 0).astype(np.float64)
-    return DenseLabelSums(n_rows=X.shape[0], class_rows=onehot.sum(0).astype(np.int64),
-                          count=nz.sum(0).astype(np.int64), sum_v2=(X * X).sum(0),
-                          pos=nz.T @ onehot, vpos=X.T @ onehot)
+    # The container is shared with the kernels (torch-free); what fills it is computed here.
+    return LabelSums(n_rows=X.shape[0], class_rows=onehot.sum(0).astype(np.int64),
+                     count=nz.sum(0).astype(np.int64), sum_v2=(X * X).sum(0),
+                     pos=nz.T @ onehot, vpos=X.T @ onehot)
 
 
 def dense_sums(X, b, w):

@@ -17,7 +17,8 @@ import numpy as np
 from . import kernels
 from .passes import run_pass
 
-__all__ = ["SplitMetrics", "split_metrics", "evaluate_split", "baseline_cross_entropy", "class_table"]
+__all__ = ["SplitMetrics", "LabelAndEvalSums", "split_metrics", "label_and_eval_sums",
+           "evaluate_split", "baseline_cross_entropy", "class_table"]
 
 EPS = 1e-8
 
@@ -88,9 +89,34 @@ def split_metrics(label_sums, eval_totals, b, w) -> SplitMetrics:
     )
 
 
+@dataclass
+class LabelAndEvalSums:
+    """A block's label statistics and evaluation sums, additive across blocks.
+
+    For a split whose label statistics are not known yet (test): both come out of one pass,
+    so its blocks are read and grouped by latent once, not twice.
+    """
+
+    labels: kernels.LabelSums
+    totals: np.ndarray
+
+    def __add__(self, other: "LabelAndEvalSums") -> "LabelAndEvalSums":
+        return LabelAndEvalSums(self.labels + other.labels, self.totals + other.totals)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.labels.nbytes + self.totals.nbytes)
+
+
+def label_and_eval_sums(block, n_classes, pairs, device=None) -> LabelAndEvalSums:
+    """``kernels.label_sums`` and ``kernels.eval_sums`` of one block, in one task."""
+    return LabelAndEvalSums(kernels.label_sums(block, n_classes),
+                            kernels.eval_sums(block, pairs, device))
+
+
 def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=None,
                    split_every=4, resources=None) -> SplitMetrics:
-    """Loss and confusion counts of every pair on one split (one or two passes).
+    """Loss and confusion counts of every pair on one split, in one pass over its blocks.
 
     Parameters
     ----------
@@ -103,13 +129,17 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     label_sums : kernels.LabelSums, optional
         Already-summed label statistics of this split (the fit has them for train).
     """
-    if label_sums is None:
-        label_sums = run_pass(client, blocks, kernels.label_sums, n_classes,
-                              split_every=split_every, resources=resources)
-    pairs = client.scatter(kernels.ActivePairs.all_pairs(b, w), broadcast=True)
+    # hash=False: a unique key. Train and test scatter identical pairs; with the content hash
+    # as key, releasing the train future could drop the key the test pass is about to use.
+    pairs = client.scatter(kernels.ActivePairs.all_pairs(b, w), broadcast=True, hash=False)
     try:
-        totals = run_pass(client, blocks, kernels.eval_sums, pairs, device=device,
-                          split_every=split_every, resources=resources)
+        if label_sums is None:
+            both = run_pass(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,
+                            split_every=split_every, resources=resources)
+            label_sums, totals = both.labels, both.totals
+        else:
+            totals = run_pass(client, blocks, kernels.eval_sums, pairs, device=device,
+                              split_every=split_every, resources=resources)
     finally:
         pairs.release()
     return split_metrics(label_sums, totals, b, w)

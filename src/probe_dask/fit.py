@@ -262,7 +262,7 @@ class ProbeFitter:
                 if pairs.n_pairs == 0:
                     break
                 start = time.perf_counter()
-                pairs_future = client.scatter(pairs, broadcast=True)
+                pairs_future = client.scatter(pairs, broadcast=True, hash=False)
                 try:
                     sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,
                                       device=self.device)

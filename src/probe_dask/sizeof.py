@@ -52,7 +52,8 @@ def register_nbytes(cls):
 
 @sizeof.register_lazy("probe_dask")
 def _register_probe_dask():
-    from . import kernels
+    from . import evaluate, kernels
 
-    for cls in (kernels.LatentBlock, kernels.ActivePairs, kernels.LabelSums):
+    for cls in (kernels.LatentBlock, kernels.ActivePairs, kernels.LabelSums,
+                evaluate.LabelAndEvalSums):
         sizeof.register(cls)(_nbytes_attr)
