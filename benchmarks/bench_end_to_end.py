@@ -41,8 +41,8 @@ def main(argv=None):
 
     from distributed import Client, LocalCluster
 
-    from probe_dask.job import open_inputs, run_job
-    from probe_dask.synthetic import make_run
+    from probe_dask.app.job import open_inputs, run_job
+    from probe_dask.testing.synthetic import make_run
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pd-e2e-"))
     t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def main(argv=None):
     import scipy.sparse as sp
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from reference import sparse_objective, sparse_reference_fit
+    from probe_dask.testing.reference import sparse_objective, sparse_reference_fit
 
     csc = sp.load_npz(Path(run.run_dir) / "inference" / run.train_id / "token_acts.npz").tocsc()
     y = np.fromfile(Path(run.train_shard) / "labels.bin", dtype=np.uint8).astype(np.int64)

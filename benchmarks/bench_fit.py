@@ -69,11 +69,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="pd-fit-"))
-    exe = [sys.executable, "-m", "probe_dask.cli"]
+    exe = [sys.executable, "-m", "probe_dask"]
     if args.demo:
         cmd = exe + ["demo", "--out", str(work / "demo")]
     else:
-        from probe_dask.synthetic import make_run
+        from probe_dask.testing.synthetic import make_run
 
         run = make_run(work, n_train_examples=args.train_examples,
                        n_test_examples=max(1, args.train_examples // 4), d_sae=args.d_sae,
@@ -111,7 +111,7 @@ def main(argv=None):
         import scipy.sparse as sp
 
         sys.path.insert(0, str(ROOT / "tests"))
-        from reference import sparse_objective, sparse_reference_fit
+        from probe_dask.testing.reference import sparse_objective, sparse_reference_fit
 
         run_dir = Path(summary["run"])
         train = Path(summary["train_shard"])

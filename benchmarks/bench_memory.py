@@ -40,7 +40,7 @@ import time
 
 import psutil
 
-from probe_dask.synthetic import make_run
+from probe_dask.testing.synthetic import make_run
 
 TOKENS = 256
 MiB = 2**20
@@ -95,7 +95,7 @@ def nnz_of(path) -> int:
 
 
 def fit(run, args, log_path):
-    cmd = [sys.executable, "-m", "probe_dask.cli", "fit", "--run", run.run_dir,
+    cmd = [sys.executable, "-m", "probe_dask", "fit", "--run", run.run_dir,
            "--train-shards", run.train_shard, "--test-shards", run.test_shard,
            "--workers", "2", "--threads", "1", "--memory-limit", args.memory_limit,
            "--max-iter", str(args.max_iter), "--device", "cpu", "--telemetry-interval", "0.5"]

@@ -56,7 +56,7 @@ def best_of(fn, repeat):
 def make_block(nnz, n_classes, n_latents, seed=0):
     """A CSR block of about ``nnz`` non-zeros and its labels."""
     try:
-        from probe_dask import synthetic
+        from probe_dask.testing import synthetic
     except ImportError:
         synthetic = None
     if synthetic is not None:
@@ -183,7 +183,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
-    from probe_dask import ckernel
+    from probe_dask.kernels import ckernel
 
     default_threads = torch.get_num_threads()
     t0 = time.perf_counter()

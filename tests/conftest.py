@@ -69,7 +69,7 @@ def local_client():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A small synthetic run in the users' layout (about 500 rows, 128 latents, 8 classes)."""
-    from probe_dask.synthetic import make_run
+    from probe_dask.testing.synthetic import make_run
 
     return make_run(tmp_path_factory.mktemp("tiny-run"), n_train_examples=8, n_test_examples=4,
                     tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,
@@ -85,7 +85,7 @@ def clean_dask_config(monkeypatch):
 
     import dask
 
-    from probe_dask import cluster
+    from probe_dask.cluster import start as cluster
 
     saved = copy.deepcopy(dask.config.config)
     monkeypatch.setattr(cluster, "_loaded", [])

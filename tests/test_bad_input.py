@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from probe_dask.store import open_csr, store_dir
-from probe_dask.synthetic import make_run
+from probe_dask.io.store import open_csr, store_dir
+from probe_dask.testing.synthetic import make_run
 
 N_CLASSES, D_SAE, TOKENS = 8, 128, 64
 CLI = Path(sys.executable).with_name("probe-dask")

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 from distributed import Client, LocalCluster
 
-from probe_dask.job import METRICS_NAME
+from probe_dask.app.job import METRICS_NAME
 
-CLI = [sys.executable, "-m", "probe_dask.cli"]
+CLI = [sys.executable, "-m", "probe_dask"]
 
 
 def run_cli(*args, timeout=300):

@@ -9,7 +9,7 @@ import pytest
 from dask_jobqueue.slurm import SLURMJob
 from distributed import LocalCluster
 
-from probe_dask import cluster as C
+from probe_dask.cluster import start as C
 from probe_dask.errors import InputError, ProbeDaskError
 
 ROOT_YAML = Path(__file__).resolve().parents[1] / "jobqueue.yaml"

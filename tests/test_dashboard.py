@@ -136,10 +136,10 @@ async def read_memory_panel(port, url, n_workers, png_path, between=None, timeou
 
 
 def test_memory_panel_shows_every_workers_blocks(slurm, chromium, tmp_path, capsys):
-    from probe_dask.array import open_shard
+    from probe_dask.engine.shard import open_shard
     from probe_dask.cluster import make_cluster, slurm_profile
-    from probe_dask.fit import ProbeFitter
-    from probe_dask.synthetic import make_run
+    from probe_dask.engine.fit import ProbeFitter
+    from probe_dask.testing.synthetic import make_run
 
     # About 7 M non-zeros: blocks of ~1 M (about 7 MiB each as LatentBlocks) over 2 workers.
     run = make_run(tmp_path / "data", n_train_examples=128, n_test_examples=4,

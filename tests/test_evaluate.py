@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from probe_dask import kernels
-from probe_dask.evaluate import baseline_cross_entropy, class_table, split_metrics
+from probe_dask.engine.evaluate import baseline_cross_entropy, class_table, split_metrics
 
 
 def dense_metrics(X, y, b, w):

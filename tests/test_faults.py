@@ -27,9 +27,9 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 
-from probe_dask.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
-from probe_dask.store import open_csr
-from probe_dask.synthetic import make_run
+from probe_dask.app.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
+from probe_dask.io.store import open_csr
+from probe_dask.testing.synthetic import make_run
 
 CLI = Path(sys.executable).with_name("probe-dask")
 BLOCK_NNZ = 20_000  # about 8 train blocks: passes of several tasks, each a few tens of ms

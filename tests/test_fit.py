@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from probe_dask.array import open_shard
-from probe_dask.fit import ProbeFitter
+from probe_dask.engine.shard import open_shard
+from probe_dask.engine.fit import ProbeFitter
 
-from shards import dense_shard
-from reference import exact_loss, reference_fit
+from probe_dask.testing.reference import dense_shard
+from probe_dask.testing.reference import exact_loss, reference_fit
 
 
 def _fit(client, run, block_nnz, **kw):
@@ -85,7 +85,7 @@ def test_sparse_reference_agrees_with_dense_reference(tiny_run):
     """The all-pairs sparse reference (used for whole-run gaps) equals the per-pair dense one."""
     import scipy.sparse as sp
 
-    from reference import sparse_reference_fit
+    from probe_dask.testing.reference import sparse_reference_fit
 
     X, y = dense_shard(tiny_run.run_dir, tiny_run.train_shard)
     dense = reference_fit(X, y, 8)

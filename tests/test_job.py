@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from probe_dask.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
-from shards import dense_shard
+from probe_dask.app.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
+from probe_dask.testing.reference import dense_shard
 from test_evaluate import dense_metrics
 
 

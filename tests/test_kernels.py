@@ -28,7 +28,7 @@ F32 = 2.0**-24
 
 def _need(backend):
     if backend == "c":
-        ckernel = pytest.importorskip("probe_dask.ckernel")
+        ckernel = pytest.importorskip("probe_dask.kernels.ckernel")
         if not ckernel.available():
             pytest.skip(f"C kernel unavailable: {ckernel.unavailable_reason()}")
 
@@ -274,7 +274,7 @@ def test_cuda_matches_cpu():
 
 
 def test_c_portable_variant_matches_dense():
-    ckernel = pytest.importorskip("probe_dask.ckernel")
+    ckernel = pytest.importorskip("probe_dask.kernels.ckernel")
     try:
         lib = ckernel.load_variant([])  # no -march: the generic C path on x86-64
     except RuntimeError as exc:
@@ -311,7 +311,7 @@ def _py(code, env_extra, tmp_path):
 def test_c_compile_concurrent_and_cached(tmp_path):
     _need("c")
     code = """
-        from probe_dask import ckernel
+        from probe_dask.kernels import ckernel
         print(ckernel.available(), ckernel.library_path())
     """
     procs = [_py(code, {}, tmp_path) for _ in range(3)]
@@ -330,14 +330,15 @@ def test_c_fallbacks(tmp_path):
     cc.write_text('#!/bin/sh\ncase "$*" in *-march=native*) exit 1;; esac\nexec gcc "$@"\n')
     cc.chmod(0o755)
     code = """
-        from probe_dask import ckernel
+        from probe_dask.kernels import ckernel
         assert ckernel.available(), ckernel.unavailable_reason()
         assert "-march=native" not in ckernel.library_flags()
     """
     # no working compiler: unavailable, with a reason; auto falls back to torch, 'c' raises
     code_broken = """
         import numpy as np, scipy.sparse as sp
-        from probe_dask import ckernel, kernels as K
+        from probe_dask.kernels import ckernel
+        from probe_dask import kernels as K
         assert not ckernel.available() and "false" in ckernel.unavailable_reason()
         blk = K.LatentBlock.from_csr(sp.csr_matrix(np.eye(3, dtype=np.float32)), np.zeros(3, np.uint8))
         pairs = K.ActivePairs.all_pairs(np.zeros((3, 2)), np.ones((3, 2)))
@@ -350,7 +351,7 @@ def test_c_fallbacks(tmp_path):
             raise AssertionError("backend='c' did not raise")
     """
     code_off = """
-        from probe_dask import ckernel
+        from probe_dask.kernels import ckernel
         assert not ckernel.available() and "PROBE_DASK_NO_CKERNEL" in ckernel.unavailable_reason()
     """
     procs = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probe_dask.errors import InputError
-from probe_dask.labels import LabelsSource, ShardMetadata, open_labels, read_metadata
+from probe_dask.io.labels import LabelsSource, ShardMetadata, open_labels, read_metadata
 
 SAEV_FIELDS = {"family": "dinov2", "ckpt": "dinov2_vitb14_reg", "layers": [11], "cls_token": True,
                "d_model": 768, "max_tokens_per_shard": 1_000_000, "data": {"name": "ade20k"},

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from probe_dask.job import open_inputs, run_job
+from probe_dask.app.job import open_inputs, run_job
 from probe_dask.telemetry import Telemetry, read_telemetry
 
 WORKER_LIMIT = 512 * 2**20

@@ -53,7 +53,7 @@ def test_notebook_runs_unattended_on_slurm(slurm, tmp_path, capsys):
     from nbclient import NotebookClient
 
     from probe_dask.cluster import slurm_profile
-    from probe_dask.synthetic import make_run
+    from probe_dask.testing.synthetic import make_run
 
     run = make_run(tmp_path / "data", n_train_examples=8, n_test_examples=4, tokens_per_example=64,
                    d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3, n_planted=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probe_dask.errors import ProbeDaskError
-from probe_dask.outputs import METRIC_KEYS, atomic_path, check_writable, write_metrics_npz
+from probe_dask.io.outputs import METRIC_KEYS, atomic_path, check_writable, write_metrics_npz
 
 
 def test_metrics_npz_keys_shapes_dtypes(tmp_path):

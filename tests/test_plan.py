@@ -12,15 +12,15 @@ import pytest
 import scipy.sparse as sp
 from distributed import Client, LocalCluster
 
-from probe_dask.array import open_shard
+from probe_dask.engine.shard import open_shard
 from probe_dask.errors import ProbeDaskError
-from probe_dask.job import METRICS_NAME, open_inputs, run_job
-from probe_dask.plan import (MAX_BLOCK_NNZ, TARGET_FRACTION, WORKER_STAGES, format_plan, plan_job,
+from probe_dask.app.job import METRICS_NAME, open_inputs, run_job
+from probe_dask.memory.plan import (MAX_BLOCK_NNZ, TARGET_FRACTION, WORKER_STAGES, format_plan, plan_job,
                              plan_run, read_shard_info)
-from probe_dask.synthetic import make_run
+from probe_dask.testing.synthetic import make_run
 from probe_dask.telemetry import strict_json
 
-CLI = [sys.executable, "-m", "probe_dask.cli"]
+CLI = [sys.executable, "-m", "probe_dask"]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def _wide_row_shard(root, n_cols=400_000, wide=300_000):
 def test_one_row_wider_than_the_budget_stops_before_fitting(tmp_path, monkeypatch):
     run, train, test = _wide_row_shard(tmp_path)
     inputs = open_inputs(run, train, test)
-    from probe_dask import fit as fit_module
+    from probe_dask.engine import fit as fit_module
 
     def no_fit(*a, **k):
         raise AssertionError("the fit started")

@@ -66,7 +66,7 @@ def jobs_in(folder: Path) -> list[str]:
 
 
 def tiny(tmp_path):
-    from probe_dask.synthetic import make_run
+    from probe_dask.testing.synthetic import make_run
 
     return make_run(tmp_path / "data", n_train_examples=8, n_test_examples=4,
                     tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,

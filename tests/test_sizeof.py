@@ -10,9 +10,9 @@ from dask.sizeof import sizeof
 from distributed import wait
 
 from probe_dask import kernels
-from probe_dask.array import open_shard
-from probe_dask.passes import latent_blocks
-from probe_dask.synthetic import make_run
+from probe_dask.engine.shard import open_shard
+from probe_dask.engine.passes import latent_blocks
+from probe_dask.testing.synthetic import make_run
 
 
 def _arrays_nbytes(m):

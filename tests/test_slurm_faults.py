@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from probe_dask import cluster as C
-from probe_dask.job import open_inputs, run_job
-from probe_dask.synthetic import make_run
+from probe_dask.app.job import open_inputs, run_job
+from probe_dask.testing.synthetic import make_run
 
 from test_faults import BLOCK_NNZ, MAX_ITER, Killer, assert_same_results
 

@@ -6,17 +6,16 @@ independent Newton fit of the exact objective (``reference.fit_pair``).
 """
 
 import io
-import sys
-import types
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from probe_dask import solver
+from probe_dask.core import solver
+from probe_dask.core.blocks import ActivePairs
 
-from reference import (dense_label_sums, dense_sums, exact_loss, fit_pair, pair_grad_hess,
+from probe_dask.testing.reference import (dense_label_sums, dense_sums, exact_loss, fit_pair, pair_grad_hess,
                        prior_logit, reference_fit)
 
 GAP_TARGET = 1e-6          # what is left to gain at a stopped pair (solver.md step 6)
@@ -286,18 +285,8 @@ def test_fallback_steps_downhill(edge):
     np.testing.assert_array_equal(st.lam[moved & st.active], lam_before[moved & st.active])
 
 
-def test_stopped_pairs_leave_the_active_pairs(edge, monkeypatch):
+def test_stopped_pairs_leave_the_active_pairs(edge):
     X, y, n_cls, _ = edge
-    try:
-        from probe_dask.kernels import ActivePairs
-    except ImportError:                                     # kernels not written yet
-        stand_in = types.ModuleType("probe_dask.kernels")
-
-        class ActivePairs:
-            def __init__(self, latent_ptr, classes, b, w):
-                self.latent_ptr, self.classes, self.b, self.w = latent_ptr, classes, b, w
-        stand_in.ActivePairs = ActivePairs
-        monkeypatch.setitem(sys.modules, "probe_dask.kernels", stand_in)
     k = solver.ProblemConstants.from_label_sums(dense_label_sums(X, y, n_cls))
     st = solver.init_state(k)
     seen_stopped = np.zeros(k.shape, bool)

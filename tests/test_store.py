@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from probe_dask import store
+from probe_dask.io import store
 from probe_dask.errors import InputError
-from probe_dask.store import open_csr, store_dir
+from probe_dask.io.store import open_csr, store_dir
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -399,7 +399,7 @@ def write_big_npz(path, n_chunks):
 # across fork+exec on Linux: a child of a 400 MiB pytest process would report 400 MiB.)
 INGEST = textwrap.dedent("""
     import sys, time
-    from probe_dask.store import open_csr
+    from probe_dask.io.store import open_csr
     t = time.perf_counter()
     src = open_csr(sys.argv[1], cache_dir=sys.argv[2])
     hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from probe_dask.labels import open_labels, read_metadata
-from probe_dask.store import open_csr
-from probe_dask.synthetic import NNZ_MAX, NNZ_MIN, make_run
+from probe_dask.io.labels import open_labels, read_metadata
+from probe_dask.io.store import open_csr
+from probe_dask.testing.synthetic import NNZ_MAX, NNZ_MIN, make_run
 
 SMALL = dict(n_train_examples=24, n_test_examples=8, tokens_per_example=64, d_sae=1024, n_classes=151)
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from probe_dask.job import open_inputs, run_job
+from probe_dask.app.job import open_inputs, run_job
 from probe_dask.telemetry import (MEMORY_PLOT_NAME, PERFORMANCE_REPORT_NAME, TELEMETRY_NAME, Telemetry,
                                   read_telemetry, strict_json, worker_memory)
 
-CLI = [sys.executable, "-m", "probe_dask.cli"]
+CLI = [sys.executable, "-m", "probe_dask"]
 
 
 def _strict_load(path):
@@ -146,7 +146,7 @@ def test_cli_writes_telemetry_plot_and_performance_report(tiny_run, tmp_path):
 
 
 def test_cli_no_telemetry_flag():
-    from probe_dask.cli import build_parser
+    from probe_dask.app.cli import build_parser
 
     base = ["fit", "--run", "r", "--train-shards", "a", "--test-shards", "b"]
     assert build_parser().parse_args(base).telemetry is True

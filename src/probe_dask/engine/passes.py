@@ -17,7 +17,7 @@ import operator
 import dask
 from dask.delayed import Delayed
 
-from . import kernels
+from probe_dask import kernels
 
 __all__ = ["latent_blocks", "run_pass", "tree_sum"]
 

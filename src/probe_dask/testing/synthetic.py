@@ -21,6 +21,8 @@ import zipfile
 
 import numpy as np
 
+from probe_dask.io.layout import ACTIVATIONS_NAME, activations_path, inference_dir
+
 __all__ = ["SyntheticRun", "make_run", "NNZ_MIN", "NNZ_MAX"]
 
 NNZ_MIN, NNZ_MAX = 32, 400  # non-zeros of a row that is not ignored
@@ -65,7 +67,7 @@ class SyntheticRun:
 
     def acts_path(self, shard_id: str) -> str:
         """``<run>/inference/<shard_id>/token_acts.npz``."""
-        return os.path.join(self.run_dir, "inference", shard_id, "token_acts.npz")
+        return str(activations_path(self.run_dir, shard_id))
 
     @property
     def train_acts(self) -> str:
@@ -240,7 +242,7 @@ def _exact_rows(model, rng, rows, t):
 
 def _write_shard(root, sid, name, model, seed, split, n_examples, tokens, ignored_fraction, compressed):
     shard = os.path.join(root, "shards", sid)
-    inference = os.path.join(root, "run", "inference", sid)
+    inference = str(inference_dir(os.path.join(root, "run"), sid))
     os.makedirs(shard, exist_ok=True)
     os.makedirs(inference, exist_ok=True)
     n_rows = n_examples * tokens
@@ -258,7 +260,7 @@ def _write_shard(root, sid, name, model, seed, split, n_examples, tokens, ignore
         forced_rng = np.random.default_rng([seed, 1, 2**31])
         forced_rows = forced_rng.choice(n_rows, model.n_classes, replace=False)
     rows_per_chunk = max(1, int(_CHUNK_NNZ // model.mean_nnz))
-    spool = _Spool(os.path.join(inference, "token_acts.npz"))
+    spool = _Spool(os.path.join(inference, ACTIVATIONS_NAME))
     try:
         with open(os.path.join(shard, "labels.bin"), "wb") as flab:
             for k, r0 in enumerate(range(0, n_rows, rows_per_chunk)):

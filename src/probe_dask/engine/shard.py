@@ -20,10 +20,10 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .errors import InputError
-from .labels import LabelsSource, open_labels, read_metadata
-from .paths import require_dir, require_file
-from .store import CSRSource, open_csr
+from probe_dask.errors import InputError
+from probe_dask.io.labels import LabelsSource, open_labels, read_metadata
+from probe_dask.io.layout import activations_path, require_dir, require_file
+from probe_dask.io.store import CSRSource, open_csr
 
 __all__ = ["Shard", "open_shard", "csr_block_array", "label_block_array", "DEFAULT_BLOCK_NNZ"]
 
@@ -69,11 +69,6 @@ class Shard:
     @property
     def nnz(self) -> int:
         return int(self.source.nnz)
-
-
-def activations_path(run_dir, shard_id) -> Path:
-    """Path of ``token_acts.npz`` of a shard inside a run (formats.md layout)."""
-    return Path(run_dir) / "inference" / shard_id / "token_acts.npz"
 
 
 def open_shard(run_dir, shard_dir, *, block_nnz: int = DEFAULT_BLOCK_NNZ, cache_dir=None) -> Shard:

@@ -26,6 +26,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from probe_dask.core.blocks import ActivePairs
+
 __all__ = ["ProblemConstants", "PairDerivatives", "TrustRegionState", "init_state", "step",
            "pair_derivatives", "objective", "newton_decrement"]
 
@@ -290,8 +292,6 @@ class TrustRegionState:
 
     def active_pairs(self):
         """The pairs the next pass must compute, as ``kernels.ActivePairs``."""
-        from .kernels import ActivePairs  # kernels needs torch; the solver itself does not
-
         latent_ptr, classes, flat = self.active_index()
         return ActivePairs(latent_ptr=latent_ptr, classes=classes,
                            b=self.b.ravel()[flat], w=self.w.ravel()[flat])

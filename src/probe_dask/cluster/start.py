@@ -41,7 +41,8 @@ import dask
 import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from .errors import InputError, ProbeDaskError
+from probe_dask.engine.workers import gpu_resources
+from probe_dask.errors import InputError, ProbeDaskError
 
 __all__ = [
     "ClusterClient", "ClusterSpec", "parse_spec", "make_cluster", "gpu_resources",
@@ -533,22 +534,3 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
         _close_quietly(cluster, client)
         raise
     return ClusterClient(cluster, client)
-
-
-def gpu_resources(client) -> dict | None:
-    """The ``resources=`` GPU tasks should use: ``{"GPU": 1}`` or None.
-
-    Parameters
-    ----------
-    client : distributed.Client
-
-    Returns
-    -------
-    dict or None
-        ``{"GPU": 1}`` when there are workers and every one advertises a ``GPU``
-        resource; None otherwise (CPU-only or mixed clusters).
-    """
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    if workers and all((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values()):
-        return {"GPU": 1}
-    return None

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .synthetic import make_run
+from probe_dask.testing.synthetic import make_run
 
 __all__ = ["demo_run", "DemoRun", "DEMO_PARAMS"]
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probe_dask.errors import ProbeDaskError
+
 __all__ = ["atomic_path", "write_metrics_npz", "write_json", "METRIC_KEYS", "check_writable"]
 
 #: Keys of ``probe1d_metrics.npz`` read by the users' notebooks (formats.md).
@@ -66,8 +68,6 @@ def check_writable(folder) -> None:
 
     Called before any fitting, so a read-only output folder costs seconds, not hours.
     """
-    from .errors import ProbeDaskError
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from .errors import InputError
-from .paths import missing_hint
+from probe_dask.errors import InputError
+from probe_dask.io.layout import missing_hint
 
 __all__ = ["ShardMetadata", "LabelsSource", "read_metadata", "open_labels"]
 

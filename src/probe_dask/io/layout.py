@@ -12,9 +12,23 @@ import difflib
 import os
 from pathlib import Path
 
-from .errors import InputError
+from probe_dask.errors import InputError
 
-__all__ = ["closest_existing", "require_dir", "require_file", "missing_hint"]
+__all__ = ["closest_existing", "require_dir", "require_file", "missing_hint", "inference_dir",
+           "activations_path", "ACTIVATIONS_NAME"]
+
+#: The SAE activations of a shard, inside ``<run>/inference/<shard_id>/``.
+ACTIVATIONS_NAME = "token_acts.npz"
+
+
+def inference_dir(run_dir, shard_id) -> Path:
+    """``<run>/inference/<shard_id>``: a shard's activations and its results (saev layout)."""
+    return Path(run_dir) / "inference" / str(shard_id)
+
+
+def activations_path(run_dir, shard_id) -> Path:
+    """Path of ``token_acts.npz`` of a shard inside a run (saev layout)."""
+    return inference_dir(run_dir, shard_id) / ACTIVATIONS_NAME
 
 _SHOWN = 6  # names of a folder listed when nothing in it is close
 

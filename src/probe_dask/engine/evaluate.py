@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-from .passes import run_pass
+from probe_dask import kernels
+from probe_dask.engine.passes import run_pass
 
 __all__ = ["SplitMetrics", "LabelAndEvalSums", "split_metrics", "label_and_eval_sums",
            "evaluate_split", "baseline_cross_entropy", "class_table"]

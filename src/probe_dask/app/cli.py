@@ -9,12 +9,22 @@ becomes one line and status 1 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
 from pathlib import Path
 
-from .errors import ProbeDaskError
-from .telemetry import TELEMETRY_NAME
+from dask.utils import format_bytes
+from distributed import performance_report
+
+from probe_dask.app.demo import demo_run
+from probe_dask.app.job import format_table, open_inputs, run_job
+from probe_dask.cluster import make_cluster
+from probe_dask.engine.workers import gpu_resources
+from probe_dask.errors import ProbeDaskError
+from probe_dask.memory.plan import format_plan, plan_run
+from probe_dask.telemetry import PERFORMANCE_REPORT_NAME, TELEMETRY_NAME, Telemetry, strict_json
 
 __all__ = ["main", "build_parser"]
 
@@ -111,8 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_client(args):
-    from .cluster import make_cluster
-
     spec = args.scheduler or args.cluster
     sizing = dict(n_workers=args.workers, threads_per_worker=args.threads,
                   memory_limit=args.memory_limit, jobs=args.jobs, minimum_jobs=args.min_jobs,
@@ -129,9 +137,6 @@ def _log(msg):
 
 
 def _run(args, run_dir, train, test):
-    from .cluster import gpu_resources
-    from .job import format_table, open_inputs, run_job
-
     kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
     tele = _start_telemetry(args)
     # Input and output folders are checked before any cluster starts: bad input costs seconds.
@@ -177,22 +182,14 @@ def _run(args, run_dir, train, test):
 def _start_telemetry(args):
     if not getattr(args, "telemetry", False):
         return None
-    from .telemetry import Telemetry
-
     tele = Telemetry(interval=args.telemetry_interval)
     tele.host_mem("open")
     return tele
 
 
 def _performance_report(args, inputs):
-    import contextlib
-
     if getattr(args, "performance_report", None) is None:
         return contextlib.nullcontext()
-    from distributed import performance_report
-
-    from .telemetry import PERFORMANCE_REPORT_NAME
-
     path = args.performance_report or str(inputs.out_dirs[0] / PERFORMANCE_REPORT_NAME)
     _log(f"performance report: {path}")
     return performance_report(filename=path)
@@ -201,8 +198,7 @@ def _performance_report(args, inputs):
 def _log_memory_summary(summary, tele):
     if not summary:
         return
-    from dask.utils import format_bytes as fb
-
+    fb = format_bytes
     pred, meas = summary.get("predicted") or {}, summary["measured"]
     worker, driver = meas.get("worker_peak_rss_max"), meas.get("driver_peak_rss")
     line = "memory: peak RSS"
@@ -215,11 +211,6 @@ def _log_memory_summary(summary, tele):
 
 
 def _cmd_plan(args):
-    import json
-
-    from .plan import format_plan, plan_run
-    from .telemetry import strict_json
-
     kw = {} if args.target_fraction is None else {"target_fraction": args.target_fraction}
     plan = plan_run(args.train_shards, args.test_shards, run=args.run, memory_limit=args.memory_limit,
                     n_workers=args.workers, threads=args.threads, device=args.device,
@@ -240,8 +231,6 @@ def _cmd_fit(args):
 
 
 def _cmd_demo(args):
-    from .demo import demo_run
-
     t0 = time.perf_counter()
     run = demo_run(Path(args.out), n_train_examples=args.train_examples, seed=args.seed, log=_log)
     args.cache_dir = None

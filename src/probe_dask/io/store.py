@@ -30,7 +30,7 @@ import zlib
 import numpy as np
 import scipy.sparse
 
-from .errors import InputError
+from probe_dask.errors import InputError
 
 __all__ = ["ArrayRef", "CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
 

@@ -15,16 +15,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .array import DEFAULT_BLOCK_NNZ, Shard, open_shard
-from .errors import InputError
-from .outputs import check_writable, write_json, write_metrics_npz
-
-if TYPE_CHECKING:  # fit (and its imports) load only when a job runs: bad input fails fast
-    from .fit import ProbeFitter
+from probe_dask.engine.evaluate import class_table, evaluate_split
+from probe_dask.engine.fit import ProbeFitter
+from probe_dask.engine.passes import latent_blocks
+from probe_dask.engine.shard import DEFAULT_BLOCK_NNZ, Shard, open_shard
+from probe_dask.errors import InputError
+from probe_dask.io.layout import inference_dir
+from probe_dask.io.outputs import check_writable, write_json, write_metrics_npz
+from probe_dask.memory.plan import plan_job
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
            "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
@@ -90,7 +91,7 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=No
     _check_pair(train, test)
     n_classes = count_classes(train, test)
     if out_dirs is None:
-        out_dirs = [Path(run_dir) / "inference" / s.shard_id for s in (train, test)]
+        out_dirs = [inference_dir(run_dir, s.shard_id) for s in (train, test)]
     out_dirs = [Path(d) for d in out_dirs]
     for d in out_dirs:
         check_writable(d)
@@ -125,19 +126,12 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     -------
     JobResult
     """
-    # Imported here, not at the top: open_inputs (input checks) then needs no torch, so
-    # bad input is reported in about a second.
-    from .evaluate import class_table, evaluate_split
-    from .fit import ProbeFitter
-
     def _emit(event, **info):
         for callback in callbacks or ():
             callback(event, info)
 
     plan = None
     if memory_plan:
-        from .plan import plan_job
-
         inputs, plan = plan_job(client, inputs, device=device, log=log)
         _emit("plan", plan=plan)
     train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
@@ -175,8 +169,6 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
                                    label_sums=fitter.label_sums_, device=device, resources=resources)
     _emit("evaluate_train_end", seconds=time.perf_counter() - t2)
-    from .passes import latent_blocks
-
     test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
                                   device=device, resources=resources)
     seconds["evaluate"] = time.perf_counter() - t2

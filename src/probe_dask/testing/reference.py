@@ -1,6 +1,6 @@
 """Independent dense float64 reference for the probe objective (tests only).
 
-Nothing here uses ``probe_dask`` but the ``kernels.LabelSums`` container: the objective is
+Nothing here uses ``probe_dask`` but the ``core.blocks.LabelSums`` container: the objective is
 evaluated over all ``N`` rows of a dense ``X`` (no closed form for zero rows, no sums), and every pair is minimised by its own plain
 Newton iteration with a backtracking line search. Problems are tiny; memory is a few
 dense ``(N, L)`` / ``(N, C)`` float64 arrays.
@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probe_dask.kernels import LabelSums
+import json
+from pathlib import Path
+
+import scipy.sparse as sp
+
+from probe_dask.core.blocks import LabelSums
+from probe_dask.io.layout import activations_path
 
 
 def _sigmoid(x):
@@ -251,3 +257,13 @@ def sparse_objective(csc, y, n_classes, b, w, ridge=1e-8, eps=1e-8):
                + (n0 - pz) * np.logaddexp(0, bl))
         out[l] = nll / N + 0.5 * ridge * (wl * wl + (bl - b0) ** 2)
     return out
+
+
+def dense_shard(run_dir, shard_dir):
+    """(X float64 dense, y uint8) of a small shard, read with scipy (independent of our store)."""
+    shard_dir = Path(shard_dir)
+    X = sp.load_npz(activations_path(run_dir, shard_dir.name))
+    meta = json.loads((shard_dir / "metadata.json").read_text())
+    y = np.fromfile(shard_dir / "labels.bin", dtype=np.uint8)
+    assert y.size == meta["n_examples"] * meta["content_tokens_per_example"]
+    return np.asarray(X.toarray(), dtype=np.float64), y

@@ -12,11 +12,12 @@ arrays copied to the device, and the ``(6, P)`` or ``(3, P)`` float64 output.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .kernels import _CPU_WORK_CHUNK, _CUDA_WORK_CHUNK
+__all__ = ["torch_sums", "CPU_WORK_CHUNK", "CUDA_WORK_CHUNK"]
 
-__all__ = ["torch_sums"]
+#: (event x pair) elements per chunk of temporaries, on CPU and on CUDA.
+CPU_WORK_CHUNK = 2**18
+CUDA_WORK_CHUNK = 2**22
 
 def _bucket(k):
     """Pair counts rounded up to few distinct widths: 1, 2, 4, 8, 16, then multiples of 16."""
@@ -51,7 +52,7 @@ def _plan(ev_ptr, pair_ptr, work_chunk):
             yield int(width), u_lat[c0:c1], e0[c0:c1], n[c0:c1]
 
 
-def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def _tensor(torch, a: np.ndarray, device):
     # from_numpy shares memory but warns on read-only arrays (e.g. from dask frames).
     if a.flags.writeable and a.flags.c_contiguous:
         return torch.from_numpy(a).to(device)
@@ -66,20 +67,24 @@ def torch_sums(kind, block, pairs, dev, work_chunk):
     contiguous segment reductions along the event axis (no atomics on CUDA). Padding slots
     point to one extra, discarded output column.
     """
+    # torch is imported on first use, not with this module: a CPU worker on the C kernel
+    # never loads it (about 200 MB of resident memory per worker).
+    import torch
+
     n_out, n_pairs = (6 if kind == "fit" else 3), pairs.n_pairs
     if work_chunk is None:
-        work_chunk = _CUDA_WORK_CHUNK if dev.type == "cuda" else _CPU_WORK_CHUNK
+        work_chunk = CUDA_WORK_CHUNK if dev.type == "cuda" else CPU_WORK_CHUNK
     out = torch.zeros((n_out, n_pairs + 1), dtype=torch.float64, device=dev)
     n_pr = np.diff(pairs.latent_ptr)
     if not np.any((np.diff(block.latent_ptr) > 0) & (n_pr > 0)):
         return out[:, :n_pairs].cpu().numpy()
-    vals = _tensor(block.values, dev)
+    vals = _tensor(torch, block.values, dev)
     zero = torch.zeros(1, dtype=torch.float64, device=dev)
-    b = torch.cat([_tensor(pairs.b, dev), zero])
-    w = torch.cat([_tensor(pairs.w, dev), zero])
+    b = torch.cat([_tensor(torch, pairs.b, dev), zero])
+    w = torch.cat([_tensor(torch, pairs.w, dev), zero])
     if kind == "eval":
-        rows, labels = _tensor(block.rows, dev), _tensor(block.labels, dev).int()
-        classes = torch.cat([_tensor(pairs.classes, dev), torch.full((1,), -1, device=dev,
+        rows, labels = _tensor(torch, block.rows, dev), _tensor(torch, block.labels, dev).int()
+        classes = torch.cat([_tensor(torch, pairs.classes, dev), torch.full((1,), -1, device=dev,
                                                                      dtype=torch.int32)])
     for width, lat, e0, n in _plan(block.latent_ptr, pairs.latent_ptr, int(work_chunk)):
         slot = np.arange(width)

@@ -23,11 +23,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from distributed import get_client
+from tqdm.auto import tqdm
 
-from . import kernels, solver
-from .errors import ProbeDaskError
-from .outputs import atomic_path
-from .passes import latent_blocks, run_pass
+from probe_dask import kernels
+
+from probe_dask.core import solver
+from probe_dask.errors import ProbeDaskError
+from probe_dask.io.outputs import atomic_path
+from probe_dask.engine.passes import latent_blocks, run_pass
+from probe_dask.engine.workers import total_worker_memory
 
 __all__ = ["ProbeFitter"]
 
@@ -38,11 +43,6 @@ PERSIST_FRACTION = 0.4
 def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
     """Bytes of all ``LatentBlock`` s: values, rows, latent pointers and labels."""
     return int(nnz) * 8 + int(n_rows) + n_blocks * (int(n_latents) + 1) * 8
-
-
-def _worker_memory(client) -> int:
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return sum(int(w.get("memory_limit") or 0) for w in workers)
 
 
 def _identity_diff(stored: str, want: str) -> str:
@@ -211,13 +211,11 @@ class ProbeFitter:
         -------
         self
         """
-        from distributed import get_client
-
         client = client or get_client()
         if n_classes is None:
             n_classes = int(y.max().compute()) + 1
         blocks = latent_blocks(X, y)
-        have = _worker_memory(client)
+        have = total_worker_memory(client)
 
         def decide(nnz):
             need = _block_bytes(nnz, X.shape[0], X.shape[1], len(blocks))
@@ -252,8 +250,6 @@ class ProbeFitter:
 
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.max_iter, initial=min(state.n_iter, self.max_iter),
                        desc="solver passes", unit="pass")
         try:

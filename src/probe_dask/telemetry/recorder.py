@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from probe_dask.memory.plan import DRIVER_STAGES, WORKER_STAGES
+
 __all__ = ["Telemetry", "strict_json", "read_telemetry", "worker_memory", "scheduler_memory",
            "TELEMETRY_NAME", "MEMORY_PLOT_NAME", "PERFORMANCE_REPORT_NAME"]
 
@@ -353,8 +355,6 @@ class Telemetry:
 
     def summary(self, **extra) -> dict:
         """Measured peaks beside the plan's predictions (also written as ``summary``)."""
-        from .plan import DRIVER_STAGES, WORKER_STAGES
-
         workers = {name: {"peak_rss": peak, "sampled_max_rss": self.sampled_max.get(name),
                           "gpu_peak_allocated": self.gpu_peaks.get(name),
                           "memory_limit": self.workers.get(name, {}).get("memory_limit")}

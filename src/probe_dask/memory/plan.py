@@ -29,9 +29,21 @@ import os
 import zipfile
 from pathlib import Path
 
+import dask
 import numpy as np
+from dask.system import CPU_COUNT
+from dask.utils import format_bytes, parse_bytes
+from distributed.system import MEMORY_LIMIT
 
-from .errors import InputError, ProbeDaskError
+from probe_dask.core.solver import CHUNK_PAIRS, TrustRegionState
+from probe_dask.engine.shard import csr_block_array, label_block_array
+from probe_dask.engine.workers import gpu_resources, worker_table
+from probe_dask.errors import InputError, ProbeDaskError
+from probe_dask.io.labels import open_labels
+from probe_dask.io.layout import activations_path
+from probe_dask.io.store import CSRSource
+from probe_dask.kernels import ckernel
+from probe_dask.kernels.torch_backend import CPU_WORK_CHUNK, CUDA_WORK_CHUNK
 
 __all__ = ["Buffer", "ShardInfo", "Plan", "plan_run", "plan_job", "format_plan", "reblock",
            "read_shard_info", "MAX_BLOCK_NNZ", "MIN_BLOCK_NNZ", "TARGET_FRACTION",
@@ -203,8 +215,6 @@ class _InMemoryIndptr:
     """Duck-typed ``CSRSource`` over an in-memory ``indptr``: the very same block planner."""
 
     def __init__(self, indptr, n_cols, chunk_bytes=64 * 2**20):
-        from .store import CSRSource
-
         self._indptr, self.shape, self.chunk_bytes = indptr, (indptr.size - 1, int(n_cols)), chunk_bytes
         self.nnz = int(indptr[-1])
         self._row_blocks = CSRSource.row_blocks
@@ -300,9 +310,6 @@ def _shard(obj, run):
         return _source_info(obj.source), obj.labels
     if hasattr(obj, "read_indptr"):
         return _source_info(obj), None
-    from .array import activations_path
-    from .labels import open_labels
-
     if run is None:
         raise ValueError("a shard folder needs run= (the folder holding inference/<shard>/)")
     labels = open_labels(obj)
@@ -315,8 +322,6 @@ def _shard(obj, run):
 def reblock(shard, blocks):
     """The same ``array.Shard`` cut into other row blocks: a list of ``(r0, r1)``, or a
     target number of non-zeros per block (``CSRSource.row_blocks``). Nothing is read."""
-    from .array import csr_block_array, label_block_array
-
     if isinstance(blocks, (int, np.integer)):
         blocks = shard.source.row_blocks(int(blocks))
     blocks = [(int(r0), int(r1)) for r0, r1 in blocks]
@@ -328,8 +333,6 @@ def reblock(shard, blocks):
 
 
 def _fmt(n) -> str:
-    from dask.utils import format_bytes
-
     return format_bytes(int(n))
 
 
@@ -346,8 +349,6 @@ def _read_ahead(threads: int) -> int:
     """CSR blocks a worker may hold at once: one per thread being converted, plus the root
     tasks (reads) the scheduler keeps on it (``distributed.scheduler.worker-saturation``,
     1.1 by default)."""
-    import dask
-
     sat = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
     try:
         sat = float(sat)
@@ -436,8 +437,6 @@ def _model(cfg, block_nnz, work_chunk, persist):
         worker.append(W("host copy of the kernel output", "48 P (fit) / 24 P (eval)", 48 * P, T,
                         ("fit", "eval_train", "eval_test")))
 
-    from .solver import CHUNK_PAIRS, TrustRegionState
-
     state_pp = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
     n_tasks = 5 * max(nb.values()) + 2
     D = lambda *a, **kw: Buffer("driver", *a, **kw)  # noqa: E731
@@ -492,38 +491,11 @@ def _backend(device, backend):
         return "torch"
     if backend == "c":
         return "c"
-    try:
-        from . import ckernel
-
-        return "c" if ckernel.available() else "torch"
-    except ImportError:
-        return "torch"
-
-
-def _kernels_import_torch() -> bool:
-    """Whether importing ``probe_dask.kernels`` (every worker does) imports torch: read from
-    its source, so that planning never pays for importing torch itself."""
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("probe_dask.kernels")
-    try:
-        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
-    except (OSError, TypeError, SyntaxError):
-        return True
-    for node in tree.body:
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "torch" for a in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
-            return True
-    return False
+    return "c" if ckernel.available() else "torch"
 
 
 def _default_limit(n_workers, threads) -> tuple[int, int]:
     """(n_workers, memory_limit) a default ``LocalCluster`` would use on this machine."""
-    from dask.system import CPU_COUNT
-    from distributed.system import MEMORY_LIMIT
-
     n_workers = n_workers or max(1, CPU_COUNT // max(threads, 1))
     return n_workers, int(MEMORY_LIMIT * min(1.0, threads / CPU_COUNT))
 
@@ -565,8 +537,6 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         ``fits`` False means no setting keeps the workers under the target; ``message``
         says why and ``min_memory_limit`` which limit would.
     """
-    from dask.utils import parse_bytes
-
     tr, tr_labels = _shard(train, run)
     te, te_labels = _shard(test, run)
     if te is not None and te.n_cols != tr.n_cols:
@@ -592,7 +562,8 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
                 gpu_memory = int(torch.cuda.get_device_properties(0).total_memory)
         except ImportError:
             pass
-    uses_torch = _kernels_import_torch() or backend == "torch" or device == "cuda"
+    # The kernels import torch only for the torch backend (CUDA, or the CPU fallback).
+    uses_torch = backend == "torch" or device == "cuda"
     cfg = dict(L=tr.n_cols, C=int(n_classes), threads=int(threads), n_workers=int(n_workers),
                split_every=int(split_every), train=tr, test=te, device=device, backend=backend,
                torch=uses_torch, chunk_bytes=int(chunk_bytes),
@@ -604,9 +575,7 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     gpu_budget = target_fraction * gpu_memory if gpu_memory else math.inf
 
     if backend == "torch":
-        from . import kernels
-
-        default_wc = getattr(kernels, "_CUDA_WORK_CHUNK" if device == "cuda" else "_CPU_WORK_CHUNK", 2**20)
+        default_wc = CUDA_WORK_CHUNK if device == "cuda" else CPU_WORK_CHUNK
         chunks = [int(work_chunk)] if work_chunk else \
             [default_wc >> i for i in range(64) if (default_wc >> i) >= _MIN_WORK_CHUNK] or [default_wc]
     else:
@@ -713,17 +682,13 @@ def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs)
         When the workers' memory limit cannot hold one block (names the limit, the block
         size and the setting to change).
     """
-    from .cluster import gpu_resources
-
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = worker_table(client)
     if not workers:
         raise ProbeDaskError("the cluster has no workers")
     limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
     threads = max(int(w.get("nthreads") or 1) for w in workers.values())
     limit = min((x for x in limits if x), default=None)
     if limit is None:  # workers without a limit: the machine's memory bounds them
-        from distributed.system import MEMORY_LIMIT
-
         limit = MEMORY_LIMIT
     if device is None:
         device = "cuda" if gpu_resources(client) else "auto"

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dask.sizeof import sizeof
 
+from probe_dask.core.blocks import ActivePairs, LabelSums, LatentBlock
+from probe_dask.engine.evaluate import LabelAndEvalSums
+
 __all__ = ["sizeof"]
 
 
@@ -50,10 +53,5 @@ def register_nbytes(cls):
     return cls
 
 
-@sizeof.register_lazy("probe_dask")
-def _register_probe_dask():
-    from . import evaluate, kernels
-
-    for cls in (kernels.LatentBlock, kernels.ActivePairs, kernels.LabelSums,
-                evaluate.LabelAndEvalSums):
-        sizeof.register(cls)(_nbytes_attr)
+for _cls in (ActivePairs, LabelAndEvalSums, LabelSums, LatentBlock):
+    register_nbytes(_cls)

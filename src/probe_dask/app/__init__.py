@@ -1,0 +1,1 @@
+"""The application: the whole job as a library function, the command line, the demo."""
