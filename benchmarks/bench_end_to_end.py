@@ -11,23 +11,29 @@ whole job, and prints, side by side in one run:
   the ratio to our wall time;
 - the largest gap to the float64 optimum over a sample of pairs (dense reference).
 
-    python benchmarks/bench_end_to_end.py [--train-examples 512] [--workdir /tmp/pd-bench]
+    python benchmarks/bench_end_to_end.py [--train-examples 512] [--workdir /tmp] [--keep]
+
+The run is made in ``WORKDIR/bench_end_to_end-PID`` (deleted unless ``--keep``); the results
+also go to ``WORKDIR/bench_end_to_end.json`` (or ``--json``).
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from distributed import Client, LocalCluster
+
+import common
+from probe_dask.app.job import open_inputs, run_job
+from probe_dask.testing.reference import sparse_objective, sparse_reference_fit
+
+NAME = "bench_end_to_end"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--train-examples", type=int, default=512)
     parser.add_argument("--test-examples", type=int, default=128)
     parser.add_argument("--d-sae", type=int, default=8192)
@@ -36,20 +42,20 @@ def main(argv=None):
     parser.add_argument("--block-nnz", type=int, default=1_500_000)
     parser.add_argument("--max-iter", type=int, default=30)
     parser.add_argument("--gap-latents", type=int, default=200, help="latents checked against the reference")
-    parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
 
-    from distributed import Client, LocalCluster
+    with common.work_folder(args, NAME) as work:
+        results = measure(args, work)
+    common.write_results(args, NAME, results)
+    return 0
 
-    from probe_dask.app.job import open_inputs, run_job
-    from probe_dask.testing.synthetic import make_run
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="pd-e2e-"))
-    t0 = time.perf_counter()
-    run = make_run(work, n_train_examples=args.train_examples, n_test_examples=args.test_examples,
-                   tokens_per_example=256, d_sae=args.d_sae, n_classes=151,
-                   mean_nnz_per_row=args.mean_nnz, seed=7)
-    t_make = time.perf_counter() - t0
+def measure(args, work) -> dict:
+    """Make the run under ``work``, run the job, print and return the measurements."""
+    run, t_make = common.synthetic_run(work, n_train_examples=args.train_examples,
+                                       n_test_examples=args.test_examples, tokens_per_example=256,
+                                       d_sae=args.d_sae, n_classes=151, mean_nnz_per_row=args.mean_nnz,
+                                       seed=7)
     inputs = open_inputs(run.run_dir, run.train_shard, run.test_shard, block_nnz=args.block_nnz)
     nnz_train, nnz_test = inputs.train.nnz, inputs.test.nnz
     C = inputs.n_classes
@@ -66,11 +72,15 @@ def main(argv=None):
 
     # per pass: active pairs, the (non-zero x active pair) work they cost, and its time
     counts = fitter.label_sums_.count.astype(np.float64)
-    print(f"\n{'pass':>4} {'active pairs':>13} {'nnz x pairs':>14} {'seconds':>8} {'ns/unit':>8}")
-    for h in fitter.history_:
-        units = h["work_units"]
-        print(f"{h['n_iter']:>4} {h['active_before']:>13,} {units:>14.3g} {h['pass_seconds']:>8.2f} "
-              f"{h['pass_seconds'] / max(units, 1) * 1e9:>8.2f}")
+    passes_table = [{"pass": h["n_iter"], "active_pairs": h["active_before"], "work_units": h["work_units"],
+                     "seconds": h["pass_seconds"],
+                     "ns_per_unit": h["pass_seconds"] / max(h["work_units"], 1) * 1e9}
+                    for h in fitter.history_]
+    print()
+    common.print_table(["pass", "active pairs", "nnz x pairs", "seconds", "ns/unit"],
+                       [[p["pass"], f"{p['active_pairs']:,}", f"{p['work_units']:.3g}",
+                         f"{p['seconds']:.2f}", f"{p['ns_per_unit']:.2f}"] for p in passes_table],
+                       left=())
 
     passes = fitter.n_iter_
     fit_s, eval_s = result.seconds["fit"], result.seconds["evaluate"]
@@ -86,25 +96,25 @@ def main(argv=None):
     print(f"ratio (in-memory fit / our whole job): {baseline_lo / wall:.1f}x .. {baseline_hi / wall:.1f}x")
 
     # gap to the float64 optimum: every class of a random sample of latents, against an
-    # independent sparse float64 Newton reference (tests/reference.py)
-    import scipy.sparse as sp
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from probe_dask.testing.reference import sparse_objective, sparse_reference_fit
-
-    csc = sp.load_npz(Path(run.run_dir) / "inference" / run.train_id / "token_acts.npz").tocsc()
-    y = np.fromfile(Path(run.train_shard) / "labels.bin", dtype=np.uint8).astype(np.int64)
+    # independent sparse float64 Newton reference (probe_dask.testing.reference)
+    csc, y = common.train_problem(run.run_dir, run.train_shard)
     rng = np.random.default_rng(0)
     nonempty = np.flatnonzero(counts > 0)
     latents = np.sort(rng.choice(nonempty, size=min(args.gap_latents, nonempty.size), replace=False))
     sub = csc[:, latents]
     _, _, best = sparse_reference_fit(sub, y, C)
     ours = sparse_objective(sub, y, C, fitter.intercept_[latents], fitter.coef_[latents])
+    gap = float((ours - best).max())
     print(f"gap to the float64 optimum over {best.size:,} pairs ({latents.size} random latents x "
-          f"{C} classes): max {(ours - best).max():.2e}")
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
+          f"{C} classes): max {gap:.2e}")
+    return {"train_nnz": nnz_train, "test_nnz": nnz_test, "n_latents": inputs.train.n_latents,
+            "n_classes": C, "train_blocks": len(inputs.train.row_blocks), "make_s": t_make,
+            "fit_s": fit_s, "evaluate_s": eval_s, "job_s": wall, "passes": passes,
+            "converged": result.n_converged, "pairs": result.n_pairs, "per_pass": passes_table,
+            "ns_per_unit": wall / ours_units * 1e9,
+            "in_memory_fit_s": [baseline_lo, baseline_hi],
+            "gap": {"pairs": int(best.size), "max": gap}}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,11 +3,11 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_pass.py [--nnz 2000000] [--classes 151] [--latents 4096]
-        [--repeat 3] [--torch-repeat 1] [--no-torch] [--json out.json]
+        [--repeat 3] [--torch-repeat 1] [--no-torch] [--workdir /tmp] [--json PATH]
 
-One synthetic block (``probe_dask.synthetic``: power-law latent frequencies, heavy-tailed
-values; random power-law data if that module is missing) of about ``--nnz`` non-zeros,
-all ``L x C`` pairs active. Measured in the same run, each the best of ``--repeat``:
+One synthetic block (``probe_dask.testing.synthetic``: power-law latent frequencies,
+heavy-tailed values) of about ``--nnz`` non-zeros, all ``L x C`` pairs active, made in
+``WORKDIR/bench_pass-PID`` (deleted unless ``--keep``). Measured in the same run, each the best of ``--repeat``:
 
 - bare ``torch.sigmoid`` on ``nnz x C`` float32 elements (in 2**24-element slices with
   ``out=``, so it measures the math, not allocation), with 1 thread and with torch's
@@ -16,29 +16,34 @@ all ``L x C`` pairs active. Measured in the same run, each the best of ``--repea
   ``threads=default``) and ``backend='torch'`` (``torch.set_num_threads(1)`` and default).
 
 Throughput is in (non-zero x active pair) elements per second; the ratio is against
-bare sigmoid with the same number of threads. Then a profile: for the C kernel, the time
+bare sigmoid with the same number of threads; the table also goes to
+``WORKDIR/bench_pass.json`` (or ``--json``). Then a profile: for the C kernel, the time
 per latent-size bin (which code path) and the fixed per-call cost (checks, output
 allocation); for torch, the top ops of ``torch.profiler``; and the one-off per-block
 costs (``LatentBlock.from_csr``, ``label_sums``).
 
 Memory: the block (about 8 bytes per non-zero), ``(6, L C)`` float64 outputs, and for the
-torch backend its work-chunk temporaries (see ``probe_dask.kernels``).
+torch backend its work-chunk temporaries (see ``probe_dask.kernels.torch_backend``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import tempfile
+import sys
 import time
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+import common
 from probe_dask import kernels as K
+from probe_dask.io.labels import open_labels
+from probe_dask.kernels import ckernel
+from probe_dask.testing.synthetic import SyntheticRun
+
+NAME = "bench_pass"
 
 SIG_SLICE = 2**24
 
@@ -53,33 +58,21 @@ def best_of(fn, repeat):
     return best
 
 
-def make_block(nnz, n_classes, n_latents, seed=0):
-    """A CSR block of about ``nnz`` non-zeros and its labels."""
-    try:
-        from probe_dask.testing import synthetic
-    except ImportError:
-        synthetic = None
-    if synthetic is not None:
-        tokens, per_row = 256, 96
-        n_ex = max(1, int(round(nnz / (tokens * per_row))))
-        with tempfile.TemporaryDirectory() as root:
-            run = synthetic.make_run(root, n_train_examples=n_ex, n_test_examples=1,
-                                     tokens_per_example=tokens, d_sae=n_latents,
-                                     n_classes=n_classes, mean_nnz_per_row=per_row,
-                                     seed=seed, compressed=False)
-            X = sp.load_npz(run.train_acts).tocsr()
-            labels = np.fromfile(os.path.join(run.train_shard, "labels.bin"), dtype=np.uint8)
-        return X, labels, "probe_dask.synthetic"
-    rng = np.random.default_rng(seed)
-    n_rows = max(1000, nnz // 100)
-    freq = (np.arange(n_latents) + 8.0) ** -1.15
-    cols = rng.choice(n_latents, size=nnz, p=freq / freq.sum())
-    rows = rng.integers(0, n_rows, size=nnz)
-    vals = rng.lognormal(0.0, 1.0, size=nnz).astype(np.float32)
-    X = sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_latents))
-    prior = 1.0 / (np.arange(n_classes) + 1.0)
-    labels = rng.choice(n_classes, size=n_rows, p=prior / prior.sum()).astype(np.uint8)
-    return X, labels, "random power law"
+def make_block(work, nnz, n_classes, n_latents, seed=0):
+    """A CSR block of about ``nnz`` non-zeros and its labels, made under ``work``."""
+    tokens, per_row = 256, 96
+    n_ex = max(1, int(round(nnz / (tokens * per_row))))
+    run, _ = common.synthetic_run(work / "block", n_train_examples=n_ex, n_test_examples=1,
+                                  tokens_per_example=tokens, d_sae=n_latents, n_classes=n_classes,
+                                  mean_nnz_per_row=per_row, seed=seed, compressed=False)
+    X, labels = block_of(run)
+    return X, labels, "probe_dask.testing.synthetic"
+
+
+def block_of(run: SyntheticRun):
+    """The train shard of ``run`` as one CSR matrix and its uint8 labels."""
+    labels = open_labels(run.train_shard)
+    return sp.load_npz(run.train_acts).tocsr(), labels.read(0, labels.n_rows)
 
 
 def make_params(block, sums, n_classes, seed=1):
@@ -173,21 +166,19 @@ def profile_torch(block, pairs, threads):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__, first_paragraph=True)
     ap.add_argument("--nnz", type=int, default=2_000_000)
     ap.add_argument("--classes", type=int, default=151)
     ap.add_argument("--latents", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--torch-repeat", type=int, default=1)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch backend")
-    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-
-    from probe_dask.kernels import ckernel
 
     default_threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    X, labels, source = make_block(args.nnz, args.classes, args.latents)
+    with common.work_folder(args, NAME) as work:
+        X, labels, source = make_block(work, args.nnz, args.classes, args.latents)
     t_gen = time.perf_counter() - t0
     t_csr = best_of(lambda: K.LatentBlock.from_csr(X, labels), args.repeat)
     block = K.LatentBlock.from_csr(X, labels)
@@ -233,10 +224,11 @@ def main(argv=None):
     if not args.no_torch:
         profile_torch(block, pairs, 1)
         torch.set_num_threads(default_threads)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+    results.update(torch=torch.__version__, default_threads=default_threads, block_source=source,
+                   c_kernel=str(ckernel.library_path()) if c_ok else None)
+    common.write_results(args, NAME, results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,12 +6,13 @@ import subprocess
 
 import pytest
 
-# --------------------------------------------------------------------------- slurm / browser
-# Tests marked @pytest.mark.slurm or @pytest.mark.browser need a running Slurm or Debian's
-# chromium. Without them they are skipped -- unless PROBE_DASK_REQUIRE_SLURM=1 /
-# PROBE_DASK_REQUIRE_BROWSER=1, where a missing dependency FAILS the test (CI sets these
-# so that a broken Slurm never turns into a silent skip). Start Slurm here with
-# scripts/slurm/install.sh && scripts/slurm/start.sh.
+# --------------------------------------------------------------------------- slurm / browser / triton
+# Tests marked @pytest.mark.slurm, @pytest.mark.browser or @pytest.mark.triton need a running
+# Slurm, Debian's chromium or an importable triton (kernels run on CUDA, else on CPU under
+# TRITON_INTERPRET=1). Without them they are skipped -- unless PROBE_DASK_REQUIRE_SLURM=1 /
+# PROBE_DASK_REQUIRE_BROWSER=1 / PROBE_DASK_REQUIRE_TRITON=1, where a missing dependency
+# FAILS the test (CI sets these so that a broken Slurm never turns into a silent skip).
+# Start Slurm here with scripts/slurm/install.sh && scripts/slurm/start.sh.
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -46,13 +47,39 @@ def chromium():
     return CHROMIUM
 
 
+def use_triton_interpreter_without_cuda():
+    """Set ``TRITON_INTERPRET=1`` when there is no CUDA device (unless already set).
+
+    Must run before ``probe_dask.kernels.triton_backend`` is imported: triton reads it when it
+    decorates the kernels."""
+    if "TRITON_INTERPRET" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(scope="session")
+def triton_kernels():
+    """``probe_dask.kernels.triton_backend``, runnable: on CUDA, else under the Triton interpreter."""
+    use_triton_interpreter_without_cuda()
+    from probe_dask.kernels import triton_backend as tk
+
+    if not tk.available():
+        _unavailable(f"triton not available: {tk.unavailable_reason()}",
+                     "PROBE_DASK_REQUIRE_TRITON")
+    return tk
+
+
 @pytest.fixture(autouse=True)
 def _marker_requirements(request):
-    """Gate every test marked ``slurm`` / ``browser`` on the fixtures above."""
+    """Gate every test marked ``slurm`` / ``browser`` / ``triton`` on the fixtures above."""
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm")
     if request.node.get_closest_marker("browser") is not None:
         request.getfixturevalue("chromium")
+    if request.node.get_closest_marker("triton") is not None:
+        request.getfixturevalue("triton_kernels")
 
 
 # --------------------------------------------------------------------------- dask / data
@@ -79,17 +106,18 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def clean_dask_config(monkeypatch):
-    """Restore dask's config (and the yaml files probe_dask.cluster merged) after a test, and
-    hide DASK_CONFIG so Slurm workers can only get it from their job script."""
+    """Restore dask's config and defaults (and the yaml files probe_dask.cluster merged) after
+    a test, and hide DASK_CONFIG so Slurm workers can only get it from their job script."""
     import copy
 
     import dask
 
-    from probe_dask.cluster import start as cluster
+    from probe_dask.cluster import profiles
 
-    saved = copy.deepcopy(dask.config.config)
-    monkeypatch.setattr(cluster, "_loaded", [])
+    saved, saved_defaults = copy.deepcopy(dask.config.config), list(dask.config.defaults)
+    monkeypatch.setattr(profiles, "_loaded", [])
     monkeypatch.delenv("DASK_CONFIG", raising=False)
     yield
     dask.config.config.clear()
     dask.config.config.update(saved)
+    dask.config.defaults[:] = saved_defaults

@@ -1,14 +1,18 @@
-"""Errors that probe-dask reports to its users.
+"""Errors and warnings that probe-dask reports to its users.
 
 Bad input is reported once, as one line that names the file, the field, what was found
-and what was expected; the CLI prints that line and exits with status 2.
+and what was expected; the CLI prints that line and exits with status 2. An invalid
+estimator parameter is such an error too (and a ``ValueError``); a fit stopped by
+``max_iter`` before every pair converged is a warning.
+
+Memory per process: nothing (exception classes only).
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["ProbeDaskError", "InputError"]
+__all__ = ["ProbeDaskError", "InputError", "InvalidParameterError", "ConvergenceWarning"]
 
 
 class ProbeDaskError(Exception):
@@ -36,3 +40,12 @@ class InputError(ProbeDaskError):
         self.found = found
         self.expected = expected
         super().__init__(f"{self.path}: {field}: found {found}; expected {expected}")
+
+
+class InvalidParameterError(ProbeDaskError, ValueError):
+    """A parameter of an estimator (``ProbeFitter``) has a value it does not accept; the
+    message names the parameter, the value found and what is expected."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The solver stopped at ``max_iter`` with pairs that had not met its stopping rule."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,12 +19,16 @@ from pathlib import Path
 from dask.utils import format_bytes
 from distributed import performance_report
 
+from probe_dask._version import __version__
 from probe_dask.app.demo import demo_run
+from probe_dask.app.flags import OneLineParser, memory_limit, positive_float, positive_int
 from probe_dask.app.job import format_table, open_inputs, run_job
 from probe_dask.cluster import make_cluster
 from probe_dask.engine.workers import gpu_resources
 from probe_dask.errors import ProbeDaskError
-from probe_dask.memory.plan import format_plan, plan_run
+from probe_dask.memory.report import format_plan
+from probe_dask.memory.search import plan_run
+from probe_dask.stages import Stage
 from probe_dask.telemetry import PERFORMANCE_REPORT_NAME, TELEMETRY_NAME, Telemetry, strict_json
 
 __all__ = ["main", "build_parser"]
@@ -35,14 +40,14 @@ def _add_cluster_flags(p):
                    help="local (default), slurm, slurm:PROFILE, or a scheduler address tcp://HOST:PORT")
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="join this running scheduler and start no cluster (same as --cluster tcp://...)")
-    g.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
-    g.add_argument("--threads", type=int, default=None, help="threads per local worker (default 1)")
-    g.add_argument("--memory-limit", default=None,
+    g.add_argument("--workers", type=positive_int, default=None, help="local workers (default: one per core)")
+    g.add_argument("--threads", type=positive_int, default=None, help="threads per local worker (default 1)")
+    g.add_argument("--memory-limit", default=None, type=memory_limit,
                    help="memory limit per worker, e.g. 4GB (default: machine memory / workers)")
-    g.add_argument("--jobs", type=int, default=None, help="Slurm: worker jobs to start")
-    g.add_argument("--min-jobs", type=int, default=None,
+    g.add_argument("--jobs", type=positive_int, default=None, help="Slurm: worker jobs to start")
+    g.add_argument("--min-jobs", type=positive_int, default=None,
                    help="Slurm, adaptive: keep at least this many worker jobs (replaces lost ones)")
-    g.add_argument("--max-jobs", type=int, default=None, help="Slurm, adaptive: at most this many")
+    g.add_argument("--max-jobs", type=positive_int, default=None, help="Slurm, adaptive: at most this many")
     g.add_argument("--jobqueue-config", metavar="PATH", default=None,
                    help="jobqueue.yaml with the Slurm profiles (default: found via DASK_CONFIG)")
 
@@ -56,9 +61,9 @@ def _add_data_flags(p):
 
 
 def _add_fit_flags(p):
-    p.add_argument("--max-iter", type=int, default=30, help="most solver passes (default 30)")
-    p.add_argument("--ridge", type=float, default=1e-8, help="ridge penalty (default 1e-8)")
-    p.add_argument("--block-nnz", type=int, default=None, help="non-zeros per row block")
+    p.add_argument("--max-iter", type=positive_int, default=30, help="most solver passes (default 30)")
+    p.add_argument("--ridge", type=positive_float, default=1e-8, help="ridge penalty (default 1e-8)")
+    p.add_argument("--block-nnz", type=positive_int, default=None, help="non-zeros per row block")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where block kernels run (auto: CUDA on workers that have it)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -69,7 +74,7 @@ def _add_telemetry_flags(p):
     g.add_argument("--telemetry", action=argparse.BooleanOptionalAction, default=True,
                    help="write probe1d_telemetry.jsonl and probe1d_memory.png beside the train "
                         "results (default: on)")
-    g.add_argument("--telemetry-interval", type=float, default=1.0, metavar="SECONDS",
+    g.add_argument("--telemetry-interval", type=positive_float, default=1.0, metavar="SECONDS",
                    help="seconds between memory samples of every worker (default 1)")
     g.add_argument("--performance-report", nargs="?", const="", default=None, metavar="HTML",
                    help="also write Dask's performance report (default path: "
@@ -80,30 +85,31 @@ def _add_plan_parser(sub):
     plan = sub.add_parser("plan", help="print the memory plan of a run: every buffer per process, "
                                        "and the block size (reads headers and indptr only)")
     _add_data_flags(plan)
-    plan.add_argument("--memory-limit", default=None,
+    plan.add_argument("--memory-limit", default=None, type=memory_limit,
                       help="memory limit per worker, e.g. 16GB (default: machine memory / workers)")
-    plan.add_argument("--workers", type=int, default=None, help="workers (default: one per core)")
-    plan.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    plan.add_argument("--workers", type=positive_int, default=None, help="workers (default: one per core)")
+    plan.add_argument("--threads", type=positive_int, default=1, help="threads per worker (default 1)")
     plan.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                       help="where block kernels run (default cpu)")
     plan.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 80GB "
                       "(default: this machine's first GPU, if any)")
-    plan.add_argument("--block-nnz", type=int, default=None,
+    plan.add_argument("--block-nnz", type=positive_int, default=None,
                       help="non-zeros per row block (default: the largest that fits)")
     plan.add_argument("--target-fraction", type=float, default=None,
-                      help="share of the limit every worker must stay under (default 0.6)")
+                      help="share of the limit every worker must stay under (default: Dask's distributed.worker.memory.target, 0.6)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_cmd_plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probe-dask", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="probe-dask", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"probe-dask {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     demo = sub.add_parser("demo", help="make a synthetic run, fit, evaluate, print a summary")
     demo.add_argument("--out", default="demo-run", help="folder of the synthetic run (default ./demo-run)")
-    demo.add_argument("--train-examples", type=int, default=None, help="images in the train shard")
+    demo.add_argument("--train-examples", type=positive_int, default=None, help="images in the train shard")
     demo.add_argument("--seed", type=int, default=0)
     _add_cluster_flags(demo)
     _add_fit_flags(demo)
@@ -142,7 +148,7 @@ def _run(args, run_dir, train, test):
     # Input and output folders are checked before any cluster starts: bad input costs seconds.
     inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None), **kwargs)
     if tele is not None:
-        tele.host_mem("ingest", seconds=inputs.open_seconds)
+        tele.host_mem(Stage.INGEST, seconds=inputs.open_seconds)
         tele.open(inputs.out_dirs[0] / TELEMETRY_NAME)
     handle = _open_client(args)
     client = handle.client
@@ -152,7 +158,7 @@ def _run(args, run_dir, train, test):
         device = None if args.device == "auto" else args.device
         if tele is not None:
             tele.attach(client)
-            tele.host_mem("cluster", dashboard=client.dashboard_link)
+            tele.host_mem(Stage.CLUSTER, dashboard=client.dashboard_link)
         with _performance_report(args, inputs):
             result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
                              resources=gpu_resources(client), restart=args.restart, progress=True,
@@ -183,7 +189,7 @@ def _start_telemetry(args):
     if not getattr(args, "telemetry", False):
         return None
     tele = Telemetry(interval=args.telemetry_interval)
-    tele.host_mem("open")
+    tele.host_mem(Stage.OPEN)
     return tele
 
 
@@ -256,6 +262,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("probe-dask: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``probe-dask plan ... | head``): stop quietly, and point
+        # stdout at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # noqa: BLE001 - one line for the user, traceback with --debug
         if args.debug:
             raise

@@ -13,19 +13,22 @@ Memory per process: the driver holds the solver state and two ``SplitMetrics`` (
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from probe_dask.engine.evaluate import class_table, evaluate_split
+from probe_dask.core.metrics import class_table
+from probe_dask.engine.evaluate import evaluate_split
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.passes import latent_blocks
-from probe_dask.engine.shard import DEFAULT_BLOCK_NNZ, Shard, open_shard
-from probe_dask.errors import InputError
+from probe_dask.engine.shard import Shard, open_shard
+from probe_dask.errors import ConvergenceWarning, InputError
 from probe_dask.io.layout import inference_dir
 from probe_dask.io.outputs import check_writable, write_json, write_metrics_npz
-from probe_dask.memory.plan import plan_job
+from probe_dask.memory.live import plan_job
+from probe_dask.stages import Stage, emit
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
            "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
@@ -51,7 +54,7 @@ class JobResult:
 
 
 def count_classes(train: Shard, test: Shard) -> int:
-    """Number of classes of a run: ``max(label over train and test) + 1`` (formats.md)."""
+    """Number of classes of a run: ``max(label over train and test) + 1`` (docs/formats.md)."""
     return int(max(train.labels.max_label(), test.labels.max_label())) + 1
 
 
@@ -85,7 +88,7 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=No
     output folders is found here, before any cluster starts or any fitting begins.
     """
     t0 = time.perf_counter()
-    first_nnz = block_nnz or DEFAULT_BLOCK_NNZ  # run_job re-cuts to the memory plan's size
+    first_nnz = block_nnz  # None: the configured size; run_job re-cuts to the memory plan's
     train = open_shard(run_dir, train_shard, block_nnz=first_nnz, cache_dir=cache_dir)
     test = open_shard(run_dir, test_shard, block_nnz=first_nnz, cache_dir=cache_dir)
     _check_pair(train, test)
@@ -112,9 +115,9 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     restart : bool
         Ignore (and replace) an existing checkpoint.
     callbacks : list of callable, optional
-        Passed to ``ProbeFitter`` (telemetry); also called with ``"plan"``,
-        ``"evaluate_train_start"``, ``"evaluate_train_end"``, ``"evaluate_test_end"`` and
-        ``"write_end"``.
+        Passed to ``ProbeFitter`` (telemetry); also called (``stages.emit``) at ``plan``,
+        ``evaluate_train_start``, ``evaluate_train_end``, ``evaluate_test_end`` and
+        ``write_end``.
     log : callable
         Receives one-line progress messages.
     memory_plan : bool
@@ -126,14 +129,10 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     -------
     JobResult
     """
-    def _emit(event, **info):
-        for callback in callbacks or ():
-            callback(event, info)
-
     plan = None
     if memory_plan:
         inputs, plan = plan_job(client, inputs, device=device, log=log)
-        _emit("plan", plan=plan)
+        emit(callbacks, Stage.PLAN, plan=plan)
     train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
     run_dir = inputs.run_dir
     seconds = {"open": inputs.open_seconds}
@@ -150,29 +149,37 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                 "train_labels_file": [labels_stat.st_size, labels_stat.st_mtime_ns],
                 "n_rows": train.n_rows, "n_latents": train.n_latents}
 
-    def _log_resume(event, info):
-        if event == "resumed":
+    def _log_resume(stage, info):
+        if stage == Stage.RESUMED:
             log(f"resuming from checkpoint at pass {info['n_iter']} ({info['path']}); "
                 "--restart ignores it")
 
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, resources=resources,
                          persist=plan.persist if plan is not None else "auto",
                          checkpoint=checkpoint, identity=identity, progress=progress,
-                         callbacks=[_log_resume, *(callbacks or ())])
+                         callbacks=[_log_resume, *(callbacks or ())], client=client)
     t1 = time.perf_counter()
-    fitter.fit(train.X, train.y, n_classes=n_classes, client=client, nnz=train.nnz)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
+    for caught_warning in caught:  # max_iter reached: one line of the log, the job goes on
+        if issubclass(caught_warning.category, ConvergenceWarning):
+            log(str(caught_warning.message))
+        else:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category,
+                                   caught_warning.filename, caught_warning.lineno)
     seconds["fit"] = time.perf_counter() - t1
     b, w = fitter.intercept_, fitter.coef_
 
     t2 = time.perf_counter()
-    _emit("evaluate_train_start")
+    emit(callbacks, Stage.EVALUATE_TRAIN_START)
     train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
                                    label_sums=fitter.label_sums_, device=device, resources=resources)
-    _emit("evaluate_train_end", seconds=time.perf_counter() - t2)
+    emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
     test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
                                   device=device, resources=resources)
     seconds["evaluate"] = time.perf_counter() - t2
-    _emit("evaluate_test_end", seconds=seconds["evaluate"])
+    emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
 
     t3 = time.perf_counter()
     table = class_table(train_metrics, test_metrics)
@@ -199,7 +206,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     classes_paths = [write_json(d / CLASSES_NAME, {"summary": summary, "classes": table})
                      for d in out_dirs]
     seconds["write"] = time.perf_counter() - t3
-    _emit("write_end", seconds=seconds["write"], paths=[*paths, *classes_paths])
+    emit(callbacks, Stage.WRITE_END, seconds=seconds["write"], paths=[*paths, *classes_paths])
     checkpoint.unlink(missing_ok=True)  # the results are final now
     return JobResult(
         train_metrics=paths[0], test_metrics=paths[1], classes_json=classes_paths, table=table,

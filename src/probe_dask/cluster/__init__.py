@@ -1,4 +1,25 @@
-"""Starting or joining the Dask cluster probe-dask runs on: local, Slurm profiles, an address."""
+"""Starting or joining the Dask cluster probe-dask runs on: local, Slurm profiles, an address.
 
-from probe_dask.cluster.start import *  # noqa: F401,F403
-from probe_dask.cluster.start import __all__  # noqa: F401
+Modules, one concern each (imports flow down the list):
+
+- :mod:`~probe_dask.cluster.spec`: cluster specs, the ``(cluster, client)`` handle, waiting;
+- :mod:`~probe_dask.cluster.network`: ``sinfo``, the default partition, the interface;
+- :mod:`~probe_dask.cluster.profiles`: ``jobqueue.yaml`` in Dask's config, named profiles;
+- :mod:`~probe_dask.cluster.slurm`: ``SLURMCluster`` keywords, checks, start and wait;
+- :mod:`~probe_dask.cluster.start`: :func:`make_cluster`, the one entry point.
+
+Memory: nothing of its own (see the modules).
+"""
+
+from probe_dask.cluster.network import detect_interface, detect_partition
+from probe_dask.cluster.profiles import load_jobqueue_config, packaged_config_path, slurm_profile
+from probe_dask.cluster.slurm import slurm_cluster_kwargs
+from probe_dask.cluster.spec import ClusterClient, ClusterSpec, parse_spec
+from probe_dask.cluster.start import make_cluster
+from probe_dask.engine.workers import gpu_resources
+
+__all__ = [
+    "ClusterClient", "ClusterSpec", "parse_spec", "make_cluster", "gpu_resources",
+    "load_jobqueue_config", "packaged_config_path", "slurm_profile", "slurm_cluster_kwargs",
+    "detect_partition", "detect_interface",
+]

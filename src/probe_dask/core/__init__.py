@@ -1,2 +1,4 @@
-"""Pure math, no I/O and no dask: the shared block and pair types, the probe objective and
-the vectorised trust-region solver. Imports nothing else of probe_dask."""
+"""Pure math, no I/O and no dask; imports nothing else of probe_dask. ``blocks``: the block,
+pair and label-sum types every layer shares; ``objective``: the probe objective in closed
+form; ``tuning``: the solver's constants; ``state``: the per-pair solver state;
+``solver``: one trust-region iteration; ``metrics``: evaluation metrics from summed sums."""

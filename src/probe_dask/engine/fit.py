@@ -1,15 +1,18 @@
 """The fit loop: solver, kernels and the cluster tied together, with checkpoints.
 
 ``ProbeFitter`` is an estimator in the scikit-learn / dask-ml style: parameters in
-``__init__``, ``fit(X, y)`` on dask arrays returns ``self``, fitted attributes end in ``_``.
+``__init__`` (also the client, checkpoint and progress bar), ``get_params`` /
+``set_params``, parameters checked at ``fit`` (:data:`PARAMETER_CONSTRAINTS`), ``fit(X, y)``
+on dask arrays returns ``self``, fitted attributes end in ``_``, and a
+``ConvergenceWarning`` when ``max_iter`` stops pairs that had not converged.
 
 One solver iteration is one pass over the row blocks for all classes together: the
-parameters of the pairs still active are scattered once (``broadcast=True``, design.md
+parameters of the pairs still active are scattered once (``broadcast=True``, docs/architecture.md
 pitfall 4), each block returns its label-free float64 sums for those pairs, the sums are
 tree-summed, and the driver takes one trust-region step for every active pair.
 
 Memory per process: the driver holds the solver state (about a dozen ``(L, C)`` float64
-arrays, see ``solver``), one copy of it while a checkpoint is being written, and one
+arrays, see ``core.state``), one copy of it while a checkpoint is being written, and one
 ``(6, P)`` float64 sum; each worker holds its resident
 blocks (when they fit, else one block read per task), the scattered active pairs (about
 28 bytes per pair) and the pass's partials (``passes``).
@@ -17,27 +20,29 @@ blocks (when they fit, else one block read per task), the scattered active pairs
 
 from __future__ import annotations
 
-import json
-import threading
+import inspect
+import math
+import numbers
+import os
 import time
-from pathlib import Path
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
-from distributed import get_client
+from distributed import Client, get_client
 from tqdm.auto import tqdm
 
-from probe_dask import kernels
-
-from probe_dask.core import solver
-from probe_dask.errors import ProbeDaskError
-from probe_dask.io.outputs import atomic_path
+from probe_dask import config, kernels
+from probe_dask.core.objective import ProblemConstants
+from probe_dask.core.solver import step
+from probe_dask.core.state import init_state
+from probe_dask.engine.checkpoint import Checkpoint, checkpoint_identity
 from probe_dask.engine.passes import latent_blocks, run_pass
 from probe_dask.engine.workers import total_worker_memory
+from probe_dask.errors import ConvergenceWarning, InvalidParameterError
+from probe_dask.stages import Stage, emit
 
 __all__ = ["ProbeFitter"]
-
-#: Fraction of the cluster's total worker memory that resident blocks may take.
-PERSIST_FRACTION = 0.4
 
 
 def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
@@ -45,16 +50,39 @@ def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
     return int(nnz) * 8 + int(n_rows) + n_blocks * (int(n_latents) + 1) * 8
 
 
-def _identity_diff(stored: str, want: str) -> str:
-    """Which entries of two checkpoint identities (JSON) differ, as a short phrase."""
-    try:
-        old, new = json.loads(stored), json.loads(want)
-        flat = [{**{f"input.{k}": v for k, v in (d.get("input") or {}).items()},
-                 **{k: v for k, v in d.items() if k != "input"}} for d in (old, new)]
-        keys = sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
-    except (ValueError, AttributeError):
-        keys = []
-    return f"differs in {', '.join(keys)}" if keys else f"stored {stored}"
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _integer(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _device(v) -> bool:
+    """None, "auto", "cpu", "cuda" or "cuda:<index>"."""
+    if v is None or v in ("auto", "cpu", "cuda"):
+        return True
+    return isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()
+
+
+#: What each ``ProbeFitter`` parameter accepts (checked at ``fit``): a test, and what it
+#: expects in words (the error message).
+PARAMETER_CONSTRAINTS = {
+    "ridge": (lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+    "max_iter": (lambda v: _integer(v) and v >= 1, "an int >= 1"),
+    "device": (_device, 'None, "auto", "cpu", "cuda" or "cuda:<index>"'),
+    "persist": (lambda v: (isinstance(v, str) and v == "auto")
+                or isinstance(v, (bool, np.bool_)), '"auto", True or False'),
+    "split_every": (lambda v: _integer(v) and v >= 2, "an int >= 2"),
+    "resources": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
+    "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "None or a path"),
+    "identity": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
+    "progress": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "callbacks": (lambda v: v is None or (isinstance(v, (list, tuple))
+                                          and all(callable(c) for c in v)),
+                  "None or a list of callables"),
+    "client": (lambda v: v is None or isinstance(v, Client), "None or a distributed.Client"),
+}
 
 
 class ProbeFitter:
@@ -63,14 +91,15 @@ class ProbeFitter:
     Parameters
     ----------
     ridge : float
-        Penalty on ``w**2 + (b - b0_c)**2`` (solver.md).
+        Penalty on ``w**2 + (b - b0_c)**2`` (docs/solver.md).
     max_iter : int
         Most solver passes over the data.
     device : str, optional
-        ``"cpu"``, ``"cuda"`` or None (each worker picks CUDA when it has a GPU).
+        ``"cpu"``, ``"cuda"``, or None / ``"auto"`` (each worker picks CUDA when it has a
+        GPU).
     persist : {"auto", True, False}
         Keep blocks in worker memory between passes. ``"auto"`` keeps them when they
-        take less than ``PERSIST_FRACTION`` of the workers' memory, else re-reads them
+        take less than ``probe-dask.engine.persist-fraction`` (configuration) of the workers' memory, else re-reads them
         from disk every pass (bounded memory whatever the shard size).
     split_every : int
         Fan-in of the reduction trees.
@@ -85,7 +114,10 @@ class ProbeFitter:
     progress : bool
         Show a progress bar over solver iterations (stderr).
     callbacks : list of callable, optional
-        Each is called as ``callback(event, info)`` at each stage and iteration.
+        Each is called as ``callback(stage, info)`` (``stages.emit``) at
+        ``label_counts_start``, ``resumed``, ``fit_start``, every ``iteration`` and ``fit_end``.
+    client : distributed.Client, optional
+        Where to fit. Default: the current client (``distributed.get_client()``) at ``fit``.
 
     Attributes
     ----------
@@ -99,7 +131,10 @@ class ProbeFitter:
         Solver passes made (resumed passes included).
     label_sums_ : kernels.LabelSums
         Label statistics of the training data.
-    constants_ : solver.ProblemConstants
+    constants_ : core.objective.ProblemConstants
+    state_ : core.state.TrustRegionState
+        The solver state at the end (what a checkpoint holds).
+    n_classes_ : int
     history_ : list of dict
         Per-iteration solver statistics, with the pass wall time.
     blocks_ : list
@@ -108,7 +143,8 @@ class ProbeFitter:
     """
 
     def __init__(self, ridge=1e-8, max_iter=30, *, device=None, persist="auto", split_every=4,
-                 resources=None, checkpoint=None, identity=None, progress=False, callbacks=None):
+                 resources=None, checkpoint=None, identity=None, progress=False, callbacks=None,
+                 client=None):
         self.ridge = ridge
         self.max_iter = max_iter
         self.device = device
@@ -119,77 +155,47 @@ class ProbeFitter:
         self.identity = identity
         self.progress = progress
         self.callbacks = callbacks
+        self.client = client
+
+    # -- parameters (scikit-learn's estimator API, without depending on it) ----------------
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The parameters of ``__init__``, sorted (as ``sklearn.base.BaseEstimator``)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep=True) -> dict:
+        """Every ``__init__`` parameter and its value (``deep`` is accepted for
+        scikit-learn's API; no parameter is an estimator)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params) -> "ProbeFitter":
+        """Set parameters by name (checked at ``fit``); returns ``self``. An unknown name
+        raises InvalidParameterError (a ValueError)."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise InvalidParameterError(f"ProbeFitter: no parameter {name!r}; expected one "
+                                            f"of {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def _validate_params(self) -> None:
+        """InvalidParameterError (a ValueError) naming the first parameter that
+        :data:`PARAMETER_CONSTRAINTS` does not accept."""
+        for name, (accepts, expected) in PARAMETER_CONSTRAINTS.items():
+            value = getattr(self, name)
+            if not accepts(value):
+                raise InvalidParameterError(f"ProbeFitter: {name}: found {value!r}; "
+                                            f"expected {expected}")
 
     # -- helpers ---------------------------------------------------------------------------
-    def _emit(self, event, **info):
-        for callback in self.callbacks or ():
-            callback(event, info)
-
     def _pass(self, client, blocks, kernel, *args, **kwargs):
         return run_pass(client, blocks, kernel, *args, split_every=self.split_every,
                         resources=self.resources, **kwargs)
 
-    def _identity_json(self, n_classes):
-        ident = {"input": self.identity, "n_classes": int(n_classes), "ridge": float(self.ridge)}
-        return json.dumps(ident, sort_keys=True, default=str)
-
-    def _load_checkpoint(self, n_classes):
-        path = Path(self.checkpoint)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                stored = str(f["identity"])
-                want = self._identity_json(n_classes)
-                if stored != want:
-                    raise ProbeDaskError(
-                        f"{path}: checkpoint is for other input or settings "
-                        f"({_identity_diff(stored, want)}); rerun with --restart to ignore it")
-                state = solver.TrustRegionState.from_dict(
-                    {k: f[k] for k in f.files if k != "identity"})
-        except ProbeDaskError:
-            raise
-        except Exception as exc:  # not ours, older layout, damaged: say so, never guess
-            raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: {exc}); "
-                                 "rerun with --restart to ignore it") from None
-        return state
-
-    def _save_checkpoint(self, state, n_classes):
-        """Write a copy of ``state`` atomically, in a thread that overlaps the next pass.
-
-        One write at a time: the previous one is waited for first (and its error, if any,
-        raised here). On the demo (4096 x 151 pairs, 54 MB of state) an inline write held
-        the driver about 0.12 s per pass (+15-20 % fit wall time on 2 cores); in the
-        background the driver waits about 0.03 s per pass (the copy).
-        """
-        self._wait_checkpoint()
-        arrays = state.to_dict()  # copies: the next step updates the state in place
-        identity = np.array(self._identity_json(n_classes))
-        path = Path(self.checkpoint)
-
-        def write():
-            try:
-                with atomic_path(path) as tmp:
-                    with open(tmp, "wb") as f:
-                        np.savez(f, identity=identity, **arrays)
-            except BaseException as exc:  # raised in the fit's thread by _wait_checkpoint
-                self._checkpoint_error = exc
-
-        self._checkpoint_error = None
-        self._checkpoint_writer = threading.Thread(target=write, name="probe-dask-checkpoint",
-                                                   daemon=True)
-        self._checkpoint_writer.start()
-
-    def _wait_checkpoint(self):
-        """Wait for the checkpoint being written, if any; raise its error."""
-        writer = getattr(self, "_checkpoint_writer", None)
-        if writer is not None:
-            writer.join()
-            self._checkpoint_writer = None
-        error, self._checkpoint_error = getattr(self, "_checkpoint_error", None), None
-        if error is not None:
-            raise error
-
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, X, y, n_classes=None, client=None, nnz=None):
+    def fit(self, X, y, n_classes=None, nnz=None):
         """Fit every pair on activations ``X`` and labels ``y``.
 
         Parameters
@@ -200,8 +206,6 @@ class ProbeFitter:
             Class of each row, same row chunks as ``X``.
         n_classes : int, optional
             Default: ``max(y) + 1``.
-        client : distributed.Client, optional
-            Default: the current client.
         nnz : int, optional
             Non-zeros of ``X`` when known (``Shard.nnz``): whether blocks stay in worker
             memory is then decided before the first pass, which saves reading every block
@@ -210,8 +214,19 @@ class ProbeFitter:
         Returns
         -------
         self
+
+        Raises
+        ------
+        InvalidParameterError
+            (a ValueError) A parameter has a value it does not accept.
+
+        Warns
+        -----
+        ConvergenceWarning
+            ``max_iter`` passes were made and pairs are still iterating.
         """
-        client = client or get_client()
+        self._validate_params()
+        client = self.client if self.client is not None else get_client()
         if n_classes is None:
             n_classes = int(y.max().compute()) + 1
         blocks = latent_blocks(X, y)
@@ -219,7 +234,8 @@ class ProbeFitter:
 
         def decide(nnz):
             need = _block_bytes(nnz, X.shape[0], X.shape[1], len(blocks))
-            keep = self.persist if self.persist != "auto" else need <= PERSIST_FRACTION * have
+            auto = isinstance(self.persist, str)  # "auto", the only string accepted
+            keep = need <= config.get("probe-dask.engine.persist-fraction") * have if auto else self.persist
             return need, bool(keep)
 
         persist = None
@@ -227,7 +243,7 @@ class ProbeFitter:
             need, persist = decide(nnz)
             if persist:
                 blocks = client.persist(blocks)
-        self._emit("label_sums_start", n_blocks=len(blocks))
+        emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks))
         self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
         if persist is None:
             need, persist = decide(self.label_sums_.count.sum())
@@ -235,18 +251,21 @@ class ProbeFitter:
                 blocks = client.persist(blocks)
         self.persisted_ = bool(persist)
         self.blocks_ = blocks
-        self.constants_ = constants = solver.ProblemConstants.from_label_sums(
-            self.label_sums_, ridge=self.ridge)
+        self.constants_ = constants = ProblemConstants.from_label_sums(self.label_sums_,
+                                                                       ridge=self.ridge)
 
-        state = None
-        if self.checkpoint is not None and Path(self.checkpoint).exists():
-            state = self._load_checkpoint(n_classes)
-            self._emit("resumed", n_iter=state.n_iter, path=str(self.checkpoint))
+        state, checkpoint = None, None
+        if self.checkpoint is not None:
+            checkpoint = Checkpoint(self.checkpoint,
+                                    checkpoint_identity(self.identity, n_classes, self.ridge))
+        if checkpoint is not None and checkpoint.exists():
+            state = checkpoint.load()
+            emit(self.callbacks, Stage.RESUMED, n_iter=state.n_iter, path=str(self.checkpoint))
         if state is None:
-            state = solver.init_state(constants)
+            state = init_state(constants)
         self.history_ = []
-        self._emit("fit_start", block_bytes=need, worker_memory=have, persisted=self.persisted_,
-                   n_pairs=int(state.active.sum()))
+        emit(self.callbacks, Stage.FIT_START, block_bytes=need, worker_memory=have,
+             persisted=self.persisted_, n_pairs=int(state.active.sum()))
 
         bar = None
         if self.progress:
@@ -264,21 +283,22 @@ class ProbeFitter:
                                       device=self.device)
                 finally:
                     pairs_future.release()
-                stats = solver.step(constants, state, sums)
+                stats = step(constants, state, sums)
                 stats["pass_seconds"] = time.perf_counter() - start
                 # (non-zero x active pair) units this pass cost: what its time is spent on
                 stats["work_units"] = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
                 self.history_.append(stats)
-                if self.checkpoint is not None:
-                    self._save_checkpoint(state, n_classes)
-                self._emit("iteration", **stats)
+                if checkpoint is not None:
+                    checkpoint.save(state)
+                emit(self.callbacks, Stage.ITERATION, **stats)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(active=int(state.active.sum()))
         finally:
             if bar is not None:
                 bar.close()
-            self._wait_checkpoint()  # the last checkpoint is whole before fit returns
+            if checkpoint is not None:
+                checkpoint.wait()  # the last checkpoint is whole before fit returns
 
         self.state_ = state
         self.coef_ = state.w
@@ -286,5 +306,9 @@ class ProbeFitter:
         self.converged_ = state.converged
         self.n_iter_ = int(state.n_iter)
         self.n_classes_ = int(n_classes)
-        self._emit("fit_end", n_iter=self.n_iter_, n_active=int(state.active.sum()))
+        emit(self.callbacks, Stage.FIT_END, n_iter=self.n_iter_, n_active=int(state.active.sum()))
+        if state.n_active and state.n_iter >= self.max_iter:
+            warnings.warn(f"ProbeFitter: max_iter={self.max_iter} passes made; {state.n_active:,} "
+                          f"of {state.active.size:,} pairs had not converged (raise max_iter)",
+                          ConvergenceWarning, stacklevel=2)
         return self

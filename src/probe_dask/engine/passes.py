@@ -3,7 +3,7 @@
 The fit and the evaluation are both made of passes. A pass submits one task per row
 block (the kernel, on that worker's device) and sums the per-block partials in a tree
 whose fan-in is bounded by ``split_every``, so no task holds more than ``split_every``
-partials at once (design.md, pitfall 6). Only the final sum travels to the driver.
+partials at once (docs/architecture.md, pitfall 6). Only the final sum travels to the driver.
 
 Memory per process: a worker holds its resident blocks (when persisted), one block being
 worked on, and up to ``split_every + 1`` partials; the driver holds the final sum.

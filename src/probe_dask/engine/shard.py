@@ -12,7 +12,6 @@ plus 8 bytes per row) and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -20,15 +19,15 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from probe_dask import config
 from probe_dask.errors import InputError
 from probe_dask.io.labels import LabelsSource, open_labels, read_metadata
 from probe_dask.io.layout import activations_path, require_dir, require_file
 from probe_dask.io.store import CSRSource, open_csr
 
-__all__ = ["Shard", "open_shard", "csr_block_array", "label_block_array", "DEFAULT_BLOCK_NNZ"]
+__all__ = ["Shard", "open_shard", "csr_block_array", "label_block_array"]
 
 #: Non-zeros per row block when nothing else decides it (about 32 MB of CSR per block).
-DEFAULT_BLOCK_NNZ = 4_000_000
 
 
 @dataclass
@@ -71,7 +70,7 @@ class Shard:
         return int(self.source.nnz)
 
 
-def open_shard(run_dir, shard_dir, *, block_nnz: int = DEFAULT_BLOCK_NNZ, cache_dir=None) -> Shard:
+def open_shard(run_dir, shard_dir, *, block_nnz: int | None = None, cache_dir=None) -> Shard:
     """Open a shard of a run as dask arrays.
 
     Parameters
@@ -80,8 +79,8 @@ def open_shard(run_dir, shard_dir, *, block_nnz: int = DEFAULT_BLOCK_NNZ, cache_
         The SAE run folder (holds ``inference/<shard_id>/token_acts.npz``).
     shard_dir : path
         The shard folder (holds ``metadata.json`` and ``labels.bin``).
-    block_nnz : int
-        Target non-zeros per row block.
+    block_nnz : int, optional
+        Target non-zeros per row block (default: ``probe-dask.engine.block-nnz``).
     cache_dir : path, optional
         Where a compressed ``token_acts.npz`` is ingested (default: beside it).
 
@@ -103,7 +102,7 @@ def open_shard(run_dir, shard_dir, *, block_nnz: int = DEFAULT_BLOCK_NNZ, cache_
             f"{labels.n_rows} rows = n_examples {meta.n_examples} x content_tokens_per_example "
             f"{meta.tokens_per_example} of {shard_dir / 'metadata.json'}",
         )
-    blocks = source.row_blocks(block_nnz)
+    blocks = source.row_blocks(int(block_nnz or config.get("probe-dask.engine.block-nnz")))
     return Shard(
         X=csr_block_array(source, blocks),
         y=label_block_array(labels, blocks),

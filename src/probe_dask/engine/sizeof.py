@@ -2,7 +2,7 @@
 
 Without this the scheduler counts a ``scipy.sparse.csr_array`` as 56 bytes and a torch
 tensor as 80, so the dashboard's memory panel shows blocks as free and the worker never
-spills (design.md, pitfall 2). Imported by ``probe_dask/__init__`` so every process that
+spills (docs/architecture.md, pitfall 2). Imported by ``probe_dask/__init__`` so every process that
 unpickles a probe-dask object (every worker) has the registrations.
 """
 

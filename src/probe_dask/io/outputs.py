@@ -21,7 +21,7 @@ from probe_dask.errors import ProbeDaskError
 
 __all__ = ["atomic_path", "write_metrics_npz", "write_json", "METRIC_KEYS", "check_writable"]
 
-#: Keys of ``probe1d_metrics.npz`` read by the users' notebooks (formats.md).
+#: Keys of ``probe1d_metrics.npz`` read by the users' notebooks (docs/formats.md).
 METRIC_KEYS = ("loss", "weights", "biases", "tp", "fp", "tn", "fn")
 
 

@@ -1,11 +1,13 @@
 """Per-block sums: the label pass, the six fit sums and the evaluation sums of one block.
 
-Backends: the fused C kernel on CPU (:mod:`probe_dask.kernels.ckernel`), torch on CUDA or
-as the CPU fallback (:mod:`probe_dask.kernels.torch_backend`). :mod:`.dispatch` picks one.
+Backends: the fused C kernel on CPU (:mod:`probe_dask.kernels.ckernel`), fused Triton kernels on
+CUDA (:mod:`probe_dask.kernels.triton_backend`), torch as the slow fallback
+(:mod:`probe_dask.kernels.torch_backend`). :func:`choose_backend` picks one.
 """
 
 from probe_dask.core.blocks import EVAL_FIELDS, FIT_FIELDS, ActivePairs, LabelSums, LatentBlock
-from probe_dask.kernels.dispatch import device_type, eval_sums, fit_sums, label_sums, resolve_device
+from probe_dask.kernels.dispatch import (BACKENDS, choose_backend, device_type, eval_sums, fit_sums,
+                                         label_sums, resolve_device)
 
 __all__ = ["LatentBlock", "ActivePairs", "LabelSums", "label_sums", "fit_sums", "eval_sums",
-           "resolve_device", "device_type", "FIT_FIELDS", "EVAL_FIELDS"]
+           "resolve_device", "device_type", "choose_backend", "BACKENDS", "FIT_FIELDS", "EVAL_FIELDS"]

@@ -6,15 +6,17 @@ contiguous run of events. The parameters of the pairs still being fitted travel 
 :class:`ActivePairs`, also grouped by latent, so stopped pairs cost nothing and latents
 without pairs are skipped.
 
-Two backends compute :func:`fit_sums` and :func:`eval_sums`:
+Three backends compute :func:`fit_sums` and :func:`eval_sums` (:func:`choose_backend`):
 
-- ``'c'``: a fused CPU kernel (:mod:`probe_dask.ckernel`), compiled on first use and used
-  by default on CPU when it is available (about 1.7 ns per non-zero x pair for the fit
+- ``'c'``: a fused CPU kernel (:mod:`probe_dask.kernels.ckernel`), compiled on first use and
+  used by default on CPU when it is available (about 1.7 ns per non-zero x pair for the fit
   pass on one AVX2 core, 1.3 ns for eval).
-- ``'torch'``: chunked torch ops, on CPU (the fallback, about 20 to 30 ns per element) or
-  CUDA unchanged.
+- ``'triton'``: fused Triton kernels (:mod:`probe_dask.kernels.triton_backend`), the default
+  on CUDA; on CPU only under ``TRITON_INTERPRET=1`` (the tests).
+- ``'torch'``: chunked torch ops, on CPU or CUDA: the slow fallback (about 20 to 30 ns per
+  element on CPU).
 
-Numerics (both backends): ``eta = b + w v`` is formed in float64 (``v`` promoted), the
+Numerics (every backend): ``eta = b + w v`` is formed in float64 (``v`` promoted), the
 transcendental part (``exp(-|eta|)``, ``log1p``) is float32, every accumulation is
 float64, and the decision ``eta > 0`` is taken on the float64 ``eta``. Results therefore
 do not depend on how rows are split into blocks, beyond float64 summation order. Each
@@ -38,6 +40,8 @@ Memory per process, per call:
 from __future__ import annotations
 
 import glob
+import importlib
+import importlib.util
 import os
 
 import numpy as np
@@ -121,8 +125,8 @@ def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thre
         Pairs to compute; must have ``block.n_latents`` latents.
     device : str or torch.device, optional
         See :func:`resolve_device`.
-    backend : {'auto', 'c', 'torch'}
-        ``'auto'`` uses the C kernel on CPU when it is available, torch otherwise.
+    backend : {'auto', 'c', 'triton', 'torch'}
+        See :func:`choose_backend`.
     work_chunk : int, optional
         Torch backend: (event x pair) elements per chunk of temporaries.
     threads : int
@@ -169,17 +173,61 @@ def _check(kind: str, block: LatentBlock, pairs: ActivePairs) -> None:
         raise ValueError(f"block.rows: outside [0, {block.n_rows})")
 
 
+BACKENDS = ("auto", "c", "triton", "torch")
+
+
+def _triton():
+    # The Triton backend imports torch and triton (hundreds of MB, seconds): loaded by name,
+    # on first use, so CPU workers running the C kernel never pay for it.
+    return importlib.import_module("probe_dask.kernels.triton_backend")
+
+
+def triton_reason(dev_type: str) -> str:
+    """Why the Triton kernels cannot run on ``dev_type`` here ("" when they can)."""
+    if dev_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton runs on CUDA (or on CPU under TRITON_INTERPRET=1)"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    module = _triton()
+    return "" if module.available() else module.unavailable_reason()
+
+
+def choose_backend(device=None, backend="auto") -> tuple[str, str]:
+    """The kernel that runs on ``device``: ``(backend, device type)``.
+
+    ``'auto'`` takes the C kernel on CPU, the fused Triton kernels on CUDA, and torch (the
+    slow fallback) when the preferred one cannot run. ``'c'`` always means the CPU; asked
+    for a GPU it is an error. Raises ``RuntimeError`` when an explicit backend cannot run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "c":
+        if device is not None and device != "auto" and device_type(device) != "cpu":
+            raise ValueError(f"backend='c' runs on CPU only, not {device}")
+        if not ckernel.available():
+            raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
+        return "c", "cpu"
+    dev_type = device_type(device)
+    if backend == "torch":
+        return "torch", dev_type
+    if backend == "triton" or (dev_type == "cuda" and backend == "auto"):
+        why = triton_reason(dev_type)
+        if not why:
+            return "triton", dev_type
+        if backend == "triton":
+            raise RuntimeError(f"Triton kernels unavailable: {why}")
+        return "torch", dev_type
+    return ("c" if ckernel.available() else "torch"), dev_type
+
+
 def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
     _check(kind, block, pairs)
-    if backend not in ("auto", "c", "torch"):
-        raise ValueError(f"backend={backend!r}; expected 'auto', 'c' or 'torch'")
-    dev_type = device_type(device)
-    if backend != "torch" and dev_type == "cpu":
-        if ckernel.available():
-            fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
-            return fn(block, pairs, threads=threads)
-        if backend == "c":
-            raise RuntimeError(f"C kernel unavailable: {ckernel.unavailable_reason()}")
-    elif backend == "c":
-        raise ValueError(f"backend='c' runs on CPU only, not {device}")
-    return torch_sums(kind, block, pairs, resolve_device(device), work_chunk)
+    name, dev_type = choose_backend(device, backend)
+    if name == "c":
+        fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
+        return fn(block, pairs, threads=threads)
+    if name == "triton":
+        fn = _triton().fit_sums if kind == "fit" else _triton().eval_sums
+        return fn(block, pairs, dev_type)
+    return torch_sums(kind, block, pairs, resolve_device(device if dev_type != "cpu" else "cpu"),
+                      work_chunk)

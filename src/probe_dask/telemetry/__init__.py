@@ -1,4 +1,14 @@
-"""Telemetry of a run: memory of every process at every stage, solver stats, the memory plot."""
+"""Telemetry of a run: memory of every process at every stage, solver stats, the memory plot.
 
-from probe_dask.telemetry.recorder import *  # noqa: F401,F403
-from probe_dask.telemetry.recorder import __all__  # noqa: F401
+``jsonl`` (the file, strict JSON), ``probes`` (one process's memory reading), ``state``
+(what has been seen), ``summary`` (measured vs planned), ``plot`` (the memory plot) and
+``recorder`` (:class:`Telemetry`, which ties them together).
+"""
+
+from probe_dask.telemetry.jsonl import (MEMORY_PLOT_NAME, PERFORMANCE_REPORT_NAME, TELEMETRY_NAME,
+                                        read_telemetry, strict_json)
+from probe_dask.telemetry.probes import scheduler_memory, worker_memory
+from probe_dask.telemetry.recorder import Telemetry
+
+__all__ = ["Telemetry", "strict_json", "read_telemetry", "worker_memory", "scheduler_memory",
+           "TELEMETRY_NAME", "MEMORY_PLOT_NAME", "PERFORMANCE_REPORT_NAME"]

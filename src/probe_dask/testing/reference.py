@@ -267,3 +267,21 @@ def dense_shard(run_dir, shard_dir):
     y = np.fromfile(shard_dir / "labels.bin", dtype=np.uint8)
     assert y.size == meta["n_examples"] * meta["content_tokens_per_example"]
     return np.asarray(X.toarray(), dtype=np.float64), y
+
+
+def dense_metrics(X, y, b, w):
+    """Loss and tp/fp/tn/fn of every pair, densely, in float64 (the reference)."""
+    N, L = X.shape
+    C = b.shape[1]
+    Y = (y[:, None] == np.arange(C)[None, :]).astype(np.float64)  # (N, C), small test only
+    loss = np.empty((L, C))
+    counts = {k: np.empty((L, C)) for k in ("tp", "fp", "tn", "fn")}
+    for l in range(L):
+        eta = b[l][None, :] + X[:, l][:, None] * w[l][None, :]
+        loss[l] = (np.logaddexp(0, eta) - Y * eta).mean(axis=0)
+        pred = eta > 0
+        counts["tp"][l] = (pred & (Y == 1)).sum(0)
+        counts["fp"][l] = (pred & (Y == 0)).sum(0)
+        counts["tn"][l] = (~pred & (Y == 0)).sum(0)
+        counts["fn"][l] = (~pred & (Y == 1)).sum(0)
+    return loss, counts

@@ -1,4 +1,4 @@
-"""Synthetic runs in the users' on-disk layout (formats.md), for demos, tests and benchmarks.
+"""Synthetic runs in the users' on-disk layout (docs/formats.md), for demos, tests and benchmarks.
 
 The data look like SAE activations of ViT patches with ADE20K-like labels:
 power-law latent frequencies with dead latents, heavy-tailed positive values,

@@ -1,16 +1,18 @@
 """The fused CPU kernel (``fused.c``), compiled on first use and loaded with ctypes.
 
 The source ships with the package. On first use it is compiled with the system C
-compiler (``$CC``, else ``cc``, else ``gcc``) into a cache folder (``$PROBE_DASK_CACHE``,
-else ``~/.cache/probe-dask/ckernel``), under a name keyed by a hash of the source, the
+compiler (``$CC``, else ``cc``, else ``gcc``) into a cache folder (``<cache-dir>/ckernel``,
+``cache-dir`` being the config key ``probe-dask.kernels.cache-dir``, by default
+``~/.cache/probe-dask``), under a name keyed by a hash of the source, the
 compiler's version, the flags and the machine (architecture and CPU model/flags, since
 ``-march=native`` code from one node may not run on another node that shares the home
 folder). The library is written under a temporary name and renamed, so several worker
 processes may compile at once and none ever loads a half-written file. If
 ``-march=native`` fails a portable build is tried; if no build works,
 :func:`available` is False, :func:`unavailable_reason` says why, and
-:mod:`probe_dask.kernels` falls back to torch. Set ``PROBE_DASK_NO_CKERNEL=1`` to
-disable the kernel.
+:mod:`probe_dask.kernels` falls back to torch. Set the config key
+``probe-dask.kernels.ckernel`` to False (environment: ``DASK_PROBE_DASK__KERNELS__CKERNEL=False``)
+to disable the kernel.
 
 ctypes releases the GIL during a call, so threads (``threads=`` here, or dask worker
 threads) run the kernel in parallel.
@@ -34,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from probe_dask import config
 
 __all__ = [
     "available",
@@ -63,8 +67,8 @@ def _compiler() -> str | None:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("PROBE_DASK_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "probe-dask"
+    root = config.get("probe-dask.kernels.cache-dir")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "probe-dask"
     return base / "ckernel"
 
 
@@ -160,8 +164,8 @@ def _load() -> ctypes.CDLL | None:
         if "lib" in _state:
             return _state["lib"]
         lib, errors = None, []
-        if os.environ.get("PROBE_DASK_NO_CKERNEL"):
-            errors.append("disabled by PROBE_DASK_NO_CKERNEL")
+        if not config.get("probe-dask.kernels.ckernel"):
+            errors.append("disabled by the config key probe-dask.kernels.ckernel")
         elif (cc := _compiler()) is None:
             errors.append("no C compiler found ($CC, cc, gcc)")
         else:

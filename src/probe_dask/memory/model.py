@@ -1,0 +1,250 @@
+"""The memory model: every buffer each process of a run holds, its formula and its size.
+
+For one choice of block size, torch work chunk and persistence, :func:`buffers` lists,
+per process, what the run will hold and when: the driver's solver state and passes' sums,
+and on each worker its baseline, resident blocks (when persisted), the CSR blocks being
+read, the ``LatentBlock`` s, kernel temporaries, the device copy, the scattered pairs and
+the reduction's partials. Sizes come from the code they describe (``kernels``, ``core``,
+``engine.passes``) and from measurements on this stack (``tracemalloc``; process RSS of a
+LocalCluster worker); they are estimates meant to be right within tens of percent, and
+telemetry sets the measured peaks beside them.
+
+Stage names (when a buffer is live) are :data:`probe_dask.stages.WORKER_STAGES` and
+:data:`~probe_dask.stages.DRIVER_STAGES`.
+
+Memory per process: a model is a few dozen small :class:`Buffer` records; it reads the
+shards only through ``ShardInfo.block_stats`` (their ``indptr``, already in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import dask
+
+from probe_dask.core.state import TrustRegionState
+from probe_dask.core.tuning import CHUNK_PAIRS
+from probe_dask.stages import DRIVER_STAGES, WORKER_STAGES
+
+__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "GPU_STAGES", "WORKER_BASELINE",
+           "WORKER_BASELINE_NO_TORCH", "DRIVER_BASELINE"]
+
+#: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
+#: measured on a LocalCluster worker (250 to 265 MiB); without torch it is about 70 MiB.
+WORKER_BASELINE = 270 * 2**20
+WORKER_BASELINE_NO_TORCH = 100 * 2**20
+#: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler.
+DRIVER_BASELINE = 300 * 2**20
+#: Scheduler state per task of a pass (held on the driver for local and Slurm clusters).
+SCHEDULER_TASK_BYTES = 8 * 2**10
+#: Bytes per (event x pair) element of the torch backend's chunk temporaries (counted in
+#: ``kernels_torch.torch_sums``); a chunk holds at most ``2 work_chunk`` elements.
+TORCH_ELEMENT_BYTES = 112
+#: ``kernels.label_sums`` scratch per non-zero (measured with tracemalloc: 25.0).
+LABEL_SCRATCH_PER_NNZ = 25
+#: ``solver.step`` temporaries per pair of a chunk (measured: 362) and ``init_state``'s (83).
+STEP_SCRATCH_PER_PAIR = 362
+INIT_SCRATCH_PER_PAIR = 83
+#: ``metrics.split_metrics`` peak per pair (measured: 73.5, of which 40 are kept).
+SPLIT_METRICS_PEAK_PER_PAIR = 74
+_C_KERNEL_SCRATCH = 64 * 2**10
+#: The worker stages that run a kernel (and so hold a GPU's buffers, or kernel temporaries).
+GPU_STAGES = ("fit", "eval_train", "eval_test")
+
+
+@dataclasses.dataclass
+class Buffer:
+    """One kind of buffer: ``count`` of them, ``each`` bytes, live during ``stages``."""
+
+    process: str
+    name: str
+    formula: str
+    each: int
+    count: int = 1
+    stages: tuple = ("all",)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.each) * int(self.count)
+
+    def live(self, stage: str) -> bool:
+        return "all" in self.stages or stage in self.stages
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """What the model needs besides the block size: the shards (``ShardInfo``, ``test``
+    optional), ``L`` latents, ``C`` classes, the cluster and the kernel that will run."""
+
+    train: object
+    test: object
+    L: int
+    C: int
+    threads: int
+    n_workers: int
+    split_every: int
+    device: str
+    backend: str
+    torch: bool
+    chunk_bytes: int
+    worker_baseline: int
+    driver_baseline: int
+
+
+def peak(buffers, stages) -> tuple[str, int]:
+    """(stage, bytes) of the stage whose live buffers sum highest (the first on ties)."""
+    best = (stages[0], 0)
+    for st in stages:
+        total = sum(b.nbytes for b in buffers if b.live(st))
+        if total > best[1]:
+            best = (st, total)
+    return best
+
+
+def _read_ahead(threads: int) -> int:
+    """CSR blocks a worker may hold at once: one per thread being converted, plus the root
+    tasks (reads) the scheduler keeps on it (``distributed.scheduler.worker-saturation``,
+    1.1 by default)."""
+    sat = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
+    try:
+        sat = float(sat)
+    except (TypeError, ValueError):
+        sat = 1.1
+    if not math.isfinite(sat):
+        sat = 4.0  # no queuing: every root task is sent at once; assume a deep queue
+    # one block being converted per thread, plus the reads running or queued (measured on
+    # a 1-thread LocalCluster worker: up to 3 CSR blocks during a streaming pass)
+    return threads + max(math.ceil(sat * threads), 1)
+
+
+def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
+    """Every buffer for one choice of block size, work chunk and persistence.
+
+    Returns
+    -------
+    (driver, worker, gpu, n_blocks, max_block)
+        Three lists of :class:`Buffer`; blocks per shard (``{"train": n, "test": n}``);
+        the largest block over both shards (``{"nnz": n, "rows": n}``).
+    """
+    L, C, T, se = cfg.L, cfg.C, cfg.threads, cfg.split_every
+    LC, P = L * C, L * C
+    train, test = cfg.train, cfg.test
+    nb, bnz, brows = {}, {}, {}
+    for name, s in (("train", train), ("test", test)):
+        if s is not None:
+            nb[name], bnz[name], brows[name] = s.block_stats(block_nnz)
+    n, r = max(bnz.values()), max(brows.values())
+    worker = _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist)
+    gpu = []
+    if cfg.device == "cuda":
+        G = lambda *a, **kw: Buffer("gpu", *a, **kw)  # noqa: E731
+        gpu = [
+            G("device copy of the block (fit: values)", "4 nnz_b", 4 * n, 1, ("fit",)),
+            G("device copy of the block (eval: values, rows, labels)", "8 nnz_b + rows_b", 8 * n + r, 1,
+              ("eval_train", "eval_test")),
+            G("pairs b, w and classes on the device", "20 P", 20 * P, 1, GPU_STAGES),
+            G("fit output (6 x P float64)", "48 P", 48 * P, 1, ("fit",)),
+            G("eval output (3 x P float64)", "24 P", 24 * P, 1, ("eval_train", "eval_test")),
+            G("torch chunk temporaries", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk (work_chunk = {work_chunk})",
+              TORCH_ELEMENT_BYTES * 2 * work_chunk, 1, GPU_STAGES),
+        ]
+        worker.append(Buffer("worker", "host copy of the kernel output", "48 P (fit) / 24 P (eval)",
+                             48 * P, T, GPU_STAGES))
+    driver = _driver(cfg, nb)
+    worker = [b for b in worker if b.stages]  # e.g. no separate block when persisted
+    return driver, worker, gpu, nb, {"nnz": n, "rows": r}
+
+
+def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
+    """A worker's buffers (the host copy of a GPU's output is added by :func:`buffers`)."""
+    L, C, T, se = cfg.L, cfg.C, cfg.threads, cfg.split_every
+    LC, P = L * C, L * C
+    k = _read_ahead(T)
+    W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
+    worker = [
+        W("baseline: Python, dask, numpy, scipy" + (", torch" if cfg.torch else ""),
+          "measured RSS of an idle worker", cfg.worker_baseline),
+    ]
+    for name in nb:  # blocks streamed from disk, per shard and stage
+        sn, sr = bnz[name], brows[name]
+        live = ("label_train",) + (() if persist else ("fit", "eval_train")) if name == "train" \
+            else ("label_test", "eval_test")
+        worker += [
+            W(f"CSR row block read ({name}, largest)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
+              "(converting + running/queued reads)", 8 * sn + 12 * (sr + 1), k, live),
+            W(f"labels of a block ({name})", "rows_b (uint8)", sr, k, live),
+            W(f"LatentBlock being used ({name})", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
+              8 * sn + 8 * (L + 1) + sr, T,
+              () if persist and name == "train" else live),  # persisted: it is a resident one
+            W(f"label_sums scratch ({name})", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
+              LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
+        ]
+    worker += [
+        W("label partials (LabelSums) in the reduction", f"16 L C + 16 L + 8 C; threads x "
+          f"(split_every + 2) = {T * (se + 2)}", 16 * LC + 16 * L + 8 * C, T * (se + 2),
+          ("label_train", "label_test")),
+        W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
+          20 * P + 8 * (L + 1), 1, ("fit",)),
+        W("fit partials (6 x P float64) in the reduction", "48 P; threads x (split_every + 2)",
+          48 * P, T * (se + 2), ("fit",)),
+        W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
+          20 * LC + 8 * (L + 1), 1, ("eval_train", "eval_test")),
+        W("eval partials (3 x P float64) in the reduction", "24 L C; threads x (split_every + 2)",
+          24 * LC, T * (se + 2), ("eval_train", "eval_test")),
+    ]
+    if persist:
+        per = -(-nb["train"] // cfg.n_workers)
+        extra = 1 if nb["train"] > cfg.n_workers else 0  # the scheduler may not spread them evenly
+        worker.insert(1, W("resident train LatentBlocks (persisted)",
+                           f"8 nnz_b + 8 (L + 1) + rows_b; ceil({nb['train']} blocks / "
+                           f"{cfg.n_workers} workers)" + (" + 1" if extra else ""),
+                           8 * bnz["train"] + 8 * (L + 1) + brows["train"], per + extra,
+                           WORKER_STAGES))  # filled during the label pass
+    if cfg.backend == "torch" and cfg.device == "cpu":
+        worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
+                        f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
+                        TORCH_ELEMENT_BYTES * 2 * work_chunk + 8 * n + r, T, GPU_STAGES))
+    elif cfg.device != "cuda":
+        worker.append(W("C kernel tile buffers", "about 64 KB per thread", _C_KERNEL_SCRATCH, T,
+                        GPU_STAGES))
+    return worker
+
+
+def _driver(cfg, nb) -> list:
+    """The driver's buffers: baseline, scheduler, solver state, sums, metrics, validation."""
+    L, C = cfg.L, cfg.C
+    LC, P = L * C, L * C
+    train, test = cfg.train, cfg.test
+    state_pp = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
+    n_tasks = 5 * max(nb.values()) + 2
+    D = lambda *a, **kw: Buffer("driver", *a, **kw)  # noqa: E731
+    after_open = DRIVER_STAGES[2:]
+    rows = max(train.n_rows, test.n_rows if test is not None else 0)
+    csr = max(train.csr_bytes, test.csr_bytes if test is not None else 0)
+    return [
+        D("baseline: Python, dask, distributed, torch, client, scheduler", "measured RSS",
+          cfg.driver_baseline),
+        D("scheduler state of one pass", f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
+          SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
+        D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, after_open),
+        D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
+          f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1, after_open),
+        D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
+        D("active pairs of an iteration", "28 P", 28 * P, 1, ("iteration",)),
+        D("summed fit sums (6 x P float64)", "48 P", 48 * P, 1, ("iteration",)),
+        D("solver.step scratch", f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
+          STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, ("iteration",)),
+        D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
+        D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, ("evaluate",)),
+        D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1, ("evaluate",)),
+        D("split_metrics scratch", f"{SPLIT_METRICS_PEAK_PER_PAIR} L C", SPLIT_METRICS_PEAK_PER_PAIR * LC,
+          1, ("evaluate",)),
+        D("test SplitMetrics", "40 L C", 40 * LC, 1, ("write",)),
+        D("float32 copies written to probe1d_metrics.npz + class table", "32 L C + 8 L C", 40 * LC,
+          1, ("write",)),
+        D("validating (and ingesting, when compressed) token_acts.npz",
+          "min(2 x chunk_bytes, CSR bytes): a raw and a converted chunk", min(2 * cfg.chunk_bytes, csr),
+          1, ("open",)),
+        D("indptr of a shard, read to plan the blocks", "8 (rows + 1)", 8 * (rows + 1), 1, ("plan",)),
+    ]

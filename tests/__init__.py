@@ -1,0 +1,1 @@
+"""probe-dask test suite, laid out like the package (tests/io tests probe_dask/io, ...)."""

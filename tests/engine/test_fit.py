@@ -1,0 +1,160 @@
+"""The fit on a real distributed cluster against an independent float64 reference, and
+``ProbeFitter``'s estimator conventions (parameters, validation, ConvergenceWarning)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from probe_dask.engine.shard import open_shard
+from probe_dask.engine.fit import ProbeFitter
+from probe_dask.errors import ConvergenceWarning, ProbeDaskError
+
+from probe_dask.testing.reference import dense_shard
+from probe_dask.testing.reference import exact_loss, reference_fit
+
+
+def _fit(client, run, block_nnz, **kw):
+    shard = open_shard(run.run_dir, run.train_shard, block_nnz=block_nnz)
+    fitter = ProbeFitter(max_iter=40, client=client, **kw).fit(shard.X, shard.y, n_classes=8)
+    return shard, fitter
+
+
+def test_every_pair_within_1e6_of_float64_optimum(local_client, tiny_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # every pair converges: no warning
+        shard, fitter = _fit(local_client, tiny_run, block_nnz=1500)
+    assert len(shard.row_blocks) > 1
+    X, y = dense_shard(tiny_run.run_dir, tiny_run.train_shard)
+    ref = reference_fit(X, y, 8)
+    ours = exact_loss(X, y, 8, fitter.intercept_, fitter.coef_)
+    nonempty = (X != 0).any(axis=0)
+    gap = (ours - ref.loss)[nonempty]
+    print(f"max gap to the float64 optimum: {gap.max():.3e} over {gap.size} pairs; "
+          f"passes {fitter.n_iter_}")
+    assert gap.max() <= 1e-6
+    assert gap.min() >= -1e-9  # the reference really is the optimum
+    # empty latents sit exactly at the prior: (b0_c, 0)
+    empty = ~nonempty
+    if empty.any():
+        assert np.all(fitter.coef_[empty] == 0)
+        np.testing.assert_allclose(fitter.intercept_[empty], np.broadcast_to(ref.b[empty], fitter.intercept_[empty].shape), rtol=1e-9)
+    assert fitter.converged_[nonempty].all()
+    assert fitter.n_iter_ <= 20
+
+
+def test_results_do_not_depend_on_row_split(local_client, tiny_run):
+    nnz = open_shard(tiny_run.run_dir, tiny_run.train_shard).nnz
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as one, Client(one) as client_one:
+        s1, f1 = _fit(client_one, tiny_run, block_nnz=10 * nnz)
+    s7, f7 = _fit(local_client, tiny_run, block_nnz=nnz // 7 + 1)
+    assert len(s1.row_blocks) == 1 and len(s7.row_blocks) >= 7
+    X, y = dense_shard(tiny_run.run_dir, tiny_run.train_shard)
+    for a, b in ((f1.intercept_, f7.intercept_), (f1.coef_, f7.coef_)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    l1 = exact_loss(X, y, 8, f1.intercept_, f1.coef_)
+    l7 = exact_loss(X, y, 8, f7.intercept_, f7.coef_)
+    np.testing.assert_allclose(l1, l7, rtol=1e-9)
+    assert f1.n_iter_ == f7.n_iter_
+
+
+def test_resume_from_checkpoint_gives_same_result(local_client, tiny_run, tmp_path):
+    ckpt = tmp_path / "ckpt.npz"
+    shard = open_shard(tiny_run.run_dir, tiny_run.train_shard, block_nnz=2000)
+    full = ProbeFitter(max_iter=40, client=local_client).fit(shard.X, shard.y, n_classes=8)
+    part = ProbeFitter(max_iter=3, checkpoint=ckpt, identity={"x": 1}, client=local_client)
+    with pytest.warns(ConvergenceWarning):
+        part.fit(shard.X, shard.y, n_classes=8)
+    assert ckpt.exists() and part.n_iter_ == 3
+    resumed = ProbeFitter(max_iter=40, checkpoint=ckpt, identity={"x": 1}, client=local_client)
+    resumed.fit(shard.X, shard.y, n_classes=8)
+    assert resumed.n_iter_ == full.n_iter_
+    np.testing.assert_array_equal(resumed.coef_, full.coef_)
+    np.testing.assert_array_equal(resumed.intercept_, full.intercept_)
+    with pytest.raises(ProbeDaskError, match="other input"):
+        ProbeFitter(max_iter=40, checkpoint=ckpt, identity={"x": 2}, client=local_client).fit(
+            shard.X, shard.y, n_classes=8)
+
+
+def test_streaming_blocks_equal_persisted(local_client, tiny_run):
+    _, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
+    _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False)
+    assert kept.persisted_ and not streamed.persisted_
+    np.testing.assert_array_equal(kept.coef_, streamed.coef_)
+    np.testing.assert_array_equal(kept.intercept_, streamed.intercept_)
+
+
+def test_sparse_reference_agrees_with_dense_reference(tiny_run):
+    """The all-pairs sparse reference (used for whole-run gaps) equals the per-pair dense one."""
+    import scipy.sparse as sp
+
+    from probe_dask.testing.reference import sparse_reference_fit
+
+    X, y = dense_shard(tiny_run.run_dir, tiny_run.train_shard)
+    dense = reference_fit(X, y, 8)
+    b, w, loss = sparse_reference_fit(sp.csc_matrix(X), y, 8)
+    np.testing.assert_allclose(loss, dense.loss, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(exact_loss(X, y, 8, b, w), loss, rtol=0, atol=1e-12)
+
+
+# -- estimator conventions ----------------------------------------------------------------
+
+def test_get_params_set_params_and_sklearn_clone():
+    from sklearn.base import clone
+
+    fitter = ProbeFitter(1e-6, 7, persist=False, split_every=3, identity={"x": 1},
+                         callbacks=[print])
+    params = fitter.get_params()
+    assert set(params) == {"ridge", "max_iter", "device", "persist", "split_every", "resources",
+                           "checkpoint", "identity", "progress", "callbacks", "client"}
+    assert params["ridge"] == 1e-6 and params["max_iter"] == 7 and params["persist"] is False
+    other = ProbeFitter().set_params(**params)
+    assert other.get_params() == params
+    copy = clone(fitter)
+    assert copy is not fitter and copy.get_params() == params
+    assert copy.set_params(max_iter=3) is copy and copy.max_iter == 3 and fitter.max_iter == 7
+    with pytest.raises(ValueError, match="no parameter 'maxiter'"):
+        fitter.set_params(maxiter=3)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("ridge", 0.0), ("ridge", -1e-8), ("ridge", float("nan")), ("ridge", float("inf")),
+    ("ridge", "1e-8"), ("max_iter", 0), ("max_iter", 2.5), ("max_iter", True),
+    ("persist", "no"), ("persist", 1), ("persist", None), ("split_every", 1),
+    ("split_every", 4.0), ("device", "gpu"), ("resources", ["GPU"]), ("progress", "yes"),
+    ("callbacks", [1]), ("client", "tcp://127.0.0.1:8786"),
+])
+def test_invalid_parameter_raises_at_fit_naming_it(tiny_run, name, value):
+    shard = open_shard(tiny_run.run_dir, tiny_run.train_shard)
+    fitter = ProbeFitter(**{name: value})  # accepted as given; checked at fit
+    with pytest.raises(ValueError, match=rf"ProbeFitter: {name}: found ") as err:
+        fitter.fit(shard.X, shard.y, n_classes=8)  # before any client is looked for
+    assert isinstance(err.value, ProbeDaskError)  # the CLI reports it as one line
+
+
+def test_persist_false_keeps_no_block_on_the_workers(local_client, tiny_run):
+    """persist=False re-reads the blocks every pass: no worker holds one after the fit. (A
+    block size no other test uses, so that no other fit's blocks share these keys.)"""
+    shard, streamed = _fit(local_client, tiny_run, block_nnz=1700, persist=False)
+    assert streamed.persisted_ is False
+    held = [str(key) for keys in local_client.has_what().values() for key in keys]
+    assert not [key for key in held if "latent-block" in key]
+    kept = ProbeFitter(max_iter=1, persist=True, client=local_client)
+    with pytest.warns(ConvergenceWarning):
+        kept.fit(shard.X, shard.y, n_classes=8)
+    held = [str(key) for keys in local_client.has_what().values() for key in keys]
+    assert kept.persisted_ is True
+    assert len({key for key in held if "latent-block" in key}) == len(shard.row_blocks)
+
+
+def test_convergence_warning_when_max_iter_leaves_pairs_active(local_client, tiny_run):
+    shard = open_shard(tiny_run.run_dir, tiny_run.train_shard, block_nnz=2000)
+    fitter = ProbeFitter(max_iter=1, client=local_client)
+    with pytest.warns(ConvergenceWarning, match=r"max_iter=1 passes made; [\d,]+ of 1,024 "
+                                                r"pairs had not converged") as record:
+        assert fitter.fit(shard.X, shard.y, n_classes=8) is fitter
+    assert len(record) == 1 and issubclass(ConvergenceWarning, UserWarning)
+    assert f"{fitter.state_.n_active:,} of" in str(record[0].message)
+    assert fitter.n_iter_ == 1 and not fitter.converged_.all()

@@ -1,0 +1,251 @@
+"""Triton kernels against the C kernel and a dense float64 numpy reference.
+
+Runs on CUDA, else on CPU under ``TRITON_INTERPRET=1`` (slow: blocks of a few hundred
+events only). Tolerances, as in test_kernels: each float32 term may be off by a few
+``2**-24 (1 + |eta|)`` relative, so every sum is checked against
+``sum |term| * 8 * 2**-24 (1 + |eta|)`` (float64 reference) and twice that (C kernel, itself
+within the first bound), plus ``1e-37 (1 + v**2)`` per term for float32 terms that flush
+to 0 below about 1e-38 (as in the C kernel). Counts are exact: the data keep every ``eta`` at least 1e-6 from 0.
+Sums over sub-blocks equal the whole block's to 1e-9 relative, and tile shapes change
+results only by float64 summation order (1e-12 relative).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.special import expit
+
+# Before probe_dask.kernels.triton_backend is imported: triton reads it when it decorates kernels.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from probe_dask.kernels import ckernel  # noqa: E402
+from probe_dask import kernels as K  # noqa: E402
+from probe_dask.kernels import triton_backend as T  # noqa: E402
+from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+F32 = 2.0**-24
+SMALL_TILES = ((4, 2),)  # cuts latents' events (atomics) and pair lists (ragged tiles)
+
+
+def make_data(seed=0, n_rows=120, n_lat=8, n_cls=5, big=False):
+    """Block with an empty latent, a single-event latent, negatives and varied densities."""
+    rng = np.random.default_rng(seed)
+    dens = rng.choice([0.02, 0.1, 0.4, 0.9], size=n_lat)
+    dens[2:4] = 0.9, 0.4  # latents with more events than small event tiles
+    mask = rng.random((n_rows, n_lat)) < dens
+    mask[:, 0] = False  # no events
+    mask[:, 1] = False
+    mask[rng.integers(n_rows), 1] = True  # one event
+    vals = rng.gamma(0.7, 2.0, size=(n_rows, n_lat)) * np.where(rng.random((n_rows, n_lat)) < 0.2, -1, 1)
+    if big:
+        vals[:, 2] = 1e3 + rng.random(n_rows)  # values near 1e3: |eta| up to ~1e3
+    vals = np.where(mask, vals, 0.0).astype(np.float32)
+    vals[mask & (vals == 0)] = 0.5
+    labels = rng.integers(0, n_cls, size=n_rows).astype(np.uint8)
+    b, w = rng.normal(0, 2, size=(n_lat, n_cls)), rng.normal(0, 1.5, size=(n_lat, n_cls))
+    for _ in range(100):  # keep every eta at least 1e-6 from 0: counts exact in any precision
+        close = (np.abs(b[None] + w[None] * vals.astype(np.float64)[:, :, None]) < 1e-6) & mask[:, :, None]
+        if not close.any():
+            break
+        b += close.any(axis=0) * 1e-3
+    return sp.csr_matrix(vals), labels, b, w
+
+
+def subset_pairs(b, w, keep):
+    """ActivePairs of the (L, C) mask ``keep``, latent-major."""
+    lat, cls = np.nonzero(keep)
+    ptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+    return ActivePairs(ptr, cls.astype(np.int32), b[lat, cls].copy(), w[lat, cls].copy())
+
+
+def reference(X, labels, pairs):
+    """Dense float64 fit (6, P) and eval (3, P) sums, with their tolerances."""
+    D = X.toarray().astype(np.float64)
+    fit, ftol = np.zeros((6, pairs.n_pairs)), np.zeros((6, pairs.n_pairs))
+    ev, etol = np.zeros((3, pairs.n_pairs)), np.zeros((3, pairs.n_pairs))
+    for l in range(D.shape[1]):
+        nz = D[:, l] != 0
+        v, y = D[nz, l], labels[nz]
+        for p in range(pairs.latent_ptr[l], pairs.latent_ptr[l + 1]):
+            eta = pairs.b[p] + pairs.w[p] * v
+            mu, s = expit(eta), expit(eta) * expit(-eta)
+            spl = np.logaddexp(0.0, eta)
+            rel = 8 * F32 * (1 + np.abs(eta))
+            flush = 1e-37 * (1 + v * v)  # float32 terms below ~1e-38 flush to 0
+            for i, t in enumerate([mu, mu * v, s, s * v, s * v * v, spl]):
+                fit[i, p], ftol[i, p] = t.sum(), (np.abs(t) * rel + flush).sum()
+            ev[:, p] = spl.sum(), (eta > 0).sum(), ((eta > 0) & (y == pairs.classes[p])).sum()
+            etol[0, p] = ftol[5, p]
+    return fit, ftol, ev, etol
+
+
+def check_close(got, want, tol):
+    err = np.abs(got - want)
+    assert np.all(err <= tol + 1e-300), f"max excess {np.max(err - tol)} at {np.argmax(err - tol)}"
+
+
+def rel_err(a, b):
+    """Max relative difference, scaled per output row (so zero sums do not blow up)."""
+    scale = np.maximum(np.abs(a), np.abs(b)).max(axis=1, keepdims=True) + 1e-300
+    return float(np.max(np.abs(a - b) / scale)) if a.size else 0.0
+
+
+def check_all(X, labels, pairs, tiles=T.DEFAULT_TILES):
+    """Triton fit/eval sums vs float64 and (when it builds) the C kernel; returns them."""
+    block = LatentBlock.from_csr(X, labels)
+    fit, ftol, ev, etol = reference(X, labels, pairs)
+    got_f = T.fit_sums(block, pairs, DEV, tiles=tiles)
+    got_e = T.eval_sums(block, pairs, DEV, tiles=tiles)
+    assert got_f.shape == (6, pairs.n_pairs) and got_f.dtype == np.float64
+    assert got_e.shape == (3, pairs.n_pairs) and got_e.dtype == np.float64
+    check_close(got_f, fit, ftol)
+    check_close(got_e[0], ev[0], etol[0])
+    np.testing.assert_array_equal(got_e[1:], ev[1:])
+    if ckernel.available():
+        check_close(got_f, K.fit_sums(block, pairs, backend="c"), 2 * ftol)
+        c_e = K.eval_sums(block, pairs, backend="c")
+        check_close(got_e[0], c_e[0], 2 * etol[0])
+        np.testing.assert_array_equal(got_e[1:], c_e[1:])
+    return got_f, got_e
+
+
+@pytest.mark.parametrize("seed,big,subset", [(0, False, False), (1, True, True), (2, False, True)])
+def test_match_c_and_float64(seed, big, subset):
+    X, labels, b, w = make_data(seed, big=big)
+    keep = np.ones(b.shape, bool)
+    if subset:  # a pair subset per latent; latent 3 has events and no pairs
+        keep = np.random.default_rng(seed + 10).random(b.shape) < 0.5
+        keep[3] = False
+    pairs = subset_pairs(b, w, keep)
+    got_f, got_e = check_all(X, labels, pairs)
+    empty = np.flatnonzero(np.repeat(X.getnnz(axis=0) == 0, keep.sum(axis=1)))
+    assert empty.size and np.all(got_f[:, empty] == 0) and np.all(got_e[:, empty] == 0)
+
+
+def test_single_event_no_pairs_and_empty_block():
+    X = sp.csr_matrix(np.array([[0, 0, 2.0], [0, 0, 0]], np.float32))
+    labels = np.array([0, 1], np.uint8)
+    b, w = np.array([[0.5, -0.25]] * 3), np.array([[1.0, -1.0]] * 3)
+    pairs = ActivePairs.all_pairs(b, w)
+    _, got_e = check_all(X, labels, pairs)
+    np.testing.assert_array_equal(got_e[1:], [[0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 0]])
+    block = LatentBlock.from_csr(X, labels)
+    assert T.fit_sums(block, subset_pairs(b, w, np.zeros(b.shape, bool)), DEV).shape == (6, 0)
+    empty = LatentBlock.from_csr(sp.csr_matrix((0, 3), dtype=np.float32), np.zeros(0, np.uint8))
+    assert empty.nnz == 0 and T.plan(empty, pairs, DEV).n_units == 0
+    assert np.all(T.fit_sums(empty, pairs, DEV) == 0) and T.eval_sums(empty, pairs, DEV).shape == (3, 6)
+
+
+def test_tiles_cut_events_and_ragged_pairs():
+    X, labels, b, w = make_data(3, n_rows=60, n_lat=5, big=True)
+    pairs = ActivePairs.all_pairs(b, w)
+    block = LatentBlock.from_csr(X, labels)
+    work = T.plan(block, pairs, DEV, tiles=SMALL_TILES).groups[0][2].cpu().numpy()
+    assert np.any(work[:, 4] > 0)  # some latent's events span several tiles: atomic adds
+    assert np.any(work[:, 3] > 0)  # and some latent fits one tile: plain stores
+    assert set(work[:, 3] + work[:, 4]) == {1, 2}  # 5 pairs in tiles of 2: a ragged last tile
+    small_f, small_e = check_all(X, labels, pairs, tiles=SMALL_TILES)
+    # two shapes; the single-event latent goes to the first, the others to the second
+    mixed = T.plan(block, pairs, DEV, tiles=((1, 8), (8, 4)))
+    assert [g[:2] for g in mixed.groups] == [(1, 8), (8, 4)] and mixed.groups[0][2].shape[0] == 1
+    for fn, small in ((T.fit_sums, small_f), (T.eval_sums, small_e)):
+        assert rel_err(fn(block, pairs, DEV, work=mixed), small) <= 1e-12
+        assert rel_err(fn(block, pairs, DEV), small) <= 1e-12
+
+
+def test_block_split_invariance():
+    X, labels, b, w = make_data(4, n_rows=100, big=True)
+    pairs = subset_pairs(b, w, np.random.default_rng(0).random(b.shape) < 0.7)
+    whole = LatentBlock.from_csr(X, labels)
+    halves = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in ((0, 37), (37, 100))]
+    for fn in (T.fit_sums, T.eval_sums):
+        one = fn(whole, pairs, DEV, tiles=((8, 4),))
+        split = sum(fn(h, pairs, DEV, tiles=((8, 4),)) for h in halves)
+        assert np.any(one != 0) and rel_err(one, split) <= 1e-9
+
+
+def test_device_block_and_work_list_reuse():
+    X, labels, b, w = make_data(5)
+    block = LatentBlock.from_csr(X, labels)
+    pairs = ActivePairs.all_pairs(b, w)
+    dblock = T.to_device(block, DEV)
+    assert T.to_device(dblock) is dblock and dblock.nbytes == 8 * block.nnz + block.n_rows
+    work = T.plan(dblock, pairs)
+    for fn in (T.fit_sums, T.eval_sums):
+        host = fn(block, pairs, DEV)
+        np.testing.assert_array_equal(fn(dblock, pairs, work=work), host)
+        np.testing.assert_array_equal(fn(dblock, pairs, work=work), host)  # reusable
+    # pairs moved on (new b, w, same structure): the same work list still applies
+    moved = ActivePairs(pairs.latent_ptr, pairs.classes, pairs.b + 0.5, pairs.w * 0.5)
+    assert rel_err(T.fit_sums(dblock, moved, work=work), T.fit_sums(block, moved, DEV)) <= 1e-12
+    with pytest.raises(ValueError):  # a work list for other pairs
+        T.fit_sums(dblock, subset_pairs(b, w, b > 0), work=work)
+
+
+def test_label_sums_match_kernels():
+    X, labels, _, _ = make_data(6)
+    C = 6
+    parts = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in ((0, 50), (50, 120))]
+    whole = LatentBlock.from_csr(X, labels)
+    got = LabelSums(**T.label_sums_arrays(whole, C, DEV))
+    want = K.label_sums(whole, C)
+    assert got.n_rows == want.n_rows == 120 and got.pos.shape == (8, C)
+    for f in ("class_rows", "count", "pos"):
+        assert getattr(got, f).dtype == getattr(want, f).dtype
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+    for f in ("sum_v2", "vpos"):
+        np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-12, atol=1e-12)
+    tot = sum((LabelSums(**T.label_sums_arrays(T.to_device(p, DEV), C)) for p in parts[1:]),
+              LabelSums(**T.label_sums_arrays(parts[0], C, DEV)))
+    np.testing.assert_array_equal(tot.pos, want.pos)
+    np.testing.assert_allclose(tot.vpos, want.vpos, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        T.label_sums_arrays(whole, 3, DEV)
+
+
+def test_plan_int64_offsets_and_checks():
+    # Plan only reads offsets: a block of 2**31 + 5 events, the second latent's events
+    # start beyond int32 (not run: that would need 18 GB).
+    class Offsets:
+        latent_ptr = np.array([0, 2**31 - 3, 2**31 + 5], np.int64)
+
+    pairs = ActivePairs(np.array([0, 0, 3], np.int64), np.arange(3, dtype=np.int32),
+                        np.zeros(3), np.ones(3))
+    (e_tile, p_tile, units), = T.plan(Offsets, pairs, DEV, tiles=((4, 2),)).groups
+    got = units.cpu().numpy()
+    assert got.dtype == np.int64 and got[:, 0].min() == 2**31 - 3 and got[:, 0].max() == 2**31 + 1
+    np.testing.assert_array_equal(got[:, 1], [4, 4, 4, 4])
+    np.testing.assert_array_equal(got[:, 4], [2, 1, 2, 1])  # cut: atomic, ragged pairs
+    X, labels, b, w = make_data(7)
+    block = LatentBlock.from_csr(X, labels)
+    with pytest.raises(ValueError):
+        T.plan(block, ActivePairs.all_pairs(b[:-1], w[:-1]), DEV)
+    with pytest.raises(ValueError):
+        T.plan(block, ActivePairs.all_pairs(b, w), DEV, tiles=((3, 2),))
+    bad = LatentBlock(block.latent_ptr, block.rows + 1000, block.values, block.labels)
+    with pytest.raises(ValueError):
+        T.to_device(bad, DEV)
+    assert T.available() and T.unavailable_reason() == ""
+
+
+def test_dispatch_routes_to_triton_and_keeps_c_on_cpu():
+    """``kernels.fit_sums(backend="triton")`` runs these kernels; ``backend="c"`` with no
+    device is the CPU whatever GPU the machine has (it raised on CUDA machines before)."""
+    X, labels, b, w = make_data(5)
+    block, pairs = LatentBlock.from_csr(X, labels), ActivePairs.all_pairs(b, w)
+    fit, ftol, ev, etol = reference(X, labels, pairs)
+    check_close(K.fit_sums(block, pairs, DEV, backend="triton"), fit, ftol)
+    np.testing.assert_array_equal(K.eval_sums(block, pairs, DEV, backend="triton")[1:], ev[1:])
+    assert K.choose_backend(DEV, "triton") == ("triton", DEV)
+    if ckernel.available():
+        assert K.choose_backend(None, "c") == ("c", "cpu")
+        check_close(K.fit_sums(block, pairs, None, backend="c"), fit, 2 * ftol)
+    with pytest.raises(ValueError, match="CPU only"):
+        K.choose_backend("cuda", "c")

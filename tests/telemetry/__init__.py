@@ -1,0 +1,1 @@
+"""Tests of probe_dask.telemetry."""
