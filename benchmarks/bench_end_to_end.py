@@ -12,6 +12,15 @@ whole job, and prints, side by side in one run:
 - the largest gap to the float64 optimum over a sample of pairs (dense reference).
 
     python benchmarks/bench_end_to_end.py [--train-examples 512] [--workdir /tmp] [--keep]
+    python benchmarks/bench_end_to_end.py --device cuda     # the whole job on one GPU worker
+
+With ``--device cuda`` the job runs on one worker holding the ``GPU`` resource, with the
+Triton kernels and its train blocks resident on the GPU; besides the per-pass table it
+says where the wall time goes (open, plan and label pass, solver passes, driver steps,
+evaluation, writing) and projects, from the all-pairs passes' ns per unit and this run's
+pass profile, the full-size job: 2.26e9 non-zeros, 32768 latents, 151 classes, on one
+such worker. ``--kernel`` picks the block kernel (``--kernel triton --device cpu`` under
+``TRITON_INTERPRET=1`` runs the Triton path on CPU: a smoke run, slow).
 
 The run is made in ``WORKDIR/bench_end_to_end-PID`` (deleted unless ``--keep``); the results
 also go to ``WORKDIR/bench_end_to_end.json`` (or ``--json``).
@@ -23,6 +32,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from distributed import Client, LocalCluster
 
 import common
@@ -42,7 +52,15 @@ def main(argv=None):
     parser.add_argument("--block-nnz", type=int, default=1_500_000)
     parser.add_argument("--max-iter", type=int, default=30)
     parser.add_argument("--gap-latents", type=int, default=200, help="latents checked against the reference")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--kernel", default="auto", choices=["auto", "c", "triton", "torch"])
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("bench_end_to_end: --device cuda: no CUDA device here; GPU numbers are not "
+                  "measured", file=sys.stderr)
+            return 2
+        args.workers = 1  # the issue's setting: the whole job on one GPU worker
 
     with common.work_folder(args, NAME) as work:
         results = measure(args, work)
@@ -63,10 +81,12 @@ def measure(args, work) -> dict:
           f"{len(inputs.train.row_blocks)} blocks), test {nnz_test:,}; {inputs.train.n_latents} "
           f"latents, {C} classes; made in {t_make:.1f} s", flush=True)
 
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    gpu = {"GPU": 1} if args.device == "cuda" else None
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0",
+                      resources=gpu) as cluster, Client(cluster) as client:
         t1 = time.perf_counter()
-        result = run_job(client, inputs, max_iter=args.max_iter, log=lambda m: None)
+        result = run_job(client, inputs, max_iter=args.max_iter, device=args.device,
+                         resources=gpu, backend=args.kernel, log=lambda m: None)
         wall = time.perf_counter() - t1
     fitter = result.fitter
 
@@ -95,6 +115,9 @@ def measure(args, work) -> dict:
           f"= {baseline_lo:.0f}..{baseline_hi:.0f} s (fit only)")
     print(f"ratio (in-memory fit / our whole job): {baseline_lo / wall:.1f}x .. {baseline_hi / wall:.1f}x")
 
+    where = where_time_goes(result, passes_table, wall)
+    projection = project_full_size(passes_table, nnz_train, C)
+
     # gap to the float64 optimum: every class of a random sample of latents, against an
     # independent sparse float64 Newton reference (probe_dask.testing.reference)
     csc, y = common.train_problem(run.run_dir, run.train_shard)
@@ -113,7 +136,49 @@ def measure(args, work) -> dict:
             "converged": result.n_converged, "pairs": result.n_pairs, "per_pass": passes_table,
             "ns_per_unit": wall / ours_units * 1e9,
             "in_memory_fit_s": [baseline_lo, baseline_hi],
-            "gap": {"pairs": int(best.size), "max": gap}}
+            "gap": {"pairs": int(best.size), "max": gap}, "device": args.device,
+            "kernel": args.kernel, "where": where, "projection": projection}
+
+
+def where_time_goes(result, passes_table, wall) -> dict:
+    """Print and return the job's wall time split by stage."""
+    sec = result.seconds
+    in_passes = sum(p["seconds"] for p in passes_table)
+    where = {"open (before the job)": sec.get("open", 0.0),
+             "solver passes (kernels, transfers, tree sums)": in_passes,
+             "rest of the fit (label pass, driver steps, checkpoints)": sec["fit"] - in_passes,
+             "evaluation (train + test)": sec["evaluate"], "writing": sec.get("write", 0.0)}
+    where["other (kernel check, memory plan, class table)"] = wall - sum(v for k, v in where.items()
+                                                        if not k.startswith("open"))
+    print("\nwhere the time goes:")
+    for k, v in where.items():
+        print(f"  {k:<64} {v:8.2f} s  {v / wall:6.1%}")
+    return where
+
+
+#: The full-size job of the issue: non-zeros of the train shard, latents, classes.
+FULL = {"nnz": 2.26e9, "latents": 32768, "classes": 151}
+
+
+def project_full_size(passes_table, nnz_train, C) -> dict:
+    """The full-size job's fit on one such worker, from this run: each pass's share of an
+    all-pairs pass times the all-pairs pass's ns per unit (the fastest of the passes that
+    computed at least 90 % of all pairs' work), scaled to 2.26e9 non-zeros x 151 classes."""
+    full_units = nnz_train * C
+    big = [p for p in passes_table if p["work_units"] >= 0.9 * full_units]
+    if not big:
+        return {}
+    ns = min(p["ns_per_unit"] for p in big)
+    shares = [p["work_units"] / full_units for p in passes_table]
+    per_pass = ns * 1e-9 * FULL["nnz"] * FULL["classes"]
+    fit = per_pass * sum(shares)
+    print(f"\nprojection, full size ({FULL['nnz']:.3g} non-zeros, {FULL['latents']} latents, "
+          f"{FULL['classes']} classes) on one such worker: {ns:.3f} ns per unit -> all-pairs "
+          f"pass {per_pass:.1f} s; fit with this run's pass profile ({len(shares)} passes, "
+          f"{sum(shares):.1f} all-pairs equivalents) {fit / 60:.1f} min (kernels only: reading "
+          f"the shard and evaluation not included)")
+    return {"ns_per_unit": ns, "all_pairs_pass_s": per_pass, "fit_s": fit,
+            "all_pairs_equivalents": sum(shares), **FULL}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Usage::
 
     .venv/bin/python benchmarks/bench_pass.py [--nnz 2000000] [--classes 151] [--latents 4096]
         [--repeat 3] [--torch-repeat 1] [--no-torch] [--workdir /tmp] [--json PATH]
+    .venv/bin/python benchmarks/bench_pass.py --device cuda [--nnz 4000000] [--repeat 5]
+    .venv/bin/python benchmarks/bench_pass.py --triton --nnz 3000 --latents 16 --classes 8 \
+        --no-torch     # CPU: the Triton rows under TRITON_INTERPRET=1 (a smoke run, not timings)
 
 One synthetic block (``probe_dask.testing.synthetic``: power-law latent frequencies,
 heavy-tailed values) of about ``--nnz`` non-zeros, all ``L x C`` pairs active, made in
@@ -15,8 +18,15 @@ heavy-tailed values) of about ``--nnz`` non-zeros, all ``L x C`` pairs active, m
 - ``kernels.fit_sums`` and ``kernels.eval_sums`` with ``backend='c'`` (``threads=1`` and
   ``threads=default``) and ``backend='torch'`` (``torch.set_num_threads(1)`` and default).
 
+With ``--device cuda`` (on a GPU; ``--triton`` on CPU runs the same rows under the Triton
+interpreter, a smoke run whose timings mean nothing): bare ``torch.sigmoid`` float32 on the
+GPU, and the Triton fit and eval passes on the block resident on the device with its work
+list built once (``kernels.resident``, as a worker holds a persisted block: a pass moves
+only ``(b, w)`` in and the sums out), each synchronised, and the torch backend on the
+same GPU unless ``--no-torch``; the Triton results are checked against the C kernel.
+
 Throughput is in (non-zero x active pair) elements per second; the ratio is against
-bare sigmoid with the same number of threads; the table also goes to
+bare sigmoid with the same number of threads (on the GPU: on the same GPU); the table also goes to
 ``WORKDIR/bench_pass.json`` (or ``--json``). Then a profile: for the C kernel, the time
 per latent-size bin (which code path) and the fixed per-call cost (checks, output
 allocation); for torch, the top ops of ``torch.profiler``; and the one-off per-block
@@ -116,6 +126,47 @@ def pass_time(fn, block, pairs, backend, threads, repeat):
     return best_of(call, repeat) / n_elem * 1e9
 
 
+def sync_best(fn, repeat, sync):
+    """Best wall time of ``repeat`` calls, each between two device synchronisations."""
+    def once():
+        sync()
+        fn()
+        sync()
+    return best_of(once, repeat)
+
+
+def device_rows(block, pairs, device, repeat, torch_repeat, no_torch):
+    """Rows (what, ns/element) on ``device``: bare sigmoid, the Triton passes on the resident
+    block, and the torch backend; plus the Triton kernels' largest gap to the C kernel."""
+    from probe_dask.kernels import resident  # imports triton: only when asked for
+
+    n_elem = pair_elements(block, pairs)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    if device == "cuda":
+        m = min(n_elem, 2**26)
+        x = torch.randn(m, device=device)
+        y = torch.empty_like(x)
+        reps = max(n_elem // m, 1)
+        torch.sigmoid(x, out=y)
+        t = sync_best(lambda: [torch.sigmoid(x, out=y) for _ in range(reps)], repeat, sync)
+        rows.append(("bare torch.sigmoid f32", t / (m * reps) * 1e9))
+    cache = resident.DeviceBlockCache(max_bytes=2**62)
+    gap = 0.0
+    for name in ("fit", "eval"):
+        call = lambda name=name: resident.resident_sums(name, block, pairs, device, cache=cache)  # noqa: E731
+        got = call()  # compiles, copies the block and builds the work list once
+        rows.append((f"{name} pass, triton resident", sync_best(call, repeat, sync) / n_elem * 1e9))
+        if ckernel.available():
+            ref = (K.fit_sums if name == "fit" else K.eval_sums)(block, pairs, "cpu", backend="c")
+            gap = max(gap, float(np.max(np.abs(got - ref) / (np.abs(ref) + 1e-12))))
+    if not no_torch:
+        for name, fn in (("fit", K.fit_sums), ("eval", K.eval_sums)):
+            call = lambda fn=fn: fn(block, pairs, device, backend="torch")  # noqa: E731
+            rows.append((f"{name} pass, torch", sync_best(call, torch_repeat, sync) / n_elem * 1e9))
+    return rows, gap
+
+
 def pair_elements(block, pairs):
     return int(np.dot(np.diff(block.latent_ptr), np.diff(pairs.latent_ptr)))
 
@@ -173,7 +224,18 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--torch-repeat", type=int, default=1)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch backend")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: the Triton and torch passes against sigmoid on the GPU")
+    ap.add_argument("--triton", action="store_true",
+                    help="on CPU: also the Triton rows, under TRITON_INTERPRET=1 (tiny sizes only)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_pass: --device cuda: no CUDA device here; GPU numbers are not measured",
+              file=sys.stderr)
+        return 2
+    if args.triton and args.device == "cpu":
+        # triton reads it when probe_dask's kernels are decorated, i.e. at their first import
+        os.environ["TRITON_INTERPRET"] = "1"
 
     default_threads = torch.get_num_threads()
     t0 = time.perf_counter()
@@ -199,8 +261,27 @@ def main(argv=None):
     print(f"C kernel: {ckernel.library_path() if c_ok else 'unavailable: ' + ckernel.unavailable_reason()}"
           + (f" flags {' '.join(ckernel.library_flags())}" if c_ok else ""))
 
-    results = {"n_elements": n_elem, "nnz": block.nnz, "pairs": pairs.n_pairs, "rows": []}
+    results = {"n_elements": n_elem, "nnz": block.nnz, "pairs": pairs.n_pairs, "rows": [],
+               "device": args.device}
     print(f"\n{'what':<28} {'threads':>7} {'ns/element':>11} {'G elem/s':>9} {'vs sigmoid':>10}")
+    if args.device == "cuda" or args.triton:
+        rows, gap = device_rows(block, pairs, args.device, args.repeat, args.torch_repeat,
+                                args.no_torch)
+        sig = rows[0][1] if args.device == "cuda" else sigmoid_time(n_elem, default_threads, 1)
+        where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu, interpreted"
+        for what, ns in rows:
+            label = "GPU" if args.device == "cuda" else "interp"
+            print(f"{what:<28} {label:>7} {ns:11.4f} {1 / ns:9.3f} {sig / ns:10.1%}")
+            results["rows"].append({"what": what, "device": where, "ns_per_element": ns,
+                                    "ratio_vs_sigmoid": sig / ns})
+        print(f"Triton vs C kernel: largest relative difference {gap:.1e}")
+        results["triton_vs_c_max_rel"] = gap
+        if args.device == "cpu":
+            print("(Triton under its CPU interpreter: a smoke run; GPU numbers are not measured)")
+        if args.device == "cuda":
+            results.update(torch=torch.__version__, gpu=where)
+            common.write_results(args, NAME, results)
+            return 0
     for threads in sorted({1, default_threads}):
         sig = sigmoid_time(n_elem, threads, args.repeat)
         rows = [("bare torch.sigmoid f32", sig)]

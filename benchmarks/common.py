@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from probe_dask.io.labels import open_labels
 from probe_dask.io.layout import activations_path
-from probe_dask.telemetry import TELEMETRY_NAME, read_telemetry
+from probe_dask.telemetry import read_telemetry, run_telemetry
 from probe_dask.testing.memory import TreeSampler
 from probe_dask.testing.runner import popen_cli
 from probe_dask.testing.synthetic import make_run
@@ -227,9 +227,10 @@ def train_problem(run_dir, train_shard):
 
 
 def telemetry_events(run_dir, train_shard) -> list[dict]:
-    """The events of a run's ``probe1d_telemetry.jsonl`` (beside the train results); [] if none."""
-    path = activations_path(run_dir, Path(train_shard).name).with_name(TELEMETRY_NAME)
-    return read_telemetry(path) if path.exists() else []
+    """The events of a run's latest ``probe1d_telemetry-<stamp>.jsonl`` (beside the train
+    results); [] if none."""
+    kept = run_telemetry(activations_path(run_dir, Path(train_shard).name).parent)
+    return read_telemetry(kept[-1]) if kept else []
 
 
 def first_event(events: list[dict], kind: str, last: bool = False) -> dict | None:

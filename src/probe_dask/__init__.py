@@ -12,7 +12,8 @@ from probe_dask.engine.evaluate import evaluate_split
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.shard import open_shard
 from probe_dask.errors import InputError, ProbeDaskError
+from probe_dask.io.results import load_class_table, load_results
 
 
 __all__ = ["ProbeFitter", "open_shard", "open_inputs", "run_job", "evaluate_split", "InputError",
-           "ProbeDaskError", "__version__"]
+           "ProbeDaskError", "load_results", "load_class_table", "__version__"]

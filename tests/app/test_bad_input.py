@@ -428,7 +428,7 @@ def _check_written(c, r):
     assert r.returncode == 0, r.stderr[-3000:]
     for shard in (c.train, c.test):
         m = _metrics(c, shard)
-        assert set(m) == {"loss", "weights", "biases", "tp", "fp", "tn", "fn"}
+        assert set(m) == {"loss", "weights", "biases", "tp", "fp", "tn", "fn", "converged"}
         assert all(np.isfinite(v).all() for v in m.values())
     assert not list(c.root.rglob(".probe1d_checkpoint*"))
 

@@ -19,9 +19,10 @@ def test_job_writes_what_the_notebooks_read(local_client, tiny_run, tmp_path):
     assert (L, C) == (128, 8)
     for out, shard in zip(outs, (tiny_run.train_shard, tiny_run.test_shard)):
         with np.load(out / METRICS_NAME) as f:
-            assert sorted(f.files) == sorted(["loss", "weights", "biases", "tp", "fp", "tn", "fn"])
+            assert sorted(f.files) == sorted(["loss", "weights", "biases", "tp", "fp", "tn", "fn", "converged"])
             for key in f.files:
-                assert f[key].dtype == np.float32 and f[key].shape == (L, C), key
+                dtype = np.bool_ if key == "converged" else np.float32
+                assert f[key].dtype == dtype and f[key].shape == (L, C), key
             np.testing.assert_array_equal(f["weights"], w.astype(np.float32))
             np.testing.assert_array_equal(f["biases"], b.astype(np.float32))
             X, y = dense_shard(tiny_run.run_dir, shard)

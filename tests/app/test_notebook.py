@@ -93,6 +93,10 @@ def test_notebook_runs_unattended_on_slurm(slurm, tmp_path, capsys):
     # The kernel (and so every worker job) runs this interpreter.
     assert f"python (the worker jobs run the same): {sys.executable}" in every
     assert "#SBATCH -J " + JOB_NAME in every and "export DASK_CONFIG=" in every  # job script
+    # make_cluster's default TLS: the job script names key files, never key material, and
+    # the workers (printed by address) joined over tls://.
+    assert "--tls-key" in every and "PRIVATE KEY" not in every, every[-3000:]
+    assert re.search(r"^\s+tls://\S+\s+threads", every, re.MULTILINE), every[-3000:]
     assert re.search(r"http://[^\s]+/status", every)  # dashboard link
     assert "/proxy/" in every  # the jupyter-server-proxy form
 
@@ -104,7 +108,10 @@ def test_notebook_runs_unattended_on_slurm(slurm, tmp_path, capsys):
 
     # The memory plot was drawn from samples and shown.
     pngs = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(pngs) == 1
+    assert len(pngs) == 5  # the report's four figures (below) and the memory plot
+    fig_cell = next(c for c in nb.cells if "probe_r_figure(classes)" in c.source)
+    shown = [o["data"]["image/png"] for o in fig_cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(shown) == 4 and all(len(png) > 10_000 for png in shown)
     train_dir = Path(run.run_dir) / "inference" / run.train_id
     assert (train_dir / "probe1d_notebook_memory.png").stat().st_size > 10_000
 

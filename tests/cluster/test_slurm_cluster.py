@@ -137,7 +137,9 @@ def test_gpu_resource_routes_tasks(slurm, tmp_path, capsys):
         cpu_kw = C.slurm_cluster_kwargs("cpu", jobqueue_config=ROOT_YAML, **small("cpu", tmp_path))
         cpu_kw.pop("scheduler_options")
         script_path = tmp_path / "cpu-worker.sh"
+        # It joins with the run's TLS credentials (the files the cluster's own jobs use).
         script_path.write_text(SLURMJob(scheduler=cluster.scheduler_address, name="cpu-extra",
+                                        security=C.job_security(cluster), protocol="tls://",
                                         **cpu_kw).job_script())
         try:
             extra_job = subprocess.run(["sbatch", "--parsable", str(script_path)],

@@ -446,3 +446,89 @@ def test_ingest_400mb_compressed_peak_rss_under_300mb(tmp_path):
     block = src.read_rows(k * ROWS_PER_CHUNK, (k + 1) * ROWS_PER_CHUNK)
     np.testing.assert_array_equal(block.indices, cols)
     np.testing.assert_array_equal(block.data, vals)
+
+
+# ----------------------------------------------------------------------------- trusting the store
+
+
+def test_manifest_shape_edited_means_ingest_again(tmp_path, mat, caplog):
+    path = make_file(tmp_path, mat, "compressed")
+    src = open_csr(path)
+    manifest = os.path.join(src.store_dir, "store.json")
+    m = json.load(open(manifest))
+    m["shape"][1] = mat.shape[1] - 100  # columns past n_cols would segfault scipy's tocsc
+    json.dump(m, open(manifest, "w"))
+    with caplog.at_level("WARNING", logger="probe_dask.io.store"):
+        again = open_csr(path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith(f"{manifest}: shape 500 x 200")
+    assert "shape.npy 500 x 300" in lines[0] and "ingesting again" in lines[0]
+    assert again.shape == mat.shape
+    assert json.load(open(manifest))["shape"] == list(mat.shape)
+    assert_same(again.read_rows(0, 500), mat)
+
+
+def test_store_file_of_wrong_size_is_named(tmp_path, mat, caplog):
+    path = make_file(tmp_path, mat, "compressed")
+    src = open_csr(path)
+    with open(src.indices.file, "ab") as f:
+        f.write(b"\0" * 4)
+    with caplog.at_level("WARNING", logger="probe_dask.io.store"):
+        assert_same(open_csr(path).read_rows(0, 500), mat)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{src.indices.file}: {4 * (mat.nnz + 1)} bytes, expected {4 * mat.nnz}")
+
+
+def _spoil(file, item, value, dtype):
+    with open(file, "r+b") as f:
+        f.seek(item * np.dtype(dtype).itemsize)
+        f.write(np.asarray(value, dtype).tobytes())
+
+
+@pytest.mark.parametrize("array, value, says", [
+    ("data", [np.nan] * 100, "found nan (100 non-finite values in rows 100:300)"),
+    ("data", [np.inf], "found inf (1 non-finite values in rows 100:300)"),
+    ("indices", [300], "found column index 300; expected 0 <= index < n_cols = 300"),
+    ("indices", [-1], "found column index -1; expected 0 <= index < n_cols = 300"),
+])
+def test_bad_block_stops_the_read_naming_file_and_row(tmp_path, mat, array, value, says):
+    path = make_file(tmp_path, mat, "compressed")
+    src = open_csr(path)
+    pos = int(mat.indptr[123]) + 1  # a value of row 123
+    _spoil(getattr(src, array).file, pos, value, ingest.STORE_DTYPES[array])
+    assert_same(src.read_rows(0, 100), mat[:100])  # other blocks read as before
+    with pytest.raises(InputError) as info:
+        src.read_rows(100, 300)
+    msg = str(info.value)
+    assert msg.startswith(f"{src.store_dir}/{ingest.STORE_FILES[array]}: row 123: {says}")
+    assert f"remove {src.store_dir} to ingest {path} again" in msg and "\n" not in msg
+
+
+def test_bad_offsets_in_the_store_stop_the_read(tmp_path, mat):
+    path = make_file(tmp_path, mat, "compressed")
+    src = open_csr(path)
+    _spoil(src.indptr.file, 200, [10**12], "<i8")  # would read far past the arrays
+    with pytest.raises(InputError, match=r"indptr\.i64: rows 100:300: found offsets 1000000000000 then \d+ at row 200"):
+        src.read_rows(100, 300)
+    _spoil(src.indptr.file, 200, [int(mat.indptr[200]) - 50], "<i8")  # decreasing
+    with pytest.raises(InputError, match=r"indptr\.i64: rows 100:300: .*non-decreasing offsets"):
+        src.read_rows(100, 300)
+
+
+def test_uncompressed_npz_changed_in_place_names_the_npz(tmp_path, mat):
+    path = make_file(tmp_path, mat, "uncompressed")
+    src = open_csr(path)
+    st = os.stat(path)
+    with open(path, "r+b") as f:  # NaN over a value of row 42, size and mtime kept
+        f.seek(src.data.offset + 4 * (int(mat.indptr[42]) + 1))
+        f.write(np.float32(np.nan).tobytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(InputError) as info:
+        open_csr(path).read_rows(0, 500)
+    assert str(info.value).startswith(f"{path}: data.npy, row 42: found nan")
+
+
+def test_input_error_survives_pickling():
+    err = pickle.loads(pickle.dumps(InputError("/a/data.f32", "row 3", "nan", "finite values")))
+    assert isinstance(err, InputError) and err.field == "row 3"
+    assert str(err) == "/a/data.f32: row 3: found nan; expected finite values"

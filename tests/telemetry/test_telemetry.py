@@ -15,7 +15,8 @@ from probe_dask.app.job import open_inputs, run_job
 from probe_dask.stages import (DRIVER_PLAN_STAGE, DRIVER_STAGES, MEASURED, WORKER_PLAN_STAGES, WORKER_STAGES,
                                Stage)
 from probe_dask.telemetry import (MEMORY_PLOT_NAME, PERFORMANCE_REPORT_NAME, TELEMETRY_NAME, Telemetry,
-                                  read_telemetry, strict_json, worker_memory)
+                                  memory_plot_path, read_telemetry, run_telemetry, strict_json,
+                                  worker_memory)
 from probe_dask.telemetry.plot import stage_markers
 from probe_dask.testing.runner import run_cli
 
@@ -140,21 +141,26 @@ def test_telemetry_counts_a_worker_restart(tmp_path):
 def test_cli_writes_telemetry_plot_and_performance_report(tiny_run, tmp_path):
     shutil.copytree(tiny_run.root, tmp_path / "copy")
     run, shards = tmp_path / "copy" / "run", tmp_path / "copy" / "shards"
+    out = run / "inference" / tiny_run.train_id
+    before = set(run_telemetry(out))  # the shared tiny run may hold other tests' runs
     proc = run_cli("fit", "--run", run, "--train-shards", shards / tiny_run.train_id, "--test-shards",
                    shards / tiny_run.test_id, "--workers", "2", "--memory-limit", "2GB", "--max-iter", "4",
-                   "--performance-report", "--telemetry-interval", "0.2")
+                   "--performance-report", "--telemetry-interval", "0.2", "--overwrite")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = run / "inference" / tiny_run.train_id
-    events = _strict_load(out / TELEMETRY_NAME)
+    # probe1d_telemetry-<UTC stamp>.jsonl: one new file per run, earlier ones kept
+    (path,) = [p for p in run_telemetry(out) if p not in before]
+    assert before <= set(run_telemetry(out))
+    assert path.name.startswith("probe1d_telemetry-") and path.name.endswith("Z.jsonl")
+    events = _strict_load(path)
     stages = [e["stage"] for e in events if e["event"] == "host_mem"]
     assert stages[:5] == ["open", "ingest", "cluster", "label_counts_start", "fit_start"]
     assert stages[-2:] == ["write_end", "end"] and stages.count("iteration") >= 1
     assert events[-1]["event"] == "summary" and events[-1]["worker_restarts"] == 0
-    assert (out / MEMORY_PLOT_NAME).stat().st_size > 1000
+    assert memory_plot_path(path).stat().st_size > 1000
     assert (out / PERFORMANCE_REPORT_NAME).read_text().lstrip().lower().startswith("<!doctype html")
     assert "memory: peak RSS of a worker" in proc.stderr and "planned" in proc.stderr
     # nothing of the telemetry lands beside the test results
-    assert not (run / "inference" / tiny_run.test_id / TELEMETRY_NAME).exists()
+    assert not run_telemetry(run / "inference" / tiny_run.test_id)
 
 
 def test_cli_no_telemetry_flag():

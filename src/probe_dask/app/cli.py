@@ -1,4 +1,4 @@
-"""Command line: ``probe-dask demo | fit | plan``.
+"""Command line: probe-dask demo | fit | plan | sweep | report.
 
 Thin by design: every command parses its flags, starts or joins a cluster, and calls a
 library function (``job.run_job``, ``plan``). Errors meant for the
@@ -21,84 +21,42 @@ from distributed import performance_report
 
 from probe_dask._version import __version__
 from probe_dask.app.demo import demo_run
-from probe_dask.app.flags import OneLineParser, memory_limit, positive_float, positive_int
-from probe_dask.app.job import format_table, open_inputs, run_job
-from probe_dask.cluster import make_cluster
-from probe_dask.engine.workers import gpu_resources
+from probe_dask.app.flags import OneLineParser, positive_int
+from probe_dask.app.guards import check_block_count, check_local_threads
+from probe_dask.app.job import CHECKPOINT_NAME, format_table, open_inputs, run_job
+from probe_dask.app.parser import (
+    UNCONVERGED_STATUS,
+    add_cluster_flags,
+    add_data_flags,
+    add_fit_flags,
+    add_output_flags,
+    add_plan_parser,
+    add_sweep_parser,
+    add_telemetry_flags,
+)
+from probe_dask.app.plan_command import plan_command
+from probe_dask.app.progress import Progress
+from probe_dask.app.reach import login_node_warning
+from probe_dask.app.report_command import add_report_parser, class_names
+from probe_dask.app.requeue import after_stop, restart_applies
+from probe_dask.app.signals import Stopped, graceful_stop
+from probe_dask.app.sweep import run_sweep, validate_sweep
+from probe_dask.app.sweepfile import read_sweep
+from probe_dask.cluster import INSECURE_WARNING, make_cluster, ssh_tunnel_hint
+from probe_dask.engine.workers import task_resources
 from probe_dask.errors import ProbeDaskError
+from probe_dask.io.outputs import check_writable
+from probe_dask.memory.estimate import format_estimate
 from probe_dask.memory.report import format_plan
-from probe_dask.memory.search import plan_run
 from probe_dask.stages import Stage
-from probe_dask.telemetry import PERFORMANCE_REPORT_NAME, TELEMETRY_NAME, Telemetry, strict_json
+from probe_dask.telemetry import (
+    PERFORMANCE_REPORT_NAME,
+    Telemetry,
+    strict_json,
+    telemetry_path,
+)
 
 __all__ = ["main", "build_parser"]
-
-
-def _add_cluster_flags(p):
-    g = p.add_argument_group("cluster")
-    g.add_argument("--cluster", default="local",
-                   help="local (default), slurm, slurm:PROFILE, or a scheduler address tcp://HOST:PORT")
-    g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                   help="join this running scheduler and start no cluster (same as --cluster tcp://...)")
-    g.add_argument("--workers", type=positive_int, default=None, help="local workers (default: one per core)")
-    g.add_argument("--threads", type=positive_int, default=None, help="threads per local worker (default 1)")
-    g.add_argument("--memory-limit", default=None, type=memory_limit,
-                   help="memory limit per worker, e.g. 4GB (default: machine memory / workers)")
-    g.add_argument("--jobs", type=positive_int, default=None, help="Slurm: worker jobs to start")
-    g.add_argument("--min-jobs", type=positive_int, default=None,
-                   help="Slurm, adaptive: keep at least this many worker jobs (replaces lost ones)")
-    g.add_argument("--max-jobs", type=positive_int, default=None, help="Slurm, adaptive: at most this many")
-    g.add_argument("--jobqueue-config", metavar="PATH", default=None,
-                   help="jobqueue.yaml with the Slurm profiles (default: found via DASK_CONFIG)")
-
-
-def _add_data_flags(p):
-    p.add_argument("--run", required=True, help="SAE run folder (holds inference/<shard>/token_acts.npz)")
-    p.add_argument("--train-shards", required=True, metavar="DIR", help="train shard folder")
-    p.add_argument("--test-shards", required=True, metavar="DIR", help="test shard folder")
-    p.add_argument("--cache-dir", default=None,
-                   help="where compressed token_acts.npz are ingested (default: beside each file)")
-
-
-def _add_fit_flags(p):
-    p.add_argument("--max-iter", type=positive_int, default=30, help="most solver passes (default 30)")
-    p.add_argument("--ridge", type=positive_float, default=1e-8, help="ridge penalty (default 1e-8)")
-    p.add_argument("--block-nnz", type=positive_int, default=None, help="non-zeros per row block")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where block kernels run (auto: CUDA on workers that have it)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-
-
-def _add_telemetry_flags(p):
-    g = p.add_argument_group("telemetry")
-    g.add_argument("--telemetry", action=argparse.BooleanOptionalAction, default=True,
-                   help="write probe1d_telemetry.jsonl and probe1d_memory.png beside the train "
-                        "results (default: on)")
-    g.add_argument("--telemetry-interval", type=positive_float, default=1.0, metavar="SECONDS",
-                   help="seconds between memory samples of every worker (default 1)")
-    g.add_argument("--performance-report", nargs="?", const="", default=None, metavar="HTML",
-                   help="also write Dask's performance report (default path: "
-                        "probe1d_performance.html beside the train results)")
-
-
-def _add_plan_parser(sub):
-    plan = sub.add_parser("plan", help="print the memory plan of a run: every buffer per process, "
-                                       "and the block size (reads headers and indptr only)")
-    _add_data_flags(plan)
-    plan.add_argument("--memory-limit", default=None, type=memory_limit,
-                      help="memory limit per worker, e.g. 16GB (default: machine memory / workers)")
-    plan.add_argument("--workers", type=positive_int, default=None, help="workers (default: one per core)")
-    plan.add_argument("--threads", type=positive_int, default=1, help="threads per worker (default 1)")
-    plan.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                      help="where block kernels run (default cpu)")
-    plan.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 80GB "
-                      "(default: this machine's first GPU, if any)")
-    plan.add_argument("--block-nnz", type=positive_int, default=None,
-                      help="non-zeros per row block (default: the largest that fits)")
-    plan.add_argument("--target-fraction", type=float, default=None,
-                      help="share of the limit every worker must stay under (default: Dask's distributed.worker.memory.target, 0.6)")
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.set_defaults(func=_cmd_plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,33 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     demo = sub.add_parser("demo", help="make a synthetic run, fit, evaluate, print a summary")
-    demo.add_argument("--out", default="demo-run", help="folder of the synthetic run (default ./demo-run)")
+    demo.add_argument("--out", dest="demo_dir", default="demo-run",
+                      help="folder of the synthetic run (default ./demo-run)")
     demo.add_argument("--train-examples", type=positive_int, default=None, help="images in the train shard")
     demo.add_argument("--seed", type=int, default=0)
-    _add_cluster_flags(demo)
-    _add_fit_flags(demo)
-    _add_telemetry_flags(demo)
+    add_cluster_flags(demo)
+    add_fit_flags(demo)
+    add_output_flags(demo, out=False)
+    add_telemetry_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
     fit = sub.add_parser("fit", help="fit and evaluate every (latent, class) probe of a run")
-    _add_data_flags(fit)
-    _add_cluster_flags(fit)
-    _add_fit_flags(fit)
-    _add_telemetry_flags(fit)
+    add_data_flags(fit)
+    add_cluster_flags(fit)
+    add_fit_flags(fit)
+    add_output_flags(fit)
+    add_telemetry_flags(fit)
     fit.set_defaults(func=_cmd_fit)
-    _add_plan_parser(sub)
+    add_plan_parser(sub, _cmd_plan)
+    add_sweep_parser(sub, _cmd_sweep)
+    add_report_parser(sub)
     return parser
 
 
 def _open_client(args):
     spec = args.scheduler or args.cluster
+    check_local_threads(spec, args.workers, args.threads,
+                        allow=getattr(args, "allow_oversubscribe", False))
     sizing = dict(n_workers=args.workers, threads_per_worker=args.threads,
                   memory_limit=args.memory_limit, jobs=args.jobs, minimum_jobs=args.min_jobs,
                   maximum_jobs=args.max_jobs)
     if spec == "local" and sizing["threads_per_worker"] is None:
         sizing["threads_per_worker"] = 1  # torch and the C kernel each use one core per task
+    security = {}
+    if getattr(args, "insecure", False):
+        _log(f"probe-dask: {INSECURE_WARNING}")
+        security = {"security": False}
     # Only what the user asked for: joining a running scheduler takes no sizing at all.
     return make_cluster(spec, jobqueue_config=args.jobqueue_config,
+                        dashboard_address=getattr(args, "dashboard_address", None), **security,
                         **{k: v for k, v in sizing.items() if v is not None})
 
 
@@ -144,25 +114,51 @@ def _log(msg):
 
 def _run(args, run_dir, train, test):
     kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
+    progress = Progress(quiet=args.quiet, log_file=args.log_file)
+    try:
+        return _run_logged(args, run_dir, train, test, kwargs, progress)
+    finally:
+        progress.close()
+
+
+def _run_logged(args, run_dir, train, test, kwargs, progress):
+    log = progress.log
     tele = _start_telemetry(args)
+    progress(Stage.OPEN, {})
+    check_local_threads(args.scheduler or args.cluster, args.workers, args.threads,
+                        allow=getattr(args, "allow_oversubscribe", False))
     # Input and output folders are checked before any cluster starts: bad input costs seconds.
-    inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None), **kwargs)
+    inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None),
+                         out_root=getattr(args, "out", None),
+                         overwrite=getattr(args, "overwrite", True), restart=args.restart, **kwargs)
+    names = class_names(args.class_names, inputs.n_classes)  # before any cluster starts
+    progress(Stage.INGEST, {"seconds": inputs.open_seconds})
+    check_block_count(inputs, args.block_nnz, allow=getattr(args, "allow_many_blocks", False))
+    args.checkpoint_path = inputs.out_dirs[0] / CHECKPOINT_NAME  # named if a signal stops the run
     if tele is not None:
         tele.host_mem(Stage.INGEST, seconds=inputs.open_seconds)
-        tele.open(inputs.out_dirs[0] / TELEMETRY_NAME)
+        tele.open(telemetry_path(inputs.out_dirs[0]))
+    spec = args.scheduler or args.cluster
+    warning = login_node_warning(spec)
+    if warning:
+        log(warning)
     handle = _open_client(args)
     client = handle.client
     error = None
     try:
-        _log(f"dashboard: {client.dashboard_link}")
+        log(f"dashboard: {client.dashboard_link}")
+        if (hint := ssh_tunnel_hint(client.dashboard_link)) is not None:
+            log(f"dashboard from a laptop: {hint}")
         device = None if args.device == "auto" else args.device
         if tele is not None:
             tele.attach(client)
             tele.host_mem(Stage.CLUSTER, dashboard=client.dashboard_link)
-        with _performance_report(args, inputs):
+        with _performance_report(args, inputs, log):
             result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
-                             resources=gpu_resources(client), restart=args.restart, progress=True,
-                             log=_log, callbacks=[tele] if tele is not None else None)
+                             resources=task_resources(client, device), backend=args.kernel,
+                             restart=args.restart, progress=False, log=log, class_names=names,
+                             callbacks=[c for c in (tele, progress) if c is not None])
+            args.results_final = True  # committed: a walltime signal from here on is not requeued
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -170,9 +166,9 @@ def _run(args, run_dir, train, test):
         try:
             if tele is not None:
                 summary = tele.close(**({"error": error} if error else {}))
-                _log_memory_summary(summary, tele)
+                _log_memory_summary(summary, tele, log)
         except Exception as exc:  # noqa: BLE001 - telemetry never hides the run's own outcome
-            _log(f"telemetry: not completed ({type(exc).__name__}: {exc})")
+            log(f"telemetry: not completed ({type(exc).__name__}: {exc})")
         finally:
             handle.close()
     print(format_table(result.table))
@@ -185,6 +181,16 @@ def _run(args, run_dir, train, test):
     return result
 
 
+def _status(args, result) -> int:
+    """0, or :data:`UNCONVERGED_STATUS` when ``--require-converged`` and pairs are left."""
+    left = result.n_pairs - result.n_converged
+    if left and args.require_converged:
+        print(f"probe-dask: error: {left:,} of {result.n_pairs:,} pairs did not converge "
+              f"(--require-converged); results were written", file=sys.stderr)
+        return UNCONVERGED_STATUS
+    return 0
+
+
 def _start_telemetry(args):
     if not getattr(args, "telemetry", False):
         return None
@@ -193,15 +199,15 @@ def _start_telemetry(args):
     return tele
 
 
-def _performance_report(args, inputs):
+def _performance_report(args, inputs, log=None):
     if getattr(args, "performance_report", None) is None:
         return contextlib.nullcontext()
     path = args.performance_report or str(inputs.out_dirs[0] / PERFORMANCE_REPORT_NAME)
-    _log(f"performance report: {path}")
+    (log or _log)(f"performance report: {path}")
     return performance_report(filename=path)
 
 
-def _log_memory_summary(summary, tele):
+def _log_memory_summary(summary, tele, log=None):
     if not summary:
         return
     fb = format_bytes
@@ -213,18 +219,16 @@ def _log_memory_summary(summary, tele):
     if driver:
         line += f", of the driver {fb(driver)}" + (f" (planned {fb(pred['driver_peak'])})" if pred else "")
     line += f"; worker restarts {summary['worker_restarts']}; telemetry: {tele.path}"
-    _log(line)
+    (log or _log)(line)
 
 
 def _cmd_plan(args):
-    kw = {} if args.target_fraction is None else {"target_fraction": args.target_fraction}
-    plan = plan_run(args.train_shards, args.test_shards, run=args.run, memory_limit=args.memory_limit,
-                    n_workers=args.workers, threads=args.threads, device=args.device,
-                    block_nnz=args.block_nnz, gpu_memory=args.gpu_memory, **kw)
+    plan, estimate = plan_command(args)
     if args.json:
-        print(json.dumps(strict_json(plan.to_dict()), indent=1))
+        print(json.dumps(strict_json({**plan.to_dict(), "estimate": estimate.to_dict()}), indent=1))
     else:
         print(format_plan(plan))
+        print(format_estimate(estimate))
     if not plan.fits:
         print(f"probe-dask: error: {plan.message}", file=sys.stderr)
         return 2
@@ -232,19 +236,68 @@ def _cmd_plan(args):
 
 
 def _cmd_fit(args):
-    _run(args, args.run, args.train_shards, args.test_shards)
-    return 0
+    result = _run(args, args.run, args.train_shards, args.test_shards)
+    return _status(args, result)
 
 
 def _cmd_demo(args):
     t0 = time.perf_counter()
-    run = demo_run(Path(args.out), n_train_examples=args.train_examples, seed=args.seed, log=_log)
+    run = demo_run(Path(args.demo_dir), n_train_examples=args.train_examples, seed=args.seed, log=_log)
     args.cache_dir = None
-    _run(args, run.run_dir, run.train_shard, run.test_shard)
+    result = _run(args, run.run_dir, run.train_shard, run.test_shard)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. The synthetic run is in {run.run_dir}.")
     print("On your own data (saev layout), run:\n"
           "  probe-dask fit --run RUN --train-shards SHARDS/<train_id> --test-shards SHARDS/<test_id>\n"
           "and read probe1d_metrics.npz in RUN/inference/<shard_id>/ (README: 'Outputs').")
+    return _status(args, result)
+
+
+def _abspath(path):
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _cmd_sweep(args):
+    overrides = {"ridge": args.ridge, "max_iter": args.max_iter, "block_nnz": args.block_nnz,
+                 "device": args.device, "debug": True if args.debug else None,
+                 "train_shards": _abspath(args.train_shards), "test_shards": _abspath(args.test_shards),
+                 "cache_dir": _abspath(args.cache_dir)}
+    runs = read_sweep(args.file, overrides)
+    # Every run is checked before the cluster starts: a bad run costs seconds, exit 2.
+    entries = validate_sweep(args.file, runs, log=_log)
+    summary_dir = Path(args.out) if args.out else Path(args.file).resolve().parent
+    check_writable(summary_dir)
+    client = handle = None
+    if any(e.status == "pending" for e in entries):
+        handle = _open_client(args)
+        client = handle.client
+        _log(f"dashboard: {client.dashboard_link}")
+    report = contextlib.nullcontext()
+    if getattr(args, "performance_report", None) is not None and client is not None:
+        report = performance_report(filename=args.performance_report
+                                    or str(summary_dir / PERFORMANCE_REPORT_NAME))
+    try:
+        with report:
+            result = run_sweep(client, entries, summary_dir=summary_dir, restart=args.restart,
+                               backend=args.kernel,
+                               fail_fast=args.fail_fast, log=_log,
+                               telemetry_interval=args.telemetry_interval if args.telemetry else None)
+    except KeyboardInterrupt:  # SIGTERM/SIGINT: main's stop line names the run's checkpoint
+        stopped = [e for e in entries if e.status == "stopped"]
+        if stopped:
+            args.checkpoint_path = stopped[0].out_dirs[0] / CHECKPOINT_NAME
+        raise
+    finally:
+        if handle is not None:
+            handle.close()
+    counts = {s: sum(e.status == s for e in entries) for s in ("finished", "skipped", "failed")}
+    print(f"sweep: {len(entries)} runs: {counts['finished']} fitted, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed, in {result.seconds:.0f} s\nsummary:\n  {result.summary}\n"
+          f"  {result.best}")
+    if result.failed:
+        why = "; ".join(f"{e.run.label}: {e.error}" for e in result.failed)
+        print(f"probe-dask: error: sweep: {len(result.failed)} of {len(entries)} runs failed: {why}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -252,8 +305,16 @@ def main(argv=None) -> int:
     """Entry point of the ``probe-dask`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "restart", False) and not restart_applies(args.restart):
+        _log("probe-dask: this Slurm job was requeued: --restart applied to its first run; resuming")
+        args.restart = False
     try:
-        return int(args.func(args) or 0)
+        with graceful_stop():  # SIGTERM / SIGINT / SIGUSR1: clean up, then one line (app/signals.py)
+            return int(args.func(args) or 0)
+    except Stopped as stop:  # SIGUSR1 in a Slurm job: requeue it (app/requeue.py)
+        return after_stop(stop, getattr(args, "checkpoint_path", None),
+                          restart=getattr(args, "restart", False),
+                          finished=getattr(args, "results_final", False))
     except ProbeDaskError as err:
         if args.debug:
             raise

@@ -12,6 +12,7 @@ Memory per process: the driver holds the solver state and two ``SplitMetrics`` (
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,18 +25,20 @@ from probe_dask.engine.evaluate import evaluate_split
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.passes import latent_blocks
 from probe_dask.engine.shard import Shard, open_shard
+from probe_dask.engine.workers import check_worker_kernels
 from probe_dask.errors import ConvergenceWarning, InputError
-from probe_dask.io.layout import inference_dir
+from probe_dask.io.layout import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, inference_dir
 from probe_dask.io.outputs import check_writable, write_json, write_metrics_npz
+from probe_dask.io.resultset import ResultSet, check_targets
+from probe_dask.io.tempfiles import remove_stale
+from probe_dask.io.preflight import check_distinct_shards, check_no_results, split_out_dirs
+from probe_dask.app.provenance import provenance, utc_now
 from probe_dask.memory.live import plan_job
 from probe_dask.stages import Stage, emit
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
            "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
 
-METRICS_NAME = "probe1d_metrics.npz"
-CLASSES_NAME = "probe1d_classes.json"
-CHECKPOINT_NAME = ".probe1d_checkpoint.npz"
 
 
 @dataclass
@@ -81,30 +84,43 @@ class JobInputs:
 
 
 def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=None,
-                cache_dir=None) -> JobInputs:
+                cache_dir=None, out_root=None, overwrite=True, restart=False) -> JobInputs:
     """Open and validate both shards and the output folders; no cluster is needed.
 
     Everything that can be wrong with the input (files, sizes, shapes, labels) and with the
-    output folders is found here, before any cluster starts or any fitting begins.
+    output folders is found here, before any cluster starts or any fitting begins: train
+    and test must be two shard folders, and with ``overwrite=False`` (the CLI's default)
+    existing results are refused unless the train folder holds a checkpoint to resume
+    (``restart=False``). ``out_root`` (``--out DIR``) puts each split's results in
+    ``DIR/<shard_id>/`` instead of the run's inference folders.
     """
+    check_distinct_shards(train_shard, test_shard)
     t0 = time.perf_counter()
     first_nnz = block_nnz  # None: the configured size; run_job re-cuts to the memory plan's
     train = open_shard(run_dir, train_shard, block_nnz=first_nnz, cache_dir=cache_dir)
     test = open_shard(run_dir, test_shard, block_nnz=first_nnz, cache_dir=cache_dir)
     _check_pair(train, test)
     n_classes = count_classes(train, test)
+    if out_dirs is None and out_root is not None:
+        out_dirs = split_out_dirs(out_root, (train.shard_id, test.shard_id))
     if out_dirs is None:
         out_dirs = [inference_dir(run_dir, s.shard_id) for s in (train, test)]
     out_dirs = [Path(d) for d in out_dirs]
+    resuming = not restart and (out_dirs[0] / CHECKPOINT_NAME).exists()
+    check_no_results(out_dirs, (METRICS_NAME, CLASSES_NAME), overwrite=overwrite, resuming=resuming)
     for d in out_dirs:
         check_writable(d)
+        remove_stale(d)  # temporaries left by dead runs (their PID is gone)
+    # A folder in the way of a result costs seconds now, not a failed write after the fit.
+    check_targets([out_dirs[0] / CHECKPOINT_NAME,
+                   *(d / name for d in out_dirs for name in (METRICS_NAME, CLASSES_NAME))])
     return JobInputs(Path(run_dir), train, test, n_classes, out_dirs, time.perf_counter() - t0,
                      block_nnz=block_nnz)
 
 
 def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
             restart=False, progress=False, callbacks=None, log=print,
-            memory_plan=True) -> JobResult:
+            memory_plan=True, backend="auto", class_names=None) -> JobResult:
     """Fit on the train shard, evaluate on both shards, write results.
 
     Parameters
@@ -124,11 +140,20 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         Plan memory on the client's workers first (``plan.plan_job``): blocks are cut to
         the plan's size unless ``inputs.block_nnz`` was given, train blocks are persisted
         as it says, and a limit that cannot hold one block stops here (ProbeDaskError).
+    backend : {"auto", "c", "triton", "torch"}
+        The block kernel. Every worker is asked first which kernel it runs on ``device``
+        (logged in one line); one that cannot (``--device cuda`` without CUDA) stops the job
+        here, before the first pass (ProbeDaskError naming the worker).
+    class_names : list of str, optional
+        One name per class (``--class-names FILE``), stored in ``probe1d_classes.json``
+        for ``load_results`` and ``probe-dask report``.
 
     Returns
     -------
     JobResult
     """
+    started = utc_now()
+    check_worker_kernels(client, device, backend, log=log)
     plan = None
     if memory_plan:
         inputs, plan = plan_job(client, inputs, device=device, log=log)
@@ -154,7 +179,8 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
             log(f"resuming from checkpoint at pass {info['n_iter']} ({info['path']}); "
                 "--restart ignores it")
 
-    fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, resources=resources,
+    fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
+                         resources=resources,
                          persist=plan.persist if plan is not None else "auto",
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())], client=client)
@@ -162,9 +188,9 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
-    for caught_warning in caught:  # max_iter reached: one line of the log, the job goes on
+    for caught_warning in caught:  # max_iter reached: one loud line of the log, the job goes on
         if issubclass(caught_warning.category, ConvergenceWarning):
-            log(str(caught_warning.message))
+            log(unconverged_warning(fitter))
         else:
             warnings.warn_explicit(caught_warning.message, caught_warning.category,
                                    caught_warning.filename, caught_warning.lineno)
@@ -174,10 +200,13 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     t2 = time.perf_counter()
     emit(callbacks, Stage.EVALUATE_TRAIN_START)
     train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
-                                   label_sums=fitter.label_sums_, device=device, resources=resources)
+                                   label_sums=fitter.label_sums_, device=device, resources=resources,
+                                   backend=backend, resident=fitter.persisted_,
+                                   groups=fitter.worker_threads_)
     emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
     test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
-                                  device=device, resources=resources)
+                                  device=device, resources=resources, backend=backend,
+                                  groups=fitter.worker_threads_)
     seconds["evaluate"] = time.perf_counter() - t2
     emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
 
@@ -188,10 +217,6 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
             row["note"] = "not in the train shard: prior-only probe (w = 0, b = logit(1e-8))"
             log(f"class {row['class']}: not in the train shard ({row.get('test_rows', 0)} test "
                 "rows); its probes are prior-only")
-    paths = []
-    for split, d in zip((train_metrics, test_metrics), out_dirs):
-        paths.append(write_metrics_npz(d / METRICS_NAME, loss=split.loss, weights=w, biases=b,
-                                       tp=split.tp, fp=split.fp, tn=split.tn, fn=split.fn))
     summary = {
         "run": str(Path(run_dir).resolve()),
         "train_shard": str(Path(train.labels.path).parent.resolve()),
@@ -201,10 +226,25 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         "train_nnz": train.nnz, "test_nnz": test.nnz,
         "solver_passes": fitter.n_iter_, "ridge": ridge,
         "pairs": int(b.size), "converged_pairs": int(fitter.converged_.sum()),
+        # [pass, pairs still active after it] of the passes this process made (a resumed
+        # fit: those after the checkpoint): the report's passes-per-pair curve.
+        "active_after_pass": [[int(h["n_iter"]), int(h["active_after"])]
+                              for h in fitter.history_],
+        **({"class_names": list(class_names)} if class_names is not None else {}),
         "seconds": seconds,
+        **provenance(client, device=device, backend=backend, started=started),
     }
-    classes_paths = [write_json(d / CLASSES_NAME, {"summary": summary, "classes": table})
-                     for d in out_dirs]
+    # Every file under a temporary name first, then renamed in one commit step: a failure
+    # (disk full, a signal) leaves the previous result set whole (io/resultset.py).
+    with ResultSet() as results:
+        paths = []
+        for split, d in zip((train_metrics, test_metrics), out_dirs):
+            paths.append(results.stage(d / METRICS_NAME, functools.partial(
+                write_metrics_npz, loss=split.loss, weights=w, biases=b, tp=split.tp,
+                fp=split.fp, tn=split.tn, fn=split.fn, converged=fitter.converged_)))
+        classes_paths = [results.stage(d / CLASSES_NAME, functools.partial(
+            write_json, obj={"summary": summary, "classes": table})) for d in out_dirs]
+        results.commit()
     seconds["write"] = time.perf_counter() - t3
     emit(callbacks, Stage.WRITE_END, seconds=seconds["write"], paths=[*paths, *classes_paths])
     checkpoint.unlink(missing_ok=True)  # the results are final now
@@ -213,6 +253,15 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()), n_pairs=int(b.size),
         seconds=seconds, fitter=fitter,
     )
+
+
+def unconverged_warning(fitter) -> str:
+    """The loud line logged when pairs are still iterating after ``max_iter`` passes."""
+    n_left = int(fitter.converged_.size - fitter.converged_.sum())
+    return (f"WARNING: {n_left:,} of {fitter.converged_.size:,} pairs did not converge in "
+            f"{fitter.n_iter_} solver passes (--max-iter {fitter.max_iter}); their probes are "
+            "not optimal (see 'converged' in probe1d_metrics.npz). Raise --max-iter, or pass "
+            "--require-converged to make this an error (exit 3)")
 
 
 def format_table(table, limit=None) -> str:

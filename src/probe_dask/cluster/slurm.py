@@ -5,7 +5,9 @@
 overrides into ``SLURMCluster`` keywords, refusing a worker ``--lifetime`` that outlasts
 the walltime. :func:`start_slurm` builds the cluster, asks ``sbatch --test-only`` whether
 Slurm accepts its job script, scales (or adapts) it and waits for the workers; on any
-failure it closes the cluster and cancels the jobs it submitted.
+failure it closes the cluster and cancels the jobs it submitted. The scheduler speaks TLS
+with per-run credentials (:mod:`probe_dask.cluster.tls`) unless ``security=False``, and its
+dashboard listens on loopback unless the caller names another address.
 
 Memory: only the cluster and client objects; the scheduler runs in this process, the
 workers in Slurm jobs.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 
@@ -25,9 +28,11 @@ from dask_jobqueue import SLURMCluster
 from distributed import Client
 
 from probe_dask import config
+from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
 from probe_dask.cluster.network import detect_interface, detect_partition, partitions, run_command
 from probe_dask.cluster.profiles import config_source, slurm_profile
 from probe_dask.cluster.spec import ClusterClient, wait_for_workers
+from probe_dask.cluster.tls import release_credentials, run_credentials, watch_credentials
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["slurm_cluster_kwargs", "start_slurm", "has_gpu_resource"]
@@ -181,6 +186,7 @@ def _close_quietly(cluster, client) -> None:
             logger.debug("while closing after a failed start: %r", exc)
     if ids:
         run_command(["scancel", *ids])
+    release_credentials(cluster)
 
 
 def start_slurm(profile: str | None = None, *, jobs: int | None = None,
@@ -188,11 +194,13 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
                 n_workers: int | None = None, threads_per_worker: int | None = None,
                 memory_limit: str | int | None = None, jobqueue_config=None,
                 gpu: bool | None = None, wait_timeout: float = 300,
+                security=None, dashboard_address: str | None = None,
                 **overrides) -> ClusterClient:
     """Start a ``SLURMCluster`` from a profile and wait for its workers.
 
     Parameters are those of :func:`probe_dask.cluster.make_cluster` for a "slurm" spec;
-    ``wait_timeout`` is in seconds.
+    ``wait_timeout`` is in seconds; ``security`` None or True creates the run's TLS
+    credentials, False turns TLS off, a ``Security`` is used as given.
 
     Returns
     -------
@@ -206,7 +214,24 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
         kw["cores"] = threads_per_worker * processes
     if memory_limit is not None:
         kw["memory"] = format_bytes(parse_bytes(memory_limit) * processes).replace(" ", "")
-    cluster = SLURMCluster(**kw)
+    if dashboard_address or "dashboard_address" not in kw["scheduler_options"]:
+        kw["scheduler_options"]["dashboard_address"] = default_dashboard(dashboard_address)
+    folder = None
+    if security is None or security is True:
+        # A fresh CA per run; dask-jobqueue writes the workers' copies (0600) into this
+        # private folder and names only their paths in the job script.
+        kw["security"], folder = run_credentials()
+        kw["shared_temp_directory"] = str(folder)
+    elif security is not False:
+        kw["security"] = security
+    try:
+        cluster = SLURMCluster(**kw)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if folder is not None:
+        watch_credentials(cluster, folder)
     client = Client(cluster)
     try:
         _sbatch_test(cluster, slurm_profile(profile, gpu=gpu)[0])

@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 from dask.utils import parse_timedelta
 
 from probe_dask import config
+from probe_dask.cluster.tls import release_credentials
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["ClusterSpec", "ClusterClient", "parse_spec", "wait_for_workers", "wait_seconds"]
@@ -40,17 +41,20 @@ class ClusterClient(NamedTuple):
 
     ``cluster`` is None when the spec was a scheduler address (nothing was started).
     Use as a context manager, or call :meth:`close`, to close the client and then the
-    cluster (which cancels its Slurm jobs).
+    cluster (which cancels its Slurm jobs and removes its TLS credentials).
     """
 
     cluster: Any
     client: Any
 
     def close(self) -> None:
-        """Close the client, then the cluster this call started (if any)."""
+        """Close the client, then the cluster this call started (if any) and its credentials."""
         self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            try:
+                self.cluster.close()
+            finally:
+                release_credentials(self.cluster)
 
     def __enter__(self) -> ClusterClient:
         return self

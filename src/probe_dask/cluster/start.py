@@ -5,21 +5,32 @@
   ``jobqueue.yaml`` (:mod:`probe_dask.cluster.slurm`, :mod:`probe_dask.cluster.profiles`);
 - ``"tcp://host:port"`` (any scheduler address): connect and start nothing (joined here).
 
+Security (docs/security.md): a local cluster listens on ``tcp://127.0.0.1`` only; a Slurm
+cluster uses TLS with per-run credentials unless ``security=False``; a ``tls://`` address
+is joined with the certificates of Dask's ``distributed.comm.tls.*`` config. Dashboards
+of clusters started here listen on loopback (:mod:`probe_dask.cluster.dashboard`).
+
 Memory: only the cluster and client objects; the scheduler of a "local" or "slurm"
 cluster runs in this process, its workers in other processes.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from distributed import Client, LocalCluster
 
+from probe_dask.cluster.connect import connect
+from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
 from probe_dask.cluster.slurm import start_slurm
 from probe_dask.cluster.spec import ClusterClient, parse_spec, wait_for_workers, wait_seconds
+from probe_dask.cluster.tls import address_security
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["make_cluster"]
+
+logger = logging.getLogger(__name__)
 
 
 def make_cluster(spec: str = "local", *, jobs: int | None = None,
@@ -27,6 +38,7 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
                  n_workers: int | None = None, threads_per_worker: int | None = None,
                  memory_limit: str | int | None = None, jobqueue_config=None,
                  gpu: bool | None = None, wait_timeout: float | str | None = None,
+                 security=None, dashboard_address: str | None = None,
                  **overrides) -> ClusterClient:
     """Start (or join) a Dask cluster and return it with a connected client.
 
@@ -53,6 +65,15 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
     wait_timeout : float or str, optional
         Seconds (or "10m") to wait for workers, default ``probe-dask.cluster.wait-timeout``
         (300 s); then ProbeDaskError (with squeue's view), and the cluster is closed.
+    security : distributed.security.Security or bool, optional
+        Slurm: None or True (default) creates per-run TLS credentials
+        (:func:`~probe_dask.cluster.tls.run_credentials`), False turns TLS off (plain
+        tcp://, anyone who reaches the port can run code as you), a ``Security`` is used as
+        given. Local: None or False keeps ``tcp://127.0.0.1``, True uses temporary TLS.
+        Address: None takes ``distributed.comm.tls.*`` from Dask's config for ``tls://``.
+    dashboard_address : str, optional
+        Local and Slurm: where the dashboard listens; default
+        ``probe-dask.cluster.dashboard-address`` (``127.0.0.1:8787``, loopback only).
     **overrides
         Keyword arguments for ``LocalCluster``, ``SLURMCluster`` or ``Client``.
 
@@ -68,17 +89,26 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
                              "'slurm' specs; use n_workers")
     timeout = wait_seconds(wait_timeout)
     if parsed.kind == "address":
-        try:
-            client = Client(parsed.address, **overrides)
-        except OSError as exc:
-            raise ProbeDaskError(f"{parsed.address}: cannot reach the scheduler: {exc}") from None
+        if security is None:
+            security, warning = address_security(parsed.address)
+            if warning:
+                logger.warning(warning)
+        if security is not None:
+            overrides["security"] = security
+        # A Dask scheduler must answer there within probe-dask.cluster.connect-timeout
+        # (an HTTP server or the dashboard's port is one line, not a hang or MemoryError).
+        client = connect(parsed.address, **overrides)
         if n_workers:
             wait_for_workers(client, n_workers, timeout, lambda: f"scheduler {parsed.address}")
         return ClusterClient(None, client)
     if parsed.kind == "local":
         kw = {"n_workers": n_workers or (1 if gpu else None), "processes": True,
               "threads_per_worker": threads_per_worker, "memory_limit": memory_limit,
-              "resources": {"GPU": 1} if gpu else None}
+              "resources": {"GPU": 1} if gpu else None,
+              # Loopback only: nothing but this host reaches the scheduler, workers and
+              # dashboard (Dask's own default dashboard ":8787" listens on every interface).
+              "host": "127.0.0.1", "dashboard_address": default_dashboard(dashboard_address),
+              "security": security or None}
         kw = {k: v for k, v in kw.items() if v is not None} | overrides
         cluster = LocalCluster(**kw)
         return ClusterClient(cluster, Client(cluster))
@@ -90,5 +120,5 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
                        maximum_jobs=maximum_jobs, n_workers=n_workers,
                        threads_per_worker=threads_per_worker, memory_limit=memory_limit,
                        jobqueue_config=jobqueue_config, gpu=gpu, wait_timeout=timeout,
-                       **overrides)
+                       security=security, dashboard_address=dashboard_address, **overrides)
 

@@ -22,6 +22,28 @@ FIT_FIELDS = ("mu", "mu_v", "s", "s_v", "s_v2", "softplus")
 #: Row names of the ``(3, P)`` array returned by :func:`eval_sums`.
 EVAL_FIELDS = ("softplus", "pred_pos", "true_pos")
 
+def _check_csr(csr) -> None:
+    """ValueError unless ``csr``'s offsets and indices stay inside its arrays and columns.
+
+    scipy's compiled conversions trust them: a column index past ``n_cols`` writes out of
+    bounds (a segfault, seen with a damaged store), a wild offset reads out of bounds.
+    """
+    n_rows, n_cols = csr.shape
+    ptr, idx = np.asarray(csr.indptr), np.asarray(csr.indices)
+    if ptr.shape != (n_rows + 1,):
+        raise ValueError(f"CSR block: indptr of {ptr.shape[0]} entries for {n_rows} rows")
+    if n_rows and (ptr[0] < 0 or ptr[-1] > idx.shape[0] or bool((ptr[1:] < ptr[:-1]).any())):
+        raise ValueError(f"CSR block: indptr not non-decreasing offsets within [0, {idx.shape[0]}]")
+    used = idx[int(ptr[0]):int(ptr[-1])] if n_rows else idx[:0]
+    if used.size:
+        # One pass: a negative int32 seen as uint32 is >= 2**31 > n_cols.
+        wide = used.view(np.uint32) if used.dtype == np.int32 else used
+        if int(wide.max()) >= n_cols or (wide is used and int(used.min()) < 0):
+            raise ValueError(f"CSR block: column index outside [0, {n_cols})")
+    if np.asarray(csr.data).shape[0] < int(ptr[-1] if n_rows else 0):
+        raise ValueError("CSR block: fewer values than indptr says")
+
+
 @dataclass
 class LatentBlock:
     """The non-zero events of a block of rows, grouped by latent.
@@ -58,6 +80,12 @@ class LatentBlock:
         Returns
         -------
         LatentBlock
+
+        Raises
+        ------
+        ValueError
+            Offsets or column indices that scipy's CSR -> CSC conversion would follow out
+            of bounds (checked first, O(nnz)); the kernels never see such a block.
         """
         n_rows, _ = csr.shape
         labels = np.ascontiguousarray(labels, dtype=np.uint8)
@@ -65,6 +93,7 @@ class LatentBlock:
             raise ValueError(f"labels: shape {labels.shape}, expected ({n_rows},)")
         if n_rows >= 2**31:
             raise ValueError(f"block of {n_rows} rows: int32 row index overflows")
+        _check_csr(csr)
         if not csr.has_canonical_format:
             csr = csr.copy()
             csr.sum_duplicates()

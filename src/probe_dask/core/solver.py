@@ -16,8 +16,8 @@ The objective is :mod:`probe_dask.core.objective`, the state
 :mod:`probe_dask.core.tuning`. Pure numpy: no data access, dask or torch.
 
 Memory per process: :func:`step` holds the int64 ``(P,)`` index of the active pairs and
-about 30 float64 temporaries of at most ``CHUNK_PAIRS`` pairs (0.38 GB peak measured at
-P = 4.8 M, 2 s), whatever ``P`` is; the ``(6, P)`` sums and the state it updates in place
+about 40 float64 temporaries of at most ``CHUNK_PAIRS`` pairs (2**15: about 12 MB, small
+enough to stay in cache; 0.38 GB was measured with chunks of 2**20), whatever ``P`` is; the ``(6, P)`` sums and the state it updates in place
 are the caller's.
 """
 

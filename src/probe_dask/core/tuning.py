@@ -60,4 +60,4 @@ F32_NOISE = 4.0 * 2.0**-23
 # |g|^2 / (2 ridge) reads 1e4x high on latents with values ~1e3 (pairs iterate for nothing).
 DECREMENT_TOL = 1e-8
 GRAD_TOL = 1e-7
-CHUNK_PAIRS = 1 << 20            # pairs per vectorised chunk: bounds step() temporaries
+CHUNK_PAIRS = 1 << 15            # pairs per vectorised chunk: ~40 temporaries of 256 KB stay in cache

@@ -20,10 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from probe_dask.core.state import TrustRegionState
-from probe_dask.errors import ProbeDaskError
+from probe_dask.errors import MachineError, ProbeDaskError
 from probe_dask.io.outputs import atomic_path
 
-__all__ = ["Checkpoint", "checkpoint_identity"]
+__all__ = ["Checkpoint", "checkpoint_identity", "stored_pass"]
+
+
+def stored_pass(path) -> int | None:
+    """The pass a checkpoint file holds (its ``n_iter``); None when absent or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return int(f["n_iter"])
+    except Exception:  # noqa: BLE001 - absent, damaged, not ours: no pass to resume from
+        return None
 
 
 def checkpoint_identity(input_identity, n_classes, ridge) -> str:
@@ -92,6 +101,9 @@ class Checkpoint:
                 with atomic_path(self.path) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez(f, identity=identity, **arrays)
+            except OSError as exc:  # disk full, quota: one line naming the file, exit 2
+                self._error = MachineError(self.path, exc, "writing the checkpoint; the "
+                                           "previous one is kept")
             except BaseException as exc:  # raised in the fit's thread by wait()
                 self._error = exc
 

@@ -1,12 +1,14 @@
 """Evaluation of fitted probes on a split: the pass over its row blocks.
 
-One pass over the split's blocks (``kernels.eval_sums`` per block, tree-summed; for a split
+One pass over the split's blocks (``kernels.eval_sums`` per block, summed per group of
+blocks and then tree-summed, ``passes.run_pass``; for a split
 whose label statistics are not known yet, ``kernels.label_sums`` in the same task) gives
 the sums :func:`probe_dask.core.metrics.split_metrics` turns into loss and confusion counts.
 
 Memory per process: the driver holds the summed ``(3, L C)`` float64 totals and what
 ``split_metrics`` makes (a handful of ``(L, C)`` float64 matrices, about 40 MB each at
-32768 x 151); workers hold what ``passes`` says, plus the scattered pairs (``8 (L+1) +
+32768 x 151); workers hold what ``passes`` says (two ``(3, L C)`` partials per thread,
+plus the label statistics in the label pass), plus the scattered pairs (``8 (L+1) +
 20 L C`` bytes).
 """
 
@@ -42,14 +44,17 @@ class LabelAndEvalSums:
         return int(self.labels.nbytes + self.totals.nbytes)
 
 
-def label_and_eval_sums(block, n_classes, pairs, device=None) -> LabelAndEvalSums:
+def label_and_eval_sums(block, n_classes, pairs, device=None, backend="auto",
+                        resident=False) -> LabelAndEvalSums:
     """``kernels.label_sums`` and ``kernels.eval_sums`` of one block, in one task."""
     return LabelAndEvalSums(kernels.label_sums(block, n_classes),
-                            kernels.eval_sums(block, pairs, device))
+                            kernels.eval_sums(block, pairs, device, backend=backend,
+                                              resident=resident))
 
 
 def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=None,
-                   split_every=4, resources=None) -> SplitMetrics:
+                   split_every=4, resources=None, backend="auto", resident=False,
+                   groups=None) -> SplitMetrics:
     """Loss and confusion counts of every pair on one split, in one pass over its blocks.
 
     Parameters
@@ -62,6 +67,13 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     n_classes : int
     label_sums : kernels.LabelSums, optional
         Already-summed label statistics of this split (the fit has them for train).
+    backend : {"auto", "c", "triton", "torch"}
+        The block kernel (``kernels.choose_backend``).
+    resident : bool
+        Triton: use (and keep) the blocks' device copies, for persisted blocks (the fit's).
+    groups : int, optional
+        Tasks the pass cuts the blocks into (``passes.run_pass``); give the fit's
+        ``worker_threads_`` so the sums' order does not depend on the cluster's size now.
     """
     # hash=False: a unique key. Train and test scatter identical pairs; with the content hash
     # as key, releasing the train future could drop the key the test pass is about to use.
@@ -69,11 +81,13 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     try:
         if label_sums is None:
             both = run_pass(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,
-                            split_every=split_every, resources=resources)
+                            backend=backend, resident=resident, split_every=split_every,
+                            resources=resources, groups=groups)
             label_sums, totals = both.labels, both.totals
         else:
             totals = run_pass(client, blocks, kernels.eval_sums, pairs, device=device,
-                              split_every=split_every, resources=resources)
+                              backend=backend, resident=resident, split_every=split_every,
+                              resources=resources, groups=groups)
     finally:
         pairs.release()
     return split_metrics(label_sums, totals, b, w)

@@ -8,14 +8,18 @@ on dask arrays returns ``self``, fitted attributes end in ``_``, and a
 
 One solver iteration is one pass over the row blocks for all classes together: the
 parameters of the pairs still active are scattered once (``broadcast=True``, docs/architecture.md
-pitfall 4), each block returns its label-free float64 sums for those pairs, the sums are
-tree-summed, and the driver takes one trust-region step for every active pair.
+pitfall 4), one task per worker thread sums the label-free float64 sums of its group of
+blocks for those pairs (``engine.passes``), the group sums are tree-summed, and the driver
+takes one trust-region step for every active pair.
 
 Memory per process: the driver holds the solver state (about a dozen ``(L, C)`` float64
 arrays, see ``core.state``), one copy of it while a checkpoint is being written, and one
 ``(6, P)`` float64 sum; each worker holds its resident
-blocks (when they fit, else one block read per task), the scattered active pairs (about
-28 bytes per pair) and the pass's partials (``passes``).
+blocks (when they fit, else one block read at a time per thread; with the Triton kernels
+also their device copies, up to ``probe-dask.kernels.gpu-resident-fraction`` of the GPU,
+``kernels.resident``), the scattered active
+pairs (about 28 bytes per pair) and two ``(6, P)`` partials per thread, whatever the
+number of blocks (``passes``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.solver import step
 from probe_dask.core.state import init_state
 from probe_dask.engine.checkpoint import Checkpoint, checkpoint_identity
-from probe_dask.engine.passes import latent_blocks, run_pass
+from probe_dask.engine.passes import latent_blocks, persist_blocks, run_pass, worker_threads
 from probe_dask.engine.workers import total_worker_memory
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
 from probe_dask.stages import Stage, emit
@@ -71,6 +75,8 @@ PARAMETER_CONSTRAINTS = {
     "ridge": (lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
     "max_iter": (lambda v: _integer(v) and v >= 1, "an int >= 1"),
     "device": (_device, 'None, "auto", "cpu", "cuda" or "cuda:<index>"'),
+    "backend": (lambda v: isinstance(v, str) and v in kernels.BACKENDS,
+                " or ".join(f'"{b}"' for b in kernels.BACKENDS)),
     "persist": (lambda v: (isinstance(v, str) and v == "auto")
                 or isinstance(v, (bool, np.bool_)), '"auto", True or False'),
     "split_every": (lambda v: _integer(v) and v >= 2, "an int >= 2"),
@@ -97,6 +103,10 @@ class ProbeFitter:
     device : str, optional
         ``"cpu"``, ``"cuda"``, or None / ``"auto"`` (each worker picks CUDA when it has a
         GPU).
+    backend : {"auto", "c", "triton", "torch"}
+        The block kernel (``kernels.choose_backend``): ``"auto"`` runs the C kernel on CPU
+        and the Triton kernels on CUDA. With Triton, persisted blocks stay on the GPU
+        between passes (``kernels.resident``).
     persist : {"auto", True, False}
         Keep blocks in worker memory between passes. ``"auto"`` keeps them when they
         take less than ``probe-dask.engine.persist-fraction`` (configuration) of the workers' memory, else re-reads them
@@ -140,14 +150,19 @@ class ProbeFitter:
     blocks_ : list
         The training blocks (persisted when they fit), reusable for evaluation.
     persisted_ : bool
+    worker_threads_ : int
+        Worker threads when the fit started: every pass cuts the blocks into that many
+        groups, one task each (``engine.passes``); pass it to ``evaluate_split`` so the
+        evaluation sums in the same order whatever the cluster became.
     """
 
-    def __init__(self, ridge=1e-8, max_iter=30, *, device=None, persist="auto", split_every=4,
-                 resources=None, checkpoint=None, identity=None, progress=False, callbacks=None,
-                 client=None):
+    def __init__(self, ridge=1e-8, max_iter=30, *, device=None, backend="auto", persist="auto",
+                 split_every=4, resources=None, checkpoint=None, identity=None, progress=False,
+                 callbacks=None, client=None):
         self.ridge = ridge
         self.max_iter = max_iter
         self.device = device
+        self.backend = backend
         self.persist = persist
         self.split_every = split_every
         self.resources = resources
@@ -192,7 +207,7 @@ class ProbeFitter:
     # -- helpers ---------------------------------------------------------------------------
     def _pass(self, client, blocks, kernel, *args, **kwargs):
         return run_pass(client, blocks, kernel, *args, split_every=self.split_every,
-                        resources=self.resources, **kwargs)
+                        resources=self.resources, groups=self.worker_threads_, **kwargs)
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X, y, n_classes=None, nnz=None):
@@ -231,6 +246,9 @@ class ProbeFitter:
             n_classes = int(y.max().compute()) + 1
         blocks = latent_blocks(X, y)
         have = total_worker_memory(client)
+        # Fixed for the whole fit: the groups, hence the order of the sums, stay the same
+        # when workers come and go (a lost worker's rerun gives the same bits).
+        self.worker_threads_ = worker_threads(client) or len(blocks)
 
         def decide(nnz):
             need = _block_bytes(nnz, X.shape[0], X.shape[1], len(blocks))
@@ -242,13 +260,13 @@ class ProbeFitter:
         if nnz is not None:
             need, persist = decide(nnz)
             if persist:
-                blocks = client.persist(blocks)
+                blocks = persist_blocks(client, blocks, self.worker_threads_)
         emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks))
         self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
         if persist is None:
             need, persist = decide(self.label_sums_.count.sum())
             if persist:
-                blocks = client.persist(blocks)
+                blocks = persist_blocks(client, blocks, self.worker_threads_)
         self.persisted_ = bool(persist)
         self.blocks_ = blocks
         self.constants_ = constants = ProblemConstants.from_label_sums(self.label_sums_,
@@ -265,7 +283,8 @@ class ProbeFitter:
             state = init_state(constants)
         self.history_ = []
         emit(self.callbacks, Stage.FIT_START, block_bytes=need, worker_memory=have,
-             persisted=self.persisted_, n_pairs=int(state.active.sum()))
+             persisted=self.persisted_, n_pairs=int(state.active.sum()),
+             n_total=int(state.active.size))
 
         bar = None
         if self.progress:
@@ -280,7 +299,8 @@ class ProbeFitter:
                 pairs_future = client.scatter(pairs, broadcast=True, hash=False)
                 try:
                     sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,
-                                      device=self.device)
+                                      device=self.device, backend=self.backend,
+                                      resident=self.persisted_)
                 finally:
                     pairs_future.release()
                 stats = step(constants, state, sums)
@@ -293,7 +313,7 @@ class ProbeFitter:
                 emit(self.callbacks, Stage.ITERATION, **stats)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(active=int(state.active.sum()))
+                    bar.set_postfix(active=state.n_active)  # no (L, C) sync per pass
         finally:
             if bar is not None:
                 bar.close()

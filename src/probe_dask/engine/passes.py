@@ -1,25 +1,50 @@
-"""One pass over a shard's row blocks: a kernel per block, tree-summed.
+"""One pass over a shard's row blocks: one task per group of blocks, the group sums tree-summed.
 
-The fit and the evaluation are both made of passes. A pass submits one task per row
-block (the kernel, on that worker's device) and sums the per-block partials in a tree
-whose fan-in is bounded by ``split_every``, so no task holds more than ``split_every``
-partials at once (docs/architecture.md, pitfall 6). Only the final sum travels to the driver.
+The fit and the evaluation are both made of passes. A pass cuts the blocks into contiguous
+groups (one per worker thread, fixed for a whole fit: see :func:`worker_threads`) and
+submits one task per group: it runs the kernel on its blocks one after the other and adds
+each block's partial into the group's one partial, in block order. The
+group partials are then summed in a tree whose fan-in is bounded by ``split_every``
+(docs/architecture.md, pitfall 6), and only the final sum travels to the driver. Partial
+traffic and partial memory per pass are therefore O(worker threads x P), whatever the
+number of blocks (565 blocks of a real shard used to mean 565 dense ``(6, P)`` partials).
 
-Memory per process: a worker holds its resident blocks (when persisted), one block being
-worked on, and up to ``split_every + 1`` partials; the driver holds the final sum.
+Persisted blocks are placed group by group (:func:`persist_blocks`: a group's blocks on one
+worker thread's worker), and each pass sends a group's task to the worker that holds most
+of its blocks (``client.who_has``), with ``allow_other_workers=True`` so that the group of
+a lost worker still runs elsewhere (its blocks recomputed there). Blocks read from disk
+every pass travel as a recipe (the group's culled task graph), computed block by block
+inside the group task, so the task holds one block at a time.
+
+The result does not depend on where a group runs: the groups are a function of the number
+of blocks and of the number of groups only, each group sums in block order and the tree sums the
+groups in order, so a rerun after a worker is lost gives the same bits.
+
+Memory per pass. A worker holds its resident blocks (when persisted) and, per thread, one
+block being worked on (read from disk: its CSR and its ``LatentBlock``), the group's
+partial and the block's partial (two partials); then the group partials it computed until
+the tree has summed them, and a tree task up to ``split_every`` partials plus their sum.
+The driver holds the final sum only, plus the recipes while submitting (a few hundred
+bytes per block).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+import uuid
+from collections import Counter
 
 import dask
+import numpy as np
 from dask.delayed import Delayed
+from dask.utils import funcname
+from distributed import futures_of
 
 from probe_dask import kernels
+from probe_dask.engine.workers import worker_table
 
-__all__ = ["latent_blocks", "run_pass", "tree_sum"]
+__all__ = ["latent_blocks", "worker_threads", "block_groups", "persist_blocks", "run_pass"]
 
 
 def _to_latent_block(csr, labels):
@@ -49,27 +74,124 @@ def latent_blocks(X, y) -> list[Delayed]:
     ]
 
 
+def _worker_slots(client) -> list[str]:
+    """Every worker address once per thread, in address order (one slot per group)."""
+    table = worker_table(client)
+    return [a for a in sorted(table) for _ in range(max(1, int(table[a].get("nthreads") or 1)))]
+
+
+def worker_threads(client) -> int:
+    """Worker threads of the cluster now: the groups a pass cuts its blocks into.
+
+    A fit reads it once (``ProbeFitter.worker_threads_``) and keeps it for every pass and
+    for the evaluation, so that workers joining or leaving do not change the sums' order.
+    0 when no worker has joined yet (an adaptive cluster still starting).
+    """
+    return len(_worker_slots(client))
+
+
+def block_groups(n_blocks: int, groups: int) -> list[range]:
+    """``groups`` contiguous ranges of block indices covering ``range(n_blocks)``, sizes
+    differing by at most one (blocks are cut with about equal non-zeros)."""
+    groups = max(1, min(int(groups), int(n_blocks)))
+    edges = [(g * n_blocks) // groups for g in range(groups + 1)]
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def persist_blocks(client, blocks, groups: int) -> list[Delayed]:
+    """Persist ``blocks`` with each group's blocks on one worker (one group per thread slot).
+
+    The placement is a preference (``allow_other_workers=True``): a block whose worker is
+    gone is recomputed wherever the scheduler likes, and the next pass follows it.
+    """
+    slots = _worker_slots(client)
+    if not slots:
+        return client.persist(blocks)
+    out = []
+    for g, idx in enumerate(block_groups(len(blocks), groups)):
+        out += client.persist([blocks[i] for i in idx], workers=[slots[g % len(slots)]],
+                              allow_other_workers=True)
+    return out
+
+
+def _accumulate(total, part):
+    """``total + part``, in place when both are the same kind of float array (no third copy)."""
+    if (isinstance(total, np.ndarray) and isinstance(part, np.ndarray) and total.flags.writeable
+            and total.shape == part.shape and total.dtype == part.dtype):
+        np.add(total, part, out=total)
+        return total
+    return total + part
+
+
+def _sum_group(kernel, kwargs, n_args, *rest):
+    """The group task on persisted blocks: ``rest`` is the kernel's arguments, then the blocks."""
+    args, blocks = rest[:n_args], rest[n_args:]
+    total = None
+    for block in blocks:
+        part = kernel(block, *args, **kwargs)
+        total = part if total is None else _accumulate(total, part)
+        del part  # one partial besides the group's while the next block runs
+    return total
+
+
+class _Recipe:
+    """The culled task graphs of a group's blocks, opaque to the scheduler (not dependencies)."""
+
+    def __init__(self, blocks):
+        self.blocks = dask.optimize(*blocks)
+
+    def __iter__(self):
+        for d in self.blocks:
+            # One block at a time, in this thread: read, convert, then let it go.
+            yield d.compute(scheduler="sync")
+
+
+def _read_and_sum_group(kernel, kwargs, n_args, *rest):
+    """The group task on blocks read from disk: ``rest`` is the kernel's arguments, then
+    the group's ``_Recipe``."""
+    args, recipe = rest[:n_args], rest[n_args]
+    total = None
+    for block in recipe:
+        part = kernel(block, *args, **kwargs)
+        del block
+        total = part if total is None else _accumulate(total, part)
+        del part
+    return total
+
+
 def _add(*parts):
     return functools.reduce(operator.add, parts)
 
 
-def tree_sum(parts, split_every: int = 4):
-    """Sum delayed partials in a tree of fan-in at most ``split_every``."""
-    if not parts:
-        raise ValueError("nothing to sum: the shard has no row blocks")
-    if split_every < 2:
-        raise ValueError(f"split_every must be at least 2, got {split_every}")
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_add, pure=False)(*parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-        level += 1
-    return parts[0]
+def _placement(held, futures, load: Counter, capacity: dict) -> dict:
+    """``submit`` keywords sending a group's task to a worker: the one holding most of its
+    blocks (``held``: ``client.who_has``) while it has a free thread in this pass, else the
+    least loaded worker (its blocks then travel there once and stay as replicas).
+
+    Without the load check a lost worker's blocks, recomputed on a survivor, would pull
+    every later pass onto that survivor while its replacement idles. ``load`` counts the
+    groups given to each worker so far in this pass and is updated; {} when no worker is
+    known (the scheduler then follows the blocks itself).
+    """
+    if not capacity:
+        return {}
+    counts = Counter(a for f in futures for a in held.get(f.key, ()) if a in capacity)
+    free = [a for a, _ in counts.most_common() if load[a] < capacity[a]]
+    worker = free[0] if free else min(capacity, key=lambda a: (load[a] / capacity[a], a))
+    load[worker] += 1
+    return {"workers": [worker], "allow_other_workers": True}
 
 
-def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None, **kwargs):
+def _persisted_futures(blocks):
+    """The future of every block when all are persisted, else None (read from disk)."""
+    futs = [futures_of(b) for b in blocks]
+    if all(len(f) == 1 and f[0].key == b.key for f, b in zip(futs, blocks)):
+        return [f[0] for f in futs]
+    return None
+
+
+def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None,
+             groups: int | None = None, **kwargs):
     """Run ``kernel(block, *args, **kwargs)`` on every block and return the summed result.
 
     Parameters
@@ -78,18 +200,53 @@ def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None
     blocks : list of Delayed
         Blocks (persisted or not) as made by :func:`latent_blocks`.
     kernel : callable
-        Per-block function returning something addable (numpy array, ``LabelSums``).
+        Per-block function returning something addable (numpy array, ``LabelSums``). Its
+        name starts every task key of the pass (``fit_sums-group-...``).
     *args, **kwargs
         Passed to the kernel; large arguments should be futures (scattered once).
     split_every : int
-        Fan-in of the reduction tree.
+        Fan-in of the reduction tree over the groups.
     resources : dict, optional
         Worker resources every task of the pass requests (e.g. ``{"GPU": 1}``).
+    groups : int, optional
+        Groups of blocks (tasks) in the pass, at most one per block; default: the
+        :func:`worker_threads` now (one group per block while there is no worker).
     """
-    parts = [dask.delayed(kernel, pure=False)(b, *args, **kwargs) for b in blocks]
-    total = tree_sum(parts, split_every)
-    future = client.compute(total, resources=resources)
+    if not blocks:
+        raise ValueError("nothing to sum: the shard has no row blocks")
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    ranges = block_groups(len(blocks), groups or worker_threads(client) or len(blocks))
+    name, token = funcname(kernel), uuid.uuid4().hex
+    persisted = _persisted_futures(blocks)
+    held = client.who_has(persisted) if persisted is not None else {}
+    capacity = {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
+    load = Counter()
+    parts = []
+    for g, idx in enumerate(ranges):
+        key = f"{name}-group-{token}-{g}"
+        if persisted is not None:
+            mine = [persisted[i] for i in idx]
+            parts.append(client.submit(_sum_group, kernel, kwargs, len(args), *args, *mine,
+                                       key=key, resources=resources,
+                                       **_placement(held, mine, load, capacity)))
+        else:
+            recipe = _Recipe([blocks[i] for i in idx])
+            parts.append(client.submit(_read_and_sum_group, kernel, kwargs, len(args), *args,
+                                       recipe, key=key, resources=resources))
+    # Every future of the pass stays referenced until the total has arrived: a group partial
+    # the client had let go of cannot be recomputed when the worker holding it dies before
+    # the tree consumed it ("already forgotten"). The partials are freed together at the end.
+    held_futures = list(parts)
+    level = 0
+    while len(parts) > 1:
+        parts = [client.submit(_add, *parts[i:i + split_every], resources=resources,
+                               key=f"{name}-sum-{token}-{level}-{i // split_every}")
+                 for i in range(0, len(parts), split_every)]
+        held_futures += parts
+        level += 1
     try:
-        return future.result()
+        return parts[0].result()
     finally:
-        future.release()
+        for future in held_futures:
+            future.release()

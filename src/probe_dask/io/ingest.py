@@ -6,7 +6,8 @@ store files (:data:`STORE_FILES`) while they are checked. An uncompressed npz is
 the same way, in place, and nothing but the manifest is written. Either way the verdict
 goes to ``store.json`` (:data:`MANIFEST`) with the source's identity, so a file, good or
 bad, is streamed once; the folder is written under a temporary name and renamed into
-place when whole. :mod:`probe_dask.io.store` reads the store back.
+place when whole (private, 0700, until then; then readable as the umask allows and never
+group- or world-writable). :mod:`probe_dask.io.store` reads the store back.
 
 Memory per process: at most ``chunk_bytes`` of array data at a time (a raw chunk and its
 converted copy), plus single ``indptr`` entries read back to name the row of a bad value.
@@ -17,15 +18,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 
 import numpy as np
 
-from probe_dask.errors import InputError
+from probe_dask.errors import InputError, MachineError
 from probe_dask.io.arrayref import ArrayRef
 from probe_dask.io.npz import ARRAYS, CSRHeader, member_chunks
+from probe_dask.io.outputs import current_umask, publish_mode
+from probe_dask.io.tempfiles import remove_stale, temp_dir
 
-__all__ = ["ingest", "validate", "STORE_VERSION", "STORE_DTYPES", "STORE_FILES", "MANIFEST"]
+__all__ = ["ingest", "validate", "remove_stale_stores", "STORE_VERSION", "STORE_DTYPES", "STORE_FILES", "MANIFEST"]
 
 #: Version of the store's layout; a manifest of another version is ingested again.
 STORE_VERSION = 1
@@ -53,9 +55,9 @@ def ingest(header: CSRHeader, zf, identity: dict, sdir: str, chunk_bytes: int) -
     """
     kind = "inplace" if header.inplace else "store"
     try:
-        os.makedirs(os.path.dirname(sdir), exist_ok=True)
-        tmp = f"{sdir}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # renamed into place when whole
-        os.mkdir(tmp)
+        os.makedirs(os.path.dirname(sdir), mode=0o777 & ~0o022, exist_ok=True)
+        tmp = temp_dir(sdir)  # renamed into place when whole; names host and PID (tempfiles)
+        os.mkdir(tmp, 0o700)  # private until renamed: no one else can swap a file inside
     except OSError as exc:
         if kind == "store":
             raise InputError(sdir, "cache_dir", f"not writable ({exc.strerror})",
@@ -76,18 +78,30 @@ def ingest(header: CSRHeader, zf, identity: dict, sdir: str, chunk_bytes: int) -
             json.dump({"version": STORE_VERSION, "source": identity, "kind": kind,
                        "fingerprint": header.fingerprint, "shape": list(header.shape),
                        "nnz": header.nnz, "validation": verdict}, f, indent=1)
+        _publish(tmp)
         _commit(tmp, sdir)
-    finally:
+    except OSError as exc:  # disk full, quota: one line naming the store, exit 2
+        raise MachineError(sdir, exc, "ingesting " + os.path.basename(header.path)
+                           + "; free space there or pass --cache-dir DIR") from None
+    finally:  # also when a signal stops the run (app/signals.py raises in this thread)
         shutil.rmtree(tmp, ignore_errors=True)
     if not verdict["ok"]:
         raise InputError(header.path, **verdict["error"])
     return True
 
 
+def _publish(tmp: str) -> None:
+    # Readable as the umask allows, never group- or world-writable (a planted store would
+    # change results); set just before the rename that makes the folder visible.
+    for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), publish_mode())
+    os.chmod(tmp, (0o777 & ~current_umask()) & ~0o022)
+
+
 def _commit(tmp: str, sdir: str) -> None:
     # rename(2) cannot replace a non-empty folder: move the old store aside first, so
     # readers see either the old complete store or the new complete one.
-    old = f"{sdir}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = temp_dir(sdir, "old")
     try:
         os.replace(sdir, old)
     except OSError:
@@ -97,7 +111,18 @@ def _commit(tmp: str, sdir: str) -> None:
     except OSError:
         pass  # a concurrent writer committed first; the caller reads back what is there
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # the store path was a regular file (or a link)
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+
+
+def remove_stale_stores(sdir: str) -> list:
+    """Remove ``<sdir>.tmp-*`` / ``<sdir>.old-*`` folders of dead runs (their PID is gone)."""
+    return remove_stale(os.path.dirname(sdir), [os.path.basename(sdir)])
 
 
 def _row_of(indptr: ArrayRef, n_rows: int, p: int) -> int:
@@ -162,8 +187,8 @@ def validate(header: CSRHeader, zf, out_dir: str | None, chunk_bytes: int) -> No
                     if bad and first_bad is None:
                         first_bad = pos + int(np.argmin(finite))
                     n_bad += bad
-                if out is not None:
-                    c.astype(target, copy=False).tofile(out)
+                if out is not None:  # file.write, not tofile: a full disk raises ENOSPC
+                    out.write(np.ascontiguousarray(c, dtype=target).data)
                 pos += c.size
         finally:
             if out is not None:

@@ -5,7 +5,9 @@ order, so flattened label ``r`` belongs to activation row ``r``.
 
 Memory per process: :class:`LabelsSource` holds a path and two ints; ``read`` holds the
 rows asked for (one byte each); ``class_counts`` and ``max_label`` scan the file in
-chunks of ``chunk_rows`` bytes and hold one chunk plus a 256-entry histogram.
+chunks of ``chunk_rows`` bytes and hold one chunk plus a 256-entry histogram; the
+histogram of every file scanned is kept (2 KiB each, at most 1024 files) so a shard shared by
+the runs of a sweep is scanned once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from probe_dask.io.layout import missing_hint
 __all__ = ["ShardMetadata", "LabelsSource", "read_metadata", "open_labels"]
 
 _CHUNK_ROWS = 32 * 2**20  # 32 MiB of labels per scan step
+#: Label histograms already scanned, by (resolved path, rows, size, mtime_ns): 2 KiB each.
+_HISTOGRAMS: dict = {}
+_HISTOGRAMS_MAX = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +126,19 @@ class LabelsSource:
         return out
 
     def _histogram(self, chunk_rows: int) -> np.ndarray:
-        hist = np.zeros(256, np.int64)
-        for r0 in range(0, self.n_rows, chunk_rows):
-            hist += np.bincount(self.read(r0, min(self.n_rows, r0 + chunk_rows)), minlength=256)
-        return hist
+        # A sweep opens the same shard for every run: the scan is kept per file (resolved
+        # path, size, mtime_ns), so a shard's labels are read once per process.
+        st = os.stat(self.path)
+        key = (os.path.realpath(self.path), self.n_rows, st.st_size, st.st_mtime_ns)
+        hist = _HISTOGRAMS.get(key)
+        if hist is None:
+            hist = np.zeros(256, np.int64)
+            for r0 in range(0, self.n_rows, chunk_rows):
+                hist += np.bincount(self.read(r0, min(self.n_rows, r0 + chunk_rows)), minlength=256)
+            if len(_HISTOGRAMS) >= _HISTOGRAMS_MAX:
+                _HISTOGRAMS.pop(next(iter(_HISTOGRAMS)))
+            _HISTOGRAMS[key] = hist
+        return hist.copy()
 
     def class_counts(self, n_classes: int | None = None, chunk_rows: int = _CHUNK_ROWS) -> np.ndarray:
         """Rows of each class, int64, scanned in chunks.

@@ -15,10 +15,17 @@ from pathlib import Path
 from probe_dask.errors import InputError
 
 __all__ = ["closest_existing", "require_dir", "require_file", "missing_hint", "inference_dir",
-           "activations_path", "ACTIVATIONS_NAME"]
+           "activations_path", "ACTIVATIONS_NAME", "METRICS_NAME",
+           "CLASSES_NAME", "CHECKPOINT_NAME"]
 
 #: The SAE activations of a shard, inside ``<run>/inference/<shard_id>/``.
 ACTIVATIONS_NAME = "token_acts.npz"
+#: The results of a split, beside its activations (what the users' notebooks read).
+METRICS_NAME = "probe1d_metrics.npz"
+#: The per-class table of a run, beside each split's metrics.
+CLASSES_NAME = "probe1d_classes.json"
+#: The solver's state after each pass, in the train split's folder until the results exist.
+CHECKPOINT_NAME = ".probe1d_checkpoint.npz"
 
 
 def inference_dir(run_dir, shard_id) -> Path:

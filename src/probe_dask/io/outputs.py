@@ -1,7 +1,9 @@
 """Writing results atomically: ``probe1d_metrics.npz`` and the per-class table.
 
 Every file is written under a temporary name in its final folder and renamed into place,
-so a reader (or a killed run) never sees a half-written result.
+so a reader (or a killed run) never sees a half-written result. Files get the mode a plain
+``open`` would give them under the user's umask, never group- or world-writable
+(:func:`publish_mode`), so lab-mates can read results; JSON is strict (``null`` for NaN).
 
 Memory per process: the arrays being written (seven ``(L, C)`` float32 matrices, about
 140 MB at 32768 x 151) and nothing more.
@@ -9,7 +11,6 @@ Memory per process: the arrays being written (seven ``(L, C)`` float32 matrices,
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -18,48 +19,86 @@ from pathlib import Path
 import numpy as np
 
 from probe_dask.errors import ProbeDaskError
+from probe_dask.io.jsonsafe import dumps_strict
+from probe_dask.io.tempfiles import temp_file
 
-__all__ = ["atomic_path", "write_metrics_npz", "write_json", "METRIC_KEYS", "check_writable"]
+__all__ = ["atomic_path", "write_metrics_npz", "write_json", "METRIC_KEYS", "check_writable",
+           "current_umask", "publish_mode"]
 
 #: Keys of ``probe1d_metrics.npz`` read by the users' notebooks (docs/formats.md).
 METRIC_KEYS = ("loss", "weights", "biases", "tp", "fp", "tn", "fn")
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux allows (``/proc``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting (briefly) and restoring it
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(umask=None) -> int:
+    """Mode of a result file: ``0o666 & ~umask``, and never group- or world-writable.
+
+    ``mkstemp`` creates ``-rw-------`` files whatever the umask; results are meant to be
+    read by the group (umask 0022 gives 0644), yet not replaced by anyone else.
+    """
+    umask = current_umask() if umask is None else umask
+    return 0o666 & ~umask & ~0o022
 
 
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
-    On failure the temporary file is removed and ``path`` is left as it was.
+    The file gets :func:`publish_mode` before it is renamed. On failure the temporary file
+    is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Named with host and PID (io/tempfiles.py): a later run removes it if this one dies.
+    tmp = temp_file(path)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield Path(tmp)
+        os.chmod(tmp, publish_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_metrics_npz(path, *, loss, weights, biases, tp, fp, tn, fn) -> Path:
-    """Write one split's ``probe1d_metrics.npz`` (float32 ``(n_latents, n_classes)`` arrays)."""
+def write_metrics_npz(path, *, loss, weights, biases, tp, fp, tn, fn, converged=None) -> Path:
+    """Write one split's ``probe1d_metrics.npz``.
+
+    The seven :data:`METRIC_KEYS` are float32 ``(n_latents, n_classes)`` arrays, as the
+    notebooks read them; ``converged`` (same shape), when given, is stored as a bool array
+    ``converged``: whether each pair met the solver's stopping rule.
+    """
     arrays = dict(loss=loss, weights=weights, biases=biases, tp=tp, fp=fp, tn=tn, fn=fn)
     shape = np.shape(loss)
-    for key, value in arrays.items():
+    extra = {} if converged is None else {"converged": converged}
+    for key, value in {**arrays, **extra}.items():
         if np.shape(value) != shape:
             raise ValueError(f"{key} has shape {np.shape(value)}, expected {shape}")
+    out = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    out.update({k: np.asarray(v, dtype=bool) for k, v in extra.items()})
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+            np.savez(f, **out)
     return Path(path)
 
 
 def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
+        tmp.write_text(dumps_strict(obj, indent=1) + "\n")
     return Path(path)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -27,12 +28,16 @@ import scipy.sparse
 from probe_dask.errors import InputError
 from probe_dask.io.arrayref import ArrayRef
 from probe_dask.io.blocks import row_blocks
-from probe_dask.io.ingest import MANIFEST, STORE_DTYPES, STORE_FILES, STORE_VERSION, ingest
-from probe_dask.io.npz import ARRAYS, EXPECT, CSRHeader, open_npz, zip_fingerprint
+from probe_dask.io.ingest import (MANIFEST, STORE_DTYPES, STORE_FILES, STORE_VERSION, ingest,
+                                  remove_stale_stores)
+from probe_dask.io.npz import ARRAYS, EXPECT, CSRHeader, open_npz
+from probe_dask.io.verify import check_block
 
 __all__ = ["ArrayRef", "CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +86,21 @@ class CSRSource:
         """Rows ``r0:r1`` as a ``csr_matrix`` (float32 data, int32 indices, indptr from 0).
 
         Indices are int64 only when the block itself holds 2**31 or more values
-        (scipy needs indptr and indices of one dtype).
+        (scipy needs indptr and indices of one dtype). The block is checked as it is read
+        (:func:`probe_dask.io.verify.check_block`): offsets, column indices and values;
+        InputError names the file and the row of the first bad one.
         """
         ptr = self.read_indptr(r0, r1)
         a, b = int(ptr[0]), int(ptr[-1])
-        indices = self.indices.read(a, b - a).astype(np.int32, copy=False)
-        data = self.data.read(a, b - a).astype(np.float32, copy=False)
+        redo = (f"remove {self.store_dir} to ingest {self.path} again" if self.kind == "store"
+                else "the file changed after it was validated")
+        if not 0 <= a <= b <= self.nnz:  # checked before reading: offsets say how much to read
+            check_block(self, r0, r1, ptr, np.empty(0, np.int32), np.empty(0, np.float32), redo)
+        indices = self.indices.read(a, b - a)
+        data = self.data.read(a, b - a)
+        check_block(self, r0, r1, ptr, indices, data, redo)
+        indices = indices.astype(np.int32, copy=False)
+        data = data.astype(np.float32, copy=False)
         ptr -= a
         # Give scipy matching int32 arrays so the constructor does not copy them.
         ptr = ptr.astype(np.int32) if b - a < 2**31 else ptr
@@ -141,6 +155,7 @@ def open_csr(npz_path, cache_dir=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -
         raise InputError(path, "file", "no such file", EXPECT) from None
     identity = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     sdir = store_dir(path, cache_dir)
+    remove_stale_stores(sdir)  # temporaries of runs that died while ingesting (PID gone)
     src = _cached(identity, sdir, chunk_bytes)
     if src is not None:
         return src
@@ -163,31 +178,54 @@ def _inplace(header: CSRHeader, identity, sdir, chunk_bytes) -> CSRSource:
                      chunk_bytes=chunk_bytes, fingerprint=header.fingerprint, **refs)
 
 
+def _stale(manifest: str, why: str) -> None:
+    # One line, logged: the store is ingested again, and the user learns why it took long.
+    logger.warning("%s: %s; ingesting again", manifest, why)
+
+
 def _cached(identity, sdir, chunk_bytes) -> CSRSource | None:
-    """The source from a manifest that matches ``identity``; None when absent, stale or damaged."""
+    """The source from a manifest that matches ``identity``; None when absent, stale or damaged.
+
+    A manifest of this very source (same path, size, mtime) is still checked against the
+    source's own headers (fingerprint, shape, nnz) and the store files' sizes, cheaply: a
+    store edited or damaged since it was written is ingested again (one logged line saying
+    why), never trusted. The values themselves are checked block by block as they are read.
+    """
+    manifest = os.path.join(sdir, MANIFEST)
     try:
-        with open(os.path.join(sdir, MANIFEST)) as f:
+        with open(manifest) as f:
             m = json.load(f)
         if m["version"] != STORE_VERSION or m["source"] != identity:
             return None
-        (n_rows, n_cols), nnz, verdict = m["shape"], m["nnz"], m["validation"]
-    except (OSError, ValueError, KeyError, TypeError):
+        (n_rows, n_cols), nnz, verdict, kind = m["shape"], int(m["nnz"]), m["validation"], m["kind"]
+        n_rows, n_cols = int(n_rows), int(n_cols)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _stale(manifest, f"unreadable ({type(exc).__name__}: {exc})")
         return None
     path = identity["path"]
-    fingerprint = zip_fingerprint(path)
-    if fingerprint is None or m.get("fingerprint") != fingerprint:
+    zf, header = open_npz(path)  # headers only: a bad npz is the user's one-line error
+    zf.close()
+    if m.get("fingerprint") != header.fingerprint:
         return None  # same size and mtime but other content (e.g. `cp -p`): ingest again
+    if (n_rows, n_cols) != tuple(header.shape) or nnz != header.nnz:
+        _stale(manifest, f"shape {n_rows} x {n_cols}, nnz {nnz} disagree with {path} "
+                         f"(shape.npy {header.shape[0]} x {header.shape[1]}, nnz {header.nnz})")
+        return None
     if not verdict["ok"]:
         raise InputError(path, **verdict["error"])
-    if m["kind"] == "inplace":
-        zf, header = open_npz(path)
-        zf.close()  # offsets come from the zip's directory; the verdict is cached
+    if kind == "inplace":  # offsets come from the zip's directory; the verdict is cached
         return _inplace(header, identity, sdir, chunk_bytes)
     refs = {}
     for a, count in zip(ARRAYS, (n_rows + 1, nnz, nnz)):
         f = os.path.join(sdir, STORE_FILES[a])
-        if not os.path.isfile(f) or os.path.getsize(f) != count * np.dtype(STORE_DTYPES[a]).itemsize:
-            return None  # damaged store: ingest again
+        want = count * np.dtype(STORE_DTYPES[a]).itemsize
+        have = os.path.getsize(f) if os.path.isfile(f) else None
+        if have != want:
+            _stale(f, f"{'missing' if have is None else f'{have} bytes'}, expected {want} "
+                      f"for {count} values ({MANIFEST})")
+            return None
         refs[a] = ArrayRef(f, 0, STORE_DTYPES[a], count)
     return CSRSource(path, (n_rows, n_cols), nnz, identity, "store", sdir, chunk_bytes=chunk_bytes,
-                     fingerprint=fingerprint, **refs)
+                     fingerprint=header.fingerprint, **refs)

@@ -27,7 +27,8 @@ Memory per process, per call:
 
 - the block itself, ``LatentBlock.nbytes`` = ``8 (L+1) + 8 nnz + n_rows`` bytes
   (int32 row + float32 value per non-zero, one label byte per row); the torch backend on
-  CUDA also holds a device copy of it during the call;
+  CUDA also holds a device copy of it during the call, the Triton backend too, or keeps it
+  between calls with ``resident=True`` (:mod:`probe_dask.kernels.resident`, bounded);
 - the pairs, ``ActivePairs.nbytes`` = ``8 (L+1) + 20 P`` bytes (plus a device copy on CUDA);
 - the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes; :func:`label_sums`
   returns two ``(L, C)`` float64 arrays (``16 L C`` bytes, 79 MB at 32768 x 151) and
@@ -115,7 +116,8 @@ def resolve_device(device=None):
     return torch.device(device)
 
 
-def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1):
+def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1,
+             resident=False):
     """Label-free sums of a solver iteration over one block.
 
     Parameters
@@ -131,6 +133,9 @@ def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thre
         Torch backend: (event x pair) elements per chunk of temporaries.
     threads : int
         C backend: threads splitting the latents of this call (each releases the GIL).
+    resident : bool
+        Triton backend: keep the block's device copy for the next pass
+        (:mod:`probe_dask.kernels.resident`; for persisted blocks), else copy it per call.
 
     Returns
     -------
@@ -139,10 +144,11 @@ def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thre
         ``[sum mu, sum mu v, sum s, sum s v, sum s v^2, sum softplus(eta)]`` with
         ``mu = sigmoid(eta)``, ``s = mu (1 - mu)`` (rows named in :data:`FIT_FIELDS`).
     """
-    return _dispatch("fit", block, pairs, device, backend, work_chunk, threads)
+    return _dispatch("fit", block, pairs, device, backend, work_chunk, threads, resident)
 
 
-def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1):
+def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1,
+              resident=False):
     """Evaluation sums over one block.
 
     Parameters are those of :func:`fit_sums`.
@@ -153,7 +159,7 @@ def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thr
         Per pair, over the non-zero events of its latent: ``[sum softplus(eta),
         count(eta > 0), count(eta > 0 and label of the event's row == pair's class)]``.
     """
-    return _dispatch("eval", block, pairs, device, backend, work_chunk, threads)
+    return _dispatch("eval", block, pairs, device, backend, work_chunk, threads, resident)
 
 
 def _check(kind: str, block: LatentBlock, pairs: ActivePairs) -> None:
@@ -180,6 +186,11 @@ def _triton():
     # The Triton backend imports torch and triton (hundreds of MB, seconds): loaded by name,
     # on first use, so CPU workers running the C kernel never pay for it.
     return importlib.import_module("probe_dask.kernels.triton_backend")
+
+
+def _resident():
+    # Imports the Triton backend too: loaded by name for the same reason.
+    return importlib.import_module("probe_dask.kernels.resident")
 
 
 def triton_reason(dev_type: str) -> str:
@@ -220,14 +231,31 @@ def choose_backend(device=None, backend="auto") -> tuple[str, str]:
     return ("c" if ckernel.available() else "torch"), dev_type
 
 
-def _dispatch(kind, block, pairs, device, backend, work_chunk, threads):
+def kernel_for(device=None, backend="auto") -> tuple[str, str]:
+    """:func:`choose_backend`, and for a CUDA device also whether this process has one.
+
+    Raises ``RuntimeError`` saying what is missing (no CUDA device, a torch without CUDA)
+    where :func:`choose_backend` would fall back or fail later, mid-pass.
+    """
+    name, dev_type = choose_backend(device, backend)
+    if dev_type == "cuda":
+        if not _cuda_possible():
+            raise RuntimeError("no CUDA device (no /dev/nvidia*)")
+        import torch  # lazy: only a process asked for CUDA pays for torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"no CUDA device usable by torch {torch.__version__} "
+                               f"(torch.cuda.is_available() is False)")
+    return name, dev_type
+
+
+def _dispatch(kind, block, pairs, device, backend, work_chunk, threads, resident=False):
     _check(kind, block, pairs)
     name, dev_type = choose_backend(device, backend)
     if name == "c":
         fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
         return fn(block, pairs, threads=threads)
     if name == "triton":
-        fn = _triton().fit_sums if kind == "fit" else _triton().eval_sums
-        return fn(block, pairs, dev_type)
+        return _resident().resident_sums(kind, block, pairs, dev_type, resident=resident)
     return torch_sums(kind, block, pairs, resolve_device(device if dev_type != "cpu" else "cpu"),
                       work_chunk)

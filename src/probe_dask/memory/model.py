@@ -1,10 +1,12 @@
 """The memory model: every buffer each process of a run holds, its formula and its size.
 
 For one choice of block size, torch work chunk and persistence, :func:`buffers` lists,
-per process, what the run will hold and when: the driver's solver state and passes' sums,
-and on each worker its baseline, resident blocks (when persisted), the CSR blocks being
-read, the ``LatentBlock`` s, kernel temporaries, the device copy, the scattered pairs and
-the reduction's partials. Sizes come from the code they describe (``kernels``, ``core``,
+per process, what the run will hold and when: the driver's solver state, its checkpoint
+copy, the passes' sums and the step's chunked scratch, and on each worker its baseline,
+resident blocks (when persisted), the CSR blocks being read, the ``LatentBlock`` s, kernel
+temporaries, the device copy, the scattered pairs and the pass's partials (one group of
+blocks per worker thread, :func:`partials_per_worker`: O(threads x P), whatever the number
+of blocks). Sizes come from the code they describe (``kernels``, ``core``,
 ``engine.passes``) and from measurements on this stack (``tracemalloc``; process RSS of a
 LocalCluster worker); they are estimates meant to be right within tens of percent, and
 telemetry sets the measured peaks beside them.
@@ -27,15 +29,22 @@ from probe_dask.core.state import TrustRegionState
 from probe_dask.core.tuning import CHUNK_PAIRS
 from probe_dask.stages import DRIVER_STAGES, WORKER_STAGES
 
-__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "GPU_STAGES", "WORKER_BASELINE",
+__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
            "WORKER_BASELINE_NO_TORCH", "DRIVER_BASELINE"]
 
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
-#: measured on a LocalCluster worker (250 to 265 MiB); without torch it is about 70 MiB.
-WORKER_BASELINE = 270 * 2**20
-WORKER_BASELINE_NO_TORCH = 100 * 2**20
-#: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler.
-DRIVER_BASELINE = 300 * 2**20
+#: measured on a LocalCluster worker (250 to 265 MiB); without torch 150 MiB (2026-11-30:
+#: dask.array imports xarray and pandas whenever they are installed, about 60 MiB of it).
+WORKER_BASELINE = 320 * 2**20
+WORKER_BASELINE_NO_TORCH = 160 * 2**20
+#: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler
+#: (``probe-dask fit``, LocalCluster of 1 worker, at the start of the label pass: 350 and 378 MB
+#: measured in two runs, 2026-11-30; it was 300 MiB before the scheduler and kernel checks grew).
+DRIVER_BASELINE = 400 * 2**20
+#: Freed memory the driver's allocator keeps mapped once passes have run (glibc arenas of the
+#: client's and the checkpoint writer's threads): RSS measured 37 to 48 MB above the live
+#: buffers at 1 M and 2 M pairs (tracemalloc beside telemetry), not growing with P.
+DRIVER_ALLOCATOR_SLACK = 64 * 2**20
 #: Scheduler state per task of a pass (held on the driver for local and Slurm clusters).
 SCHEDULER_TASK_BYTES = 8 * 2**10
 #: Bytes per (event x pair) element of the torch backend's chunk temporaries (counted in
@@ -90,6 +99,8 @@ class ModelInputs:
     chunk_bytes: int
     worker_baseline: int
     driver_baseline: int
+    #: Bound of a GPU worker's resident-block cache (``kernels.resident``); None: unknown.
+    gpu_resident: int | None = None
 
 
 def peak(buffers, stages) -> tuple[str, int]:
@@ -127,8 +138,8 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
         Three lists of :class:`Buffer`; blocks per shard (``{"train": n, "test": n}``);
         the largest block over both shards (``{"nnz": n, "rows": n}``).
     """
-    L, C, T, se = cfg.L, cfg.C, cfg.threads, cfg.split_every
-    LC, P = L * C, L * C
+    L, C, T = cfg.L, cfg.C, cfg.threads
+    P = L * C
     train, test = cfg.train, cfg.test
     nb, bnz, brows = {}, {}, {}
     for name, s in (("train", train), ("test", test)):
@@ -137,7 +148,11 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
     n, r = max(bnz.values()), max(brows.values())
     worker = _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist)
     gpu = []
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" and cfg.backend == "triton":
+        gpu = _gpu_triton(cfg, nb, bnz, brows, n, r, persist)
+        worker.append(Buffer("worker", "host copy of the kernel output", "48 P (fit) / 24 P (eval)",
+                             48 * P, T, GPU_STAGES))
+    elif cfg.device == "cuda":
         G = lambda *a, **kw: Buffer("gpu", *a, **kw)  # noqa: E731
         gpu = [
             G("device copy of the block (fit: values)", "4 nnz_b", 4 * n, 1, ("fit",)),
@@ -156,9 +171,60 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
 
+def _work_units(nnz_b: int, L: int, C: int) -> int:
+    """Units of a Triton work list (``triton_backend.plan``): about one per 64 events of a
+    latent x 16 of its pairs, at most ``(nnz_b / 64 + L) ceil(C / 16)``."""
+    return (nnz_b // 64 + L) * -(-C // 16)
+
+
+def _gpu_triton(cfg, nb, bnz, brows, n, r, persist) -> list:
+    """A GPU's buffers with the Triton kernels: resident train blocks (persisted, bounded by
+    the cache, ``kernels.resident``), a streamed block's copy, work lists, pairs, outputs."""
+    L, C, T = cfg.L, cfg.C, cfg.threads
+    P = L * C
+    G = lambda *a, **kw: Buffer("gpu", *a, **kw)  # noqa: E731
+    per_block = lambda nnz_b, rows_b: 8 * nnz_b + rows_b + 40 * _work_units(nnz_b, L, C)  # noqa: E731
+    gpu = []
+    if persist:
+        count = -(-nb["train"] // cfg.n_workers) + (1 if nb["train"] > cfg.n_workers else 0)
+        each = per_block(bnz["train"], brows["train"])
+        held = each * count if cfg.gpu_resident is None else min(each * count, cfg.gpu_resident)
+        gpu.append(G("resident train blocks + work lists (kernels.resident)",
+                     f"(8 nnz_b + rows_b + 40 U) x {count} blocks, at most gpu-resident-fraction "
+                     "of the GPU", held, 1, GPU_STAGES))
+    streamed = ("eval_test",) if persist else GPU_STAGES
+    gpu += [
+        G("streamed block's device copy + work list", "8 nnz_b + rows_b + 40 U, U = (nnz_b / 64 "
+          "+ L) ceil(C / 16); one per thread", per_block(n, r), T, streamed),
+        G("pairs b, w and classes on the device", "20 P", 20 * P, T, GPU_STAGES),
+        G("fit output (6 x P float64)", "48 P", 48 * P, T, ("fit",)),
+        G("eval output (3 x P float64)", "24 P", 24 * P, T, ("eval_train", "eval_test")),
+    ]
+    return gpu
+
+
+def partials_per_worker(cfg: ModelInputs, n_blocks: int) -> tuple[int, str]:
+    """(count, formula) of the partials a worker holds at once during a pass
+    (``engine.passes``: one group of blocks per worker thread, group sums tree-summed).
+
+    While the groups run, each thread holds its group's partial and its block's (``2 T``);
+    then the ``T`` group partials stay until the tree has summed them, while up to
+    ``a = min(T, ceil(G / split_every))`` tree tasks (``G`` groups) each hold
+    ``split_every`` partials and two running sums. Independent of the number of blocks
+    beyond ``G = min(workers x threads, blocks)``.
+    """
+    T, se = cfg.threads, cfg.split_every
+    groups = max(1, min(cfg.n_workers * T, int(n_blocks)))
+    tree = -(-groups // se) if groups > 1 else 0
+    a = min(T, tree)
+    count = max(2 * T, T + a * (se + 2))
+    return count, (f"max(2 threads, threads + a (split_every + 2)) = {count}, a = min(threads, "
+                   f"ceil({groups} groups / {se})) = {a} tree tasks")
+
+
 def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
     """A worker's buffers (the host copy of a GPU's output is added by :func:`buffers`)."""
-    L, C, T, se = cfg.L, cfg.C, cfg.threads, cfg.split_every
+    L, C, T = cfg.L, cfg.C, cfg.threads
     LC, P = L * C, L * C
     k = _read_ahead(T)
     W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
@@ -180,18 +246,17 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
             W(f"label_sums scratch ({name})", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
               LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
         ]
+    parts, why = partials_per_worker(cfg, max(nb.values()))
     worker += [
-        W("label partials (LabelSums) in the reduction", f"16 L C + 16 L + 8 C; threads x "
-          f"(split_every + 2) = {T * (se + 2)}", 16 * LC + 16 * L + 8 * C, T * (se + 2),
-          ("label_train", "label_test")),
+        W("label partials (LabelSums) of the pass", f"16 L C + 16 L + 8 C; {why}",
+          16 * LC + 16 * L + 8 * C, parts, ("label_train", "label_test")),
         W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
           20 * P + 8 * (L + 1), 1, ("fit",)),
-        W("fit partials (6 x P float64) in the reduction", "48 P; threads x (split_every + 2)",
-          48 * P, T * (se + 2), ("fit",)),
+        W("fit partials (6 x P float64) of the pass", f"48 P; {why}", 48 * P, parts, ("fit",)),
         W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
           20 * LC + 8 * (L + 1), 1, ("eval_train", "eval_test")),
-        W("eval partials (3 x P float64) in the reduction", "24 L C; threads x (split_every + 2)",
-          24 * LC, T * (se + 2), ("eval_train", "eval_test")),
+        W("eval partials (3 x P float64) of the pass", f"24 L C; {why}", 24 * LC, parts,
+          ("eval_train", "eval_test")),
     ]
     if persist:
         per = -(-nb["train"] // cfg.n_workers)
@@ -225,16 +290,25 @@ def _driver(cfg, nb) -> list:
     return [
         D("baseline: Python, dask, distributed, torch, client, scheduler", "measured RSS",
           cfg.driver_baseline),
+        D("freed memory the allocator keeps (measured, not growing with P)", "64 MiB",
+          DRIVER_ALLOCATOR_SLACK, 1, after_open),
         D("scheduler state of one pass", f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
           SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
         D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, after_open),
         D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
           f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1, after_open),
         D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
-        D("active pairs of an iteration", "28 P", 28 * P, 1, ("iteration",)),
-        D("summed fit sums (6 x P float64)", "48 P", 48 * P, 1, ("iteration",)),
-        D("solver.step scratch", f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
+        D("active pairs of an iteration (ActivePairs + the step's int64 index)", "28 P", 28 * P,
+          1, ("iteration",)),
+        # ``sums = pass(...)`` receives the new sums while the previous pass's are still bound
+        D("summed fit sums (6 x P float64): this pass's and the previous one's", "48 P x 2",
+          48 * P, 2, ("iteration",)),
+        D("solver.step scratch (chunks of core.tuning.CHUNK_PAIRS pairs)",
+          f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
           STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, ("iteration",)),
+        D("checkpoint: a copy of the solver state while its write is in flight",
+          f"{state_pp} L C (engine.checkpoint, during the next pass)", state_pp * LC, 1,
+          ("iteration",)),
         D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
         D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, ("evaluate",)),
         D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1, ("evaluate",)),

@@ -12,6 +12,7 @@ the chosen blocks (``row_blocks``); its shards' ``indptr`` is let go once planne
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 
 from dask.utils import format_bytes
 
@@ -128,7 +129,7 @@ def format_plan(plan: Plan) -> str:
         if s is not None:
             lines.append(f"{name}: {s.path}: {s.n_rows:,} rows x {s.n_cols:,} latents, {s.nnz:,} "
                          f"non-zeros (CSR {fmt(s.csr_bytes)}), widest row {s.max_row_nnz:,}")
-    kernel = {"c": "C kernel", "torch": "torch"}[plan.backend]
+    kernel = {"c": "C kernel", "torch": "torch", "triton": "Triton kernels"}[plan.backend]
     lines.append(f"cluster: {plan.n_workers} workers x {plan.threads} thread(s), memory limit "
                  f"{fmt(plan.memory_limit)} each (target {plan.target_fraction:.0%} = "
                  f"{fmt(plan.worker_budget)}), device {plan.device} ({kernel})"
@@ -137,20 +138,31 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'given' if plan.block_nnz_fixed else 'chosen'}: block_nnz {plan.block_nnz:,} "
                  f"(blocks: {nb}; largest {plan.max_block['nnz']:,} non-zeros, "
                  f"{plan.max_block['rows']:,} rows), work chunk "
-                 f"{plan.work_chunk if plan.work_chunk else '- (C kernel: none)'}, train blocks "
+                 f"{plan.work_chunk if plan.work_chunk else f'- ({kernel}: none)'}, train blocks "
                  f"{'persisted' if plan.persist else 're-read every pass'}")
     lines.append(f"L = {plan.n_latents:,} latents, C = {plan.n_classes} classes, P = L C = "
                  f"{plan.n_latents * plan.n_classes:,} pairs, split_every = {plan.split_every}")
     lines.append("")
-    head = f"{'process':<7} {'buffer':<50} {'each':>10} {'x':>4} {'total':>10}  {'live in':<28} formula"
+    # Each buffer is a row of sizes, then its stages and formula wrapped under it: the
+    # table fits REPORT_WIDTH columns with no name or formula cut.
+    head = f"{'process':<7} {'buffer':<{_NAME}} {'each':>10} {'x':>4} {'total':>10}"
     lines.append(head)
-    lines.append("-" * len(head))
+    lines.append(" " * 8 + "live in (stages); formula")
+    lines.append("-" * REPORT_WIDTH)
     for group, stages in ((plan.driver, DRIVER_STAGES), (plan.worker, WORKER_STAGES),
                           (plan.gpu, GPU_STAGES)):
         for b in group:
             live = "all" if "all" in b.stages or set(stages) <= set(b.stages) else ",".join(b.stages)
-            lines.append(f"{b.process:<7} {b.name[:50]:<50} {fmt(b.each):>10} {b.count:>4} "
-                         f"{fmt(b.nbytes):>10}  {live[:28]:<28} {b.formula}")
+            name = b.name
+            if len(name) > _NAME:  # a long name gets its own line, the sizes the next
+                lines.extend(textwrap.wrap(name, REPORT_WIDTH - 8, initial_indent=f"{b.process:<7} ",
+                                           subsequent_indent=" " * 8))
+                name = ""
+            lines.append(f"{b.process:<7} {name:<{_NAME}} {fmt(b.each):>10} {b.count:>4} "
+                         f"{fmt(b.nbytes):>10}")
+            lines.extend(textwrap.wrap(f"live in {live}; {b.formula}", REPORT_WIDTH,
+                                       initial_indent=" " * 8, subsequent_indent=" " * 10,
+                                       break_on_hyphens=False))
     lines.append("")
     for who, bufs, stages in (("driver", plan.driver, DRIVER_STAGES),
                               ("each worker", plan.worker, WORKER_STAGES),
@@ -160,4 +172,21 @@ def format_plan(plan: Plan) -> str:
         per = ", ".join(f"{st} {fmt(sum(b.nbytes for b in bufs if b.live(st)))}" for st in stages)
         lines.append(f"peak of {who}: {fmt(peak(bufs, stages)[1])} (by stage: {per})")
     lines.append(("OK, " if plan.fits else "DOES NOT FIT: ") + plan.message)
-    return "\n".join(lines)
+    return _fit_width(lines)
+
+
+#: Columns of :func:`format_plan`'s report (a terminal, an sbatch log, an email).
+REPORT_WIDTH = 100
+_NAME = 60  # buffer name column: 7 + 1 + 60 + 1 + 10 + 1 + 4 + 1 + 10 = 95 columns
+
+
+def _fit_width(lines) -> str:
+    """Wrap every line longer than :data:`REPORT_WIDTH` (continuations indented 2)."""
+    out = []
+    for line in lines:
+        if len(line) <= REPORT_WIDTH:
+            out.append(line)
+        else:
+            out.extend(textwrap.wrap(line, REPORT_WIDTH, subsequent_indent="  ",
+                                     break_on_hyphens=False))
+    return "\n".join(out)

@@ -57,7 +57,9 @@ def _device(device) -> str:
 
 
 def _backend(device, backend) -> str:
-    if device == "cuda" or backend == "torch":
+    if device == "cuda":  # the Triton kernels, unless torch is asked for (kernels.choose_backend)
+        return "torch" if backend == "torch" else "triton"
+    if backend == "torch":
         return "torch"
     if backend == "c":
         return "c"
@@ -174,6 +176,8 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         train=tr, test=te, L=tr.n_cols, C=int(n_classes), threads=int(threads),
         n_workers=int(n_workers), split_every=int(split_every), device=device, backend=backend,
         torch=uses_torch, chunk_bytes=int(chunk_bytes),
+        gpu_resident=int(float(config.get("probe-dask.kernels.gpu-resident-fraction"))
+                         * gpu_memory) if gpu_memory else None,
         worker_baseline=int(worker_baseline or (WORKER_BASELINE if uses_torch else WORKER_BASELINE_NO_TORCH)),
         driver_baseline=int(driver_baseline or DRIVER_BASELINE))
     limit = int(memory_limit)
@@ -184,7 +188,10 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
 
     chunks = _work_chunks(device, backend, work_chunk)
     threads_total = max(1, int(n_workers) * int(threads))
-    cap = max(1, min(int(config.get("probe-dask.memory.max-block-nnz")), -(-tr.nnz // threads_total)))
+    # A GPU pass over a block is one launch: GPU workers take the largest blocks their GPU
+    # holds (max-gpu-block-nnz), the model keeps them under the GPU's budget.
+    max_key = "max-gpu-block-nnz" if device == "cuda" and backend == "triton" else "max-block-nnz"
+    cap = max(1, min(int(config.get(f"probe-dask.memory.{max_key}")), tr.nnz // (2 * threads_total)))  # >= 2 blocks per thread
     widest = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
     floor = max(widest, min(int(config.get("probe-dask.memory.min-block-nnz")), cap))  # rows are never split
     auto_sizes = _block_sizes(cap, floor)

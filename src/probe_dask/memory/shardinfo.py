@@ -6,7 +6,8 @@ streams its ``indptr`` out of the zip (decompressed when the member is deflated)
 seconds even for a 27 GB file and writes no store. :func:`shard_info` takes a shard in any
 form the planner accepts (a folder, an opened ``engine.shard.Shard``, a ``CSRSource``).
 :meth:`ShardInfo.blocks` cuts the rows with the fit's own planner
-(:func:`probe_dask.io.blocks.row_blocks`).
+(:func:`probe_dask.io.blocks.row_blocks`). :func:`simulated_shard_info` is a shard of given
+sizes (rows of equal width), to plan a run before its data exists.
 
 Memory per process: a :class:`ShardInfo` holds ``indptr`` (8 bytes a row: 45 MB for 5.6
 million rows) until the plan lets go of it; reading streams ``indptr`` in chunks of
@@ -27,7 +28,7 @@ from probe_dask.io.labels import open_labels
 from probe_dask.io.layout import activations_path
 from probe_dask.io.npz import member_chunks, open_npz
 
-__all__ = ["ShardInfo", "read_shard_info", "shard_info"]
+__all__ = ["ShardInfo", "read_shard_info", "shard_info", "simulated_shard_info"]
 
 
 @dataclasses.dataclass
@@ -79,6 +80,28 @@ def read_shard_info(npz_path, chunk_items: int = 2**22) -> ShardInfo:
         raise InputError(path, "indptr.npy[-1]", int(indptr[-1]), f"nnz = {header.nnz}")
     n_rows, n_cols = header.shape
     return ShardInfo(path, n_rows, n_cols, int(header.nnz), _max_row(indptr), member.compressed, indptr)
+
+
+def simulated_shard_info(nnz: int, n_cols: int, n_rows: int, name: str = "simulated") -> ShardInfo:
+    """A shard that is only sizes: ``n_rows`` rows of equal width (within one non-zero)
+    holding ``nnz`` non-zeros over ``n_cols`` latents, for planning a run before having
+    its data (``probe-dask plan --simulate-nnz ...``). Its ``indptr`` is built (8 bytes a
+    row), nothing is read.
+
+    Raises
+    ------
+    ValueError
+        When a size is not positive.
+    """
+    nnz, n_cols, n_rows = int(nnz), int(n_cols), int(n_rows)
+    if min(nnz, n_cols, n_rows) < 1:
+        raise ValueError(f"simulated shard: nnz {nnz}, latents {n_cols}, rows {n_rows}; expected >= 1")
+    # indptr[i] = floor(i nnz / n_rows), without the product overflowing int64
+    q, rem = divmod(nnz, n_rows)
+    i = np.arange(n_rows + 1, dtype=np.int64)
+    indptr = i * q + (i * rem) // n_rows
+    return ShardInfo(f"{name} ({n_rows:,} rows of ~{nnz / n_rows:.1f} non-zeros)", n_rows, n_cols,
+                     nnz, -(-nnz // n_rows), False, indptr)
 
 
 def _max_row(indptr, step=2**20) -> int:

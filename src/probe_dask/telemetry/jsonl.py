@@ -11,42 +11,55 @@ before the file's folder was known (a few events of the start of a run); nothing
 from __future__ import annotations
 
 import json
-import math
-import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["TELEMETRY_NAME", "MEMORY_PLOT_NAME", "PERFORMANCE_REPORT_NAME", "strict_json",
+from probe_dask.io.jsonsafe import strict_json
+
+__all__ = ["TELEMETRY_NAME", "MEMORY_PLOT_NAME", "PERFORMANCE_REPORT_NAME", "TELEMETRY_GLOB",
+           "strict_json", "run_stamp", "telemetry_path", "memory_plot_path", "run_telemetry",
            "read_telemetry", "JsonlWriter"]
 
+#: Names of an unstamped telemetry file and its plot (a path given by the caller).
 TELEMETRY_NAME = "probe1d_telemetry.jsonl"
 MEMORY_PLOT_NAME = "probe1d_memory.png"
 PERFORMANCE_REPORT_NAME = "probe1d_performance.html"
+#: Every run's telemetry beside the train results: ``probe1d_telemetry-<stamp>.jsonl``.
+TELEMETRY_GLOB = "probe1d_telemetry-*.jsonl"
 
 
-def strict_json(obj):
-    """``obj`` with numpy scalars and arrays made plain, NaN and infinities made None."""
-    if isinstance(obj, dict):
-        return {str(k): strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [strict_json(v) for v in obj]
-    if isinstance(obj, str):
-        return str(obj)  # a str enum (stages.Stage) becomes its value
-    if isinstance(obj, bool) or obj is None:
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    item = getattr(obj, "item", None)  # numpy scalars and 0-d arrays
-    if callable(item) and getattr(obj, "ndim", 0) == 0:
-        return strict_json(item())
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return strict_json(tolist())
-    return str(obj)
+def run_stamp(now=None) -> str:
+    """The UTC time of a run as ISO 8601 basic format, ``20261125T103000Z`` (sorts by time)."""
+    now = datetime.now(timezone.utc) if now is None else now
+    return now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def telemetry_path(folder, stamp=None) -> Path:
+    """``folder/probe1d_telemetry-<stamp>.jsonl``, a name no earlier run of ``folder`` used.
+
+    Each run keeps its own telemetry (a failing rerun must not replace the last good run's);
+    two runs started within one second get ``-<stamp>-1``, ``-2`` ...
+    """
+    folder, stamp = Path(folder), stamp or run_stamp()
+    path, n = folder / f"probe1d_telemetry-{stamp}.jsonl", 0
+    while path.exists() or memory_plot_path(path).exists():
+        n += 1
+        path = folder / f"probe1d_telemetry-{stamp}-{n}.jsonl"
+    return path
+
+
+def memory_plot_path(telemetry) -> Path:
+    """The memory plot beside a telemetry file: ``probe1d_memory<same suffix>.png``."""
+    telemetry = Path(telemetry)
+    tail = telemetry.stem.removeprefix("probe1d_telemetry") if telemetry.stem.startswith(
+        "probe1d_telemetry") else f"-{telemetry.stem}"
+    return telemetry.with_name(f"probe1d_memory{tail}.png")
+
+
+def run_telemetry(folder) -> list[Path]:
+    """Every stamped telemetry file in ``folder``, oldest first."""
+    return sorted(Path(folder).glob(TELEMETRY_GLOB), key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
 def read_telemetry(path) -> list[dict]:

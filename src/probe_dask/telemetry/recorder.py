@@ -33,7 +33,7 @@ import threading
 import time
 
 from probe_dask.stages import MEASURED, Stage
-from probe_dask.telemetry.jsonl import MEMORY_PLOT_NAME, JsonlWriter
+from probe_dask.telemetry.jsonl import JsonlWriter, memory_plot_path
 from probe_dask.telemetry.plot import plot_memory
 from probe_dask.telemetry.probes import peak_rss, reset_peak, rss, scheduler_memory, worker_memory
 from probe_dask.telemetry.state import Mark, Peaks, Roster, Sample, Timeline
@@ -90,7 +90,7 @@ class Telemetry:
         """Start writing to ``path`` (created or truncated); events so far go first."""
         path = self._writer.open(path)
         if self.plot_path is None:
-            self.plot_path = path.with_name(MEMORY_PLOT_NAME)
+            self.plot_path = memory_plot_path(path)
 
     def _elapsed(self, now=None) -> float:
         return (time.time() if now is None else now) - self.t0

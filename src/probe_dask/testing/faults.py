@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe_dask.app.job import CLASSES_NAME, METRICS_NAME
+from probe_dask.io.layout import CLASSES_NAME, METRICS_NAME
 
 __all__ = ["metrics", "assert_same_results", "Killer"]
 
@@ -27,7 +27,8 @@ def assert_same_results(dirs_a, dirs_b):
     """Both splits' probe1d_metrics.npz and the class tables are identical."""
     for a, b in zip(dirs_a, dirs_b):
         ma, mb = metrics(a), metrics(b)
-        assert set(ma) == set(mb) == {"loss", "weights", "biases", "tp", "fp", "tn", "fn"}
+        # the seven keys the notebooks read, and the per-pair converged flag
+        assert set(ma) == set(mb) == {"loss", "weights", "biases", "tp", "fp", "tn", "fn", "converged"}
         for k in ma:
             np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
     ta = json.loads((Path(dirs_a[0]) / CLASSES_NAME).read_text())["classes"]

@@ -7,7 +7,17 @@ compiler (``$CC``, else ``cc``, else ``gcc``) into a cache folder (``<cache-dir>
 compiler's version, the flags and the machine (architecture and CPU model/flags, since
 ``-march=native`` code from one node may not run on another node that shares the home
 folder). The library is written under a temporary name and renamed, so several worker
-processes may compile at once and none ever loads a half-written file. If
+processes may compile at once and none ever loads a half-written file.
+
+The key is a hash of public inputs, so anyone who can write into the cache folder could
+plant a library under the next key and have every worker load it. A library is therefore
+loaded only from a folder owned by the user, not writable by group or others, whose
+ancestors are owned by the user or root and not writable by others unless sticky
+(:func:`trusted_folder`), and only when the file itself is a regular file owned by the
+user and not writable by group or others. Builds are private (0700 folder, 0700 file):
+there is no group-shared cache. When the configured folder fails the check, the kernel is
+built into a fresh private folder instead (:func:`cache_note` says why, once, in the log).
+If
 ``-march=native`` fails a portable build is tried; if no build works,
 :func:`available` is False, :func:`unavailable_reason` says why, and
 :mod:`probe_dask.kernels` falls back to torch. Set the config key
@@ -24,11 +34,14 @@ used in place (copied only if not contiguous or of another dtype).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -45,6 +58,9 @@ __all__ = [
     "library_path",
     "library_flags",
     "load_variant",
+    "library_name",
+    "trusted_folder",
+    "cache_note",
     "fit_sums",
     "eval_sums",
 ]
@@ -57,6 +73,7 @@ VARIANTS = [["-march=native"], []]
 
 _lock = threading.Lock()
 _state: dict = {}
+logger = logging.getLogger(__name__)
 
 
 def _compiler() -> str | None:
@@ -66,10 +83,78 @@ def _compiler() -> str | None:
     return None
 
 
-def _cache_dir() -> Path:
+def _configured_cache_dir() -> Path:
     root = config.get("probe-dask.kernels.cache-dir")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "probe-dask"
     return base / "ckernel"
+
+
+def trusted_folder(folder: Path) -> str:
+    """Why nobody but the user (and root) may plant a file in ``folder``; '' when trusted.
+
+    ``folder`` must be a real folder (not a link) owned by the user and not writable by
+    group or others; each ancestor must be owned by the user or root and not writable by
+    others unless sticky (``/tmp``): otherwise someone could rename the folder away and
+    put their own in its place.
+    """
+    uid = os.getuid()
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"{folder}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{folder}: not a folder"
+    if st.st_uid != uid or st.st_mode & 0o022:
+        return (f"{folder}: owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o} "
+                "(others could plant a library; expected yours and not group/world-writable)")
+    for parent in Path(os.path.abspath(folder)).parents:
+        try:
+            pst = os.stat(parent)
+        except OSError as exc:
+            return f"{parent}: {exc.strerror}"
+        if pst.st_uid not in (uid, 0) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
+            return (f"{parent}: owned by uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o} "
+                    "(others could replace the cache folder inside it)")
+    return ""
+
+
+def _trusted_file(path: Path) -> str:
+    """'' when ``path`` is a regular file of the user's, not writable by group or others."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return (f"{path}: not a regular file of yours that only you can write "
+                f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+    return ""
+
+
+def _cache_dir() -> Path:
+    """The configured cache folder when it is (or can be made) trusted, else a private one."""
+    if "cache" in _state:
+        return _state["cache"]
+    folder = _configured_cache_dir()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        why = trusted_folder(folder)
+    except OSError as exc:
+        why = f"{folder}: {exc.strerror}"
+    if why:
+        # A fresh folder per process: nothing planted can be there, at the cost of a build.
+        private = Path(tempfile.mkdtemp(prefix="probe-dask-ckernel-"))
+        atexit.register(shutil.rmtree, private, True)
+        _state["note"] = f"C kernel cache not used: {why}; building in {private} instead"
+        logger.warning(_state["note"])
+        folder = private
+    _state["cache"] = folder
+    return folder
+
+
+def cache_note() -> str:
+    """Why the configured kernel cache was not used ('' when it was)."""
+    _cache_dir()
+    return _state.get("note", "")
 
 
 def _machine_id() -> str:
@@ -95,8 +180,8 @@ def _compiler_version(cc: str) -> str:
         return repr(exc)
 
 
-def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
-    """Compile (or reuse) one variant; returns (path or None, error text)."""
+def library_name(cc: str, flags: list[str]) -> str:
+    """File name of one build variant: ``fused-<key>.so``, the key a hash of public inputs."""
     src = SOURCE.read_bytes()
     key = hashlib.sha256(
         b"\0".join(
@@ -104,19 +189,32 @@ def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
              _machine_id().encode()]
         )
     ).hexdigest()[:24]
-    target = cache / f"fused-{key}.so"
-    if target.exists():
-        return target, ""
+    return f"fused-{key}.so"
+
+
+def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
+    """Compile (or reuse) one variant; returns (path or None, error text)."""
+    name = library_name(cc, flags)
+    target = cache / name
+    why = trusted_folder(cache) if cache.exists() else ""
+    if why:
+        return None, f"C kernel cache not used: {why}"
+    if target.exists() or target.is_symlink():
+        why = _trusted_file(target)
+        if not why:
+            return target, ""
+        logger.warning("C kernel %s not loaded: %s; rebuilding it", target, why)
     tmp = None
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".fused-{key}-", suffix=".so", dir=cache)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name[:-3]}-", suffix=".so", dir=cache)
         os.close(fd)
         cmd = cc.split() + flags + ["-o", tmp, str(SOURCE)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             return None, f"{' '.join(cmd)}: {res.stderr.strip()[-2000:]}"
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from a group-shared cache
+        # The linker may recreate its output under the umask: make it the user's alone.
+        os.chmod(tmp, 0o700)
         os.replace(tmp, target)  # atomic: readers see the old name absent or complete
         return target, ""
     except (OSError, subprocess.SubprocessError) as exc:
@@ -137,6 +235,9 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _open(path: Path) -> ctypes.CDLL:
+    why = _trusted_file(path)
+    if why:  # checked again right before loading: the folder is the user's alone
+        raise OSError(f"C kernel not loaded: {why}")
     lib = ctypes.CDLL(str(path))
     _declare(lib)
     if lib.pd_abi_version() != ABI_VERSION:
