@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,23 @@ def clean_dask_config(monkeypatch):
     dask.config.config.clear()
     dask.config.config.update(saved)
     dask.config.defaults[:] = saved_defaults
+
+
+@pytest.fixture
+def small_cpu_profile(tmp_path):
+    """``small_cpu_profile(lifetime, walltime)``: keywords of the packaged "cpu" Slurm profile
+    shrunk to this machine (1 core, 1 GiB, logs in ``tmp_path``), its worker ``--lifetime``
+    kept inside the walltime."""
+    from probe_dask.cluster import slurm_profile
+
+    root_yaml = Path(__file__).resolve().parents[1] / "jobqueue.yaml"
+
+    def profile(lifetime="12m", walltime="00:20:00", **extra):
+        _, prof = slurm_profile("cpu", jobqueue_config=root_yaml)
+        args = list(prof["worker_extra_args"])
+        args[args.index("--lifetime") + 1] = lifetime
+        args[args.index("--lifetime-stagger") + 1] = "1m"
+        return dict(cores=1, memory="1GiB", walltime=walltime, worker_extra_args=args,
+                    log_directory=str(tmp_path), **extra)
+
+    return profile

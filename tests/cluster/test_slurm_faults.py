@@ -36,16 +36,6 @@ def _clean_config(clean_dask_config):
     yield
 
 
-def small_cpu(tmp_path):
-    """The cpu profile shrunk to this machine (lifetime kept inside walltime)."""
-    _, prof = C.slurm_profile("cpu", jobqueue_config=ROOT_YAML)
-    args = list(prof["worker_extra_args"])
-    args[args.index("--lifetime") + 1] = "12m"
-    args[args.index("--lifetime-stagger") + 1] = "1m"
-    return dict(cores=1, memory="1GiB", walltime="00:20:00", worker_extra_args=args,
-                log_directory=str(tmp_path), scheduler_options={"dashboard_address": ":0"})
-
-
 def squeue(job_ids):
     out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
                          capture_output=True, text=True, check=False).stdout
@@ -57,7 +47,7 @@ def job_of_workers(client) -> dict:
     return client.run(os.getenv, "SLURM_JOB_ID")
 
 
-def test_scancel_worker_job_mid_fit_same_results(slurm, tmp_path, capsys):
+def test_scancel_worker_job_mid_fit_same_results(slurm, tmp_path, capsys, small_cpu_profile):
     run = make_run(tmp_path / "data", n_train_examples=24, n_test_examples=8,
                    tokens_per_example=128, d_sae=512, n_classes=24, mean_nnz_per_row=48,
                    seed=5, n_planted=6)
@@ -70,7 +60,7 @@ def test_scancel_worker_job_mid_fit_same_results(slurm, tmp_path, capsys):
     report = []
     t0 = time.perf_counter()
     with C.make_cluster("slurm:cpu", minimum_jobs=2, maximum_jobs=2, jobqueue_config=ROOT_YAML,
-                        **small_cpu(tmp_path)) as (cluster, client):
+                        **small_cpu_profile(scheduler_options={"dashboard_address": ":0"})) as (cluster, client):
         report.append(f"2 Slurm worker jobs ready in {time.perf_counter() - t0:.1f} s")
         t1 = time.perf_counter()
         ref = job(client, tmp_path / "ref")

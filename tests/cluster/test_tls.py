@@ -35,16 +35,6 @@ def _clean_config(clean_dask_config):
     yield
 
 
-def small_cpu(tmp_path):
-    """The cpu profile shrunk to this machine (lifetime kept inside walltime)."""
-    _, prof = C.slurm_profile("cpu", jobqueue_config=ROOT_YAML)
-    args = list(prof["worker_extra_args"])
-    args[args.index("--lifetime") + 1] = "8m"
-    args[args.index("--lifetime-stagger") + 1] = "1m"
-    return dict(cores=1, memory="1GiB", walltime="00:10:00", worker_extra_args=args,
-                log_directory=str(tmp_path))
-
-
 def tiny(tmp_path):
     return make_run(tmp_path / "data", n_train_examples=8, n_test_examples=4,
                     tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,
@@ -78,7 +68,8 @@ def tls_without_certificate(address, ca_pem) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
-def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, capsys):
+def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, capsys,
+                                                          small_cpu_profile):
     import dask
 
     creds = tmp_path / "creds"
@@ -87,7 +78,7 @@ def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, cap
     inputs = open_inputs(run.run_dir, run.train_shard, run.test_shard,
                          out_dirs=[tmp_path / "train", tmp_path / "test"])
     with C.make_cluster("slurm:cpu", jobs=1, jobqueue_config=ROOT_YAML,
-                        **small_cpu(tmp_path)) as (cluster, client):
+                        **small_cpu_profile("8m", "00:10:00")) as (cluster, client):
         address = cluster.scheduler_address
         assert address.startswith("tls://"), address
         script = cluster.job_script()

@@ -12,12 +12,12 @@ Memory: nothing kept.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import os
 import socket
 from urllib.parse import urlsplit
 
 from probe_dask import config
+from probe_dask.cluster.network import is_loopback_host
 
 __all__ = ["dashboard_address", "ssh_tunnel_hint"]
 
@@ -25,15 +25,6 @@ __all__ = ["dashboard_address", "ssh_tunnel_hint"]
 def dashboard_address(value: str | None = None) -> str:
     """``value``, else ``probe-dask.cluster.dashboard-address`` (loopback by default)."""
     return value or config.get("probe-dask.cluster.dashboard-address") or "127.0.0.1:8787"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ssh_tunnel_hint(dashboard_link: str | None, local_port: int = 8787, env=None,
@@ -67,7 +58,7 @@ def ssh_tunnel_hint(dashboard_link: str | None, local_port: int = 8787, env=None
         return None
     env = os.environ if env is None else env
     host = parts.hostname or "127.0.0.1"
-    target = "127.0.0.1" if _is_loopback(host) or host == "0.0.0.0" else host
+    target = "127.0.0.1" if is_loopback_host(host) or host == "0.0.0.0" else host
     if ":" in target:
         target = f"[{target}]"
     user = getpass.getuser()

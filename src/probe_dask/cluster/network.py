@@ -9,6 +9,7 @@ Memory: nothing kept; each call runs ``sinfo`` again.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -115,3 +116,13 @@ def detect_interface(partition: str | None = None) -> tuple[str | None, bool]:
                 if mine in ips:
                     return name, False
     return None, False
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this host's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

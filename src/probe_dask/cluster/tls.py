@@ -25,7 +25,6 @@ per credentials folder.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import stat
@@ -38,6 +37,7 @@ import dask.config
 from distributed.security import Security
 
 from probe_dask import config
+from probe_dask.cluster.network import is_loopback_host
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["run_credentials", "watch_credentials", "release_credentials", "job_security", "address_security",
@@ -119,12 +119,7 @@ def job_security(cluster):
 def is_loopback_address(address: str) -> bool:
     """Whether a ``scheme://host:port`` address names this host's loopback."""
     host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def address_security(address: str) -> tuple[Security | None, str | None]:
