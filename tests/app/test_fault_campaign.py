@@ -13,7 +13,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from probe_dask.app.job import CHECKPOINT_NAME, open_inputs, run_job
-from probe_dask.testing.faults import Killer, assert_same_results
+from probe_dask.testing.faults import Killer, assert_same_results, checkpoint_pass
 from probe_dask.testing.runner import popen_cli, run_cli
 from probe_dask.testing.synthetic import make_run
 
@@ -34,15 +34,6 @@ def _job(client, run, out, callbacks=None):
     inputs = open_inputs(run.run_dir, run.train_shard, run.test_shard, block_nnz=BLOCK_NNZ,
                          out_dirs=[out / "train", out / "test"])
     return run_job(client, inputs, max_iter=MAX_ITER, callbacks=callbacks, log=lambda m: None)
-
-
-def _checkpoint_pass(path) -> int:
-    import numpy as np
-    try:
-        with np.load(path) as f:
-            return int(f["n_iter"])
-    except (OSError, KeyError, ValueError, EOFError):
-        return -1
 
 
 @pytest.mark.slow
@@ -97,11 +88,11 @@ def test_fault_campaign_same_results(run, tmp_path, capsys):
                      start_new_session=True)
     ckpt = out / run.train_id / CHECKPOINT_NAME
     deadline = time.monotonic() + 120
-    while _checkpoint_pass(ckpt) < 2:
+    while checkpoint_pass(ckpt) < 2:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.01)
-    at = _checkpoint_pass(ckpt)
+    at = checkpoint_pass(ckpt)
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     try:

@@ -24,9 +24,15 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 
-from probe_dask.app.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
+from probe_dask.app.job import (
+    CHECKPOINT_NAME,
+    CLASSES_NAME,
+    METRICS_NAME,
+    open_inputs,
+    run_job,
+)
 from probe_dask.io.store import open_csr
-from probe_dask.testing.faults import Killer, assert_same_results
+from probe_dask.testing.faults import Killer, assert_same_results, checkpoint_pass
 from probe_dask.testing.runner import assert_one_error_line, popen_cli, run_cli
 from probe_dask.testing.synthetic import make_run
 
@@ -101,15 +107,6 @@ def copy_run(run, dest) -> dict:
                  "--test-shards", str(r["test"]), "--workers", "1", "--threads", "1",
                  "--max-iter", str(MAX_ITER), "--block-nnz", str(BLOCK_NNZ)]
     return r
-
-
-def checkpoint_pass(path) -> int:
-    """n_iter stored in a checkpoint; -1 when absent (it is renamed into place whole)."""
-    try:
-        with np.load(path) as f:
-            return int(f["n_iter"])
-    except (OSError, KeyError, ValueError, EOFError):
-        return -1
 
 
 def kill_tree(proc: subprocess.Popen) -> list:

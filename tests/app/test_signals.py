@@ -19,6 +19,7 @@ import scipy.sparse
 
 from probe_dask.app.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs
 from probe_dask.io.tempfiles import HOST
+from probe_dask.testing.faults import checkpoint_pass
 from probe_dask.testing.runner import popen_cli, run_cli
 from probe_dask.testing.synthetic import make_run
 
@@ -43,14 +44,6 @@ def copy_run(run, dest) -> dict:
                  "--workers", "1", "--threads", "1", "--max-iter", MAX_ITER,
                  "--block-nnz", BLOCK_NNZ, "--no-telemetry"]
     return r
-
-
-def checkpoint_pass(path) -> int:
-    try:
-        with np.load(path) as f:
-            return int(f["n_iter"])
-    except (OSError, KeyError, ValueError, EOFError):
-        return -1
 
 
 def assert_same_results(dirs_a, dirs_b):

@@ -15,7 +15,7 @@ import numpy as np
 
 from probe_dask.io.layout import CLASSES_NAME, METRICS_NAME
 
-__all__ = ["metrics", "assert_same_results", "Killer"]
+__all__ = ["metrics", "assert_same_results", "checkpoint_pass", "Killer"]
 
 
 def metrics(out_dir) -> dict:
@@ -34,6 +34,16 @@ def assert_same_results(dirs_a, dirs_b):
     ta = json.loads((Path(dirs_a[0]) / CLASSES_NAME).read_text())["classes"]
     tb = json.loads((Path(dirs_b[0]) / CLASSES_NAME).read_text())["classes"]
     assert ta == tb
+
+
+def checkpoint_pass(path) -> int:
+    """The pass a checkpoint holds (its ``n_iter``); -1 while there is none (it is renamed
+    into place whole, so a file that exists is complete)."""
+    try:
+        with np.load(path) as f:
+            return int(f["n_iter"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return -1
 
 
 class Killer:
