@@ -21,6 +21,7 @@ from scipy.special import expit
 
 from probe_dask import kernels as K
 from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock
+from probe_dask.testing.reference import subset_pairs
 
 BACKENDS = ["torch", "c"]
 F32 = 2.0**-24
@@ -61,13 +62,6 @@ def make_data(seed=0, n_rows=300, n_lat=14, n_cls=5, big=False, negative=True):
             break
         b += close.any(axis=0) * 1e-3
     return X, labels, b, w
-
-
-def subset_pairs(b, w, keep):
-    """ActivePairs for the (L, C) mask ``keep`` (latent-major, classes ascending)."""
-    lat, cls = np.nonzero(keep)
-    ptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
-    return ActivePairs(ptr, cls.astype(np.int32), b[lat, cls].copy(), w[lat, cls].copy())
 
 
 def reference(X, labels, pairs):

@@ -26,6 +26,7 @@ from probe_dask.kernels import ckernel  # noqa: E402
 from probe_dask import kernels as K  # noqa: E402
 from probe_dask.kernels import triton_backend as T  # noqa: E402
 from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock  # noqa: E402
+from probe_dask.testing.reference import subset_pairs  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -56,13 +57,6 @@ def make_data(seed=0, n_rows=120, n_lat=8, n_cls=5, big=False):
             break
         b += close.any(axis=0) * 1e-3
     return sp.csr_matrix(vals), labels, b, w
-
-
-def subset_pairs(b, w, keep):
-    """ActivePairs of the (L, C) mask ``keep``, latent-major."""
-    lat, cls = np.nonzero(keep)
-    ptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
-    return ActivePairs(ptr, cls.astype(np.int32), b[lat, cls].copy(), w[lat, cls].copy())
 
 
 def reference(X, labels, pairs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import scipy.sparse as sp
 
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.blocks import ActivePairs, LabelSums
 from probe_dask.io.layout import activations_path
 
 
@@ -285,3 +285,10 @@ def dense_metrics(X, y, b, w):
         counts["tn"][l] = (~pred & (Y == 0)).sum(0)
         counts["fn"][l] = (~pred & (Y == 1)).sum(0)
     return loss, counts
+
+
+def subset_pairs(b, w, keep):
+    """``ActivePairs`` of the (L, C) mask ``keep`` (latent-major, classes ascending)."""
+    lat, cls = np.nonzero(keep)
+    ptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+    return ActivePairs(ptr, cls.astype(np.int32), b[lat, cls].copy(), w[lat, cls].copy())
