@@ -8,9 +8,11 @@ size:
 - ``probe-dask fit`` once per run (each pays the interpreter start, imports, the cluster
   start, the label scans and the kernel load);
 - ``probe-dask sweep`` over the same runs in fresh copies of the run folders (one cluster,
-  workers kept warm, each shard's labels scanned once);
+  workers kept warm, each shard's labels scanned once), overlapping runs as the memory plan
+  allows, and again with ``--concurrent-runs 1`` (one after the other);
 
-and prints both wall times and their ratio (target: sweep / separate <= 0.7).
+and prints the wall times and the ratio of the overlapping sweep to the separate fits
+(target: <= 0.7), and that of the one-after-the-other sweep.
 
     python benchmarks/bench_sweep.py [--runs 6] [--train-examples 96] [--workdir /tmp] [--keep]
 
@@ -70,6 +72,7 @@ def measure(args, work: Path) -> dict:
     runs = make_runs(args, work)
     made = time.perf_counter() - t0
     shutil.copytree(work / "runs", work / "runs-sweep")
+    shutil.copytree(work / "runs", work / "runs-sweep1")
     cluster = ("--workers", str(args.workers), "--threads", "1", "--max-iter", str(args.max_iter),
                "--no-telemetry")
     separate = []
@@ -79,24 +82,33 @@ def measure(args, work: Path) -> dict:
         if proc.returncode != 0:
             sys.exit(f"fit failed: {proc.stderr[-2000:]}")
         separate.append(proc.seconds)
-    sweep_file = work / "sweep.json"
-    sweep_file.write_text(json.dumps([{**c, "run": c["run"].replace("/runs/", "/runs-sweep/")}
-                                      for c in runs]))
-    proc = run_cli("sweep", sweep_file, *cluster, timeout=3600)
-    if proc.returncode != 0:
-        sys.exit(f"sweep failed: {proc.stderr[-2000:]}")
-    ratio = proc.seconds / sum(separate)
+    sweeps = {}
+    for name, folder, flags in (("overlapping", "runs-sweep", ()),
+                                ("one after the other", "runs-sweep1", ("--concurrent-runs", "1"))):
+        sweep_file = work / f"{folder}.json"
+        sweep_file.write_text(json.dumps([{**c, "run": c["run"].replace("/runs/", f"/{folder}/")}
+                                          for c in runs]))
+        proc = run_cli("sweep", sweep_file, *cluster, *flags, timeout=3600)
+        if proc.returncode != 0:
+            sys.exit(f"sweep failed: {proc.stderr[-2000:]}")
+        at_once = next((line.split("sweep: ", 1)[1].split(" (")[0]
+                        for line in proc.stderr.splitlines() if " at once " in line), "1 run at once")
+        sweeps[name] = (proc.seconds, at_once)
+    proc_seconds = sweeps["overlapping"][0]
+    ratio = proc_seconds / sum(separate)
     print(common.machine_line())
     print(f"{args.runs} runs over one pair of shards ({args.train_examples} train images x 256 "
           f"patches, {args.d_sae} latents, 151 classes), made in {made:.1f} s\n")
     common.print_table(["what", "wall s"],
                        [*[[f"probe-dask fit, run {i}", f"{s:.1f}"] for i, s in enumerate(separate)],
                         [f"sum of {args.runs} fits", f"{sum(separate):.1f}"],
-                        [f"probe-dask sweep of {args.runs}", f"{proc.seconds:.1f}"]])
-    print(f"\nratio sweep / separate fits: {ratio:.2f} (target <= 0.7)")
+                        *[[f"probe-dask sweep of {args.runs}, {name} ({at_once})", f"{sec:.1f}"]
+                          for name, (sec, at_once) in sweeps.items()]])
+    print(f"\nratio sweep / separate fits: {ratio:.2f} (target <= 0.7); one run after the "
+          f"other: {sweeps['one after the other'][0] / sum(separate):.2f}")
     return {"machine": common.machine(), "runs": args.runs, "train_examples": args.train_examples,
-            "d_sae": args.d_sae, "separate_seconds": separate, "sweep_seconds": proc.seconds,
-            "ratio": ratio}
+            "d_sae": args.d_sae, "separate_seconds": separate, "sweep_seconds": proc_seconds,
+            "sweep_one_at_a_time_seconds": sweeps["one after the other"][0], "ratio": ratio}
 
 
 if __name__ == "__main__":

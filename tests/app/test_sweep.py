@@ -90,6 +90,7 @@ def test_sweep_equals_each_run_alone(swept, local_client, tmp_path):
         assert_close(out_dirs(cfg), alone)
     latents = [metrics(out_dirs(c)[0])["loss"].shape[0] for c in runs]
     assert latents == [128, 256, 128]
+    assert "sweep: 2 runs at once" in proc.stderr  # overlapping (the plans fit together)
     for i in range(3):
         assert f"sweep [{i + 1}/3] run {i} (run-{'abc'[i]}): started" in proc.stderr
         assert f"sweep [{i + 1}/3] run {i} (run-{'abc'[i]}): finished" in proc.stderr
@@ -138,6 +139,21 @@ def test_rerun_skips_every_run_without_touching_results(swept):
     assert [f.stat().st_mtime_ns for f in files] == before
 
 
+def test_rerun_with_another_ridge_is_refused_naming_the_run(swept, tmp_path):
+    root, runs, _, _ = swept
+    files = result_files(runs)
+    before = [f.stat().st_mtime_ns for f in files]
+    changed = [dict(r) for r in runs]
+    changed[1]["ridge"] = 1e-4
+    sweep = write_json_sweep(tmp_path, changed)
+    proc = run_cli("sweep", sweep, *CLUSTER, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "run 1 (run-b)" in line and "ridge 1e-08 (this sweep: 0.0001)" in line, line
+    assert str(out_dirs(runs[1])[0]) in line
+    assert [f.stat().st_mtime_ns for f in files] == before
+
+
 def test_labels_read_once_per_shard(tmp_path, monkeypatch):
     root, runs = make_sweep(tmp_path)
     reads = {}
@@ -178,11 +194,13 @@ def test_command_line_wins_over_the_file(tmp_path):
     assert [x["ridge"] for x in s] == [1e-3, 1e-8]  # the file's ridge where no flag says otherwise
 
 
-def test_sigterm_then_rerun_gives_the_same_results(swept, tmp_path):
+@pytest.mark.parametrize("at_once", ["1", "2"])
+def test_sigterm_then_rerun_gives_the_same_results(swept, tmp_path, at_once):
     _, ref_runs, _, _ = swept
     root, runs = make_sweep(tmp_path)
     sweep = write_json_sweep(root, runs)
-    proc = popen_cli("sweep", sweep, *CLUSTER, stderr=subprocess.PIPE, text=True)
+    proc = popen_cli("sweep", sweep, *CLUSTER, "--concurrent-runs", at_once,
+                     stderr=subprocess.PIPE, text=True)
     lines = []
 
     def watch():

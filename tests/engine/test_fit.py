@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+import dask
+
+from probe_dask.engine.passes import block_groups, coalesce_blocks
 from probe_dask.engine.shard import open_shard
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
@@ -79,11 +82,32 @@ def test_resume_from_checkpoint_gives_same_result(local_client, tiny_run, tmp_pa
 
 
 def test_streaming_blocks_equal_persisted(local_client, tiny_run):
-    _, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
+    shard, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
     _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False)
     assert kept.persisted_ and not streamed.persisted_
-    np.testing.assert_array_equal(kept.coef_, streamed.coef_)
-    np.testing.assert_array_equal(kept.intercept_, streamed.intercept_)
+    # persisted blocks are joined per worker thread (join-nnz): the same sums, other order
+    assert len(kept.blocks_) < len(shard.row_blocks) == len(streamed.blocks_)
+    np.testing.assert_allclose(kept.coef_, streamed.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(kept.intercept_, streamed.intercept_, rtol=1e-9, atol=1e-12)
+    assert kept.n_iter_ == streamed.n_iter_
+
+
+def test_joined_blocks_keep_the_groups_of_a_pass():
+    """``coalesce_blocks``: every group's blocks in the same number of joined units, so the
+    pass's grouping of the joined list is the grouping of the blocks."""
+    for n_blocks, groups, per_unit in ((100, 2, 79), (7, 3, 2), (10, 4, 100), (5, 5, 3),
+                                       (33, 4, 1)):
+        blocks = [dask.delayed(int)(i, dask_key_name=("b", i)) for i in range(n_blocks)]
+        units = coalesce_blocks(blocks, groups, per_unit)
+        got = [sorted(k[1] for k in u.__dask_graph__() if isinstance(k, tuple) and k[0] == "b")
+               for u in units]
+        want_groups = [list(r) for r in block_groups(n_blocks, groups)]
+        got_groups = [sorted(i for u in r for i in got[u])
+                      for r in block_groups(len(units), groups)]
+        assert got_groups == want_groups, (n_blocks, groups, per_unit)
+        assert max(len(g) for g in got) <= max(per_unit, 1)
+        if per_unit <= 1:
+            assert units == blocks
 
 
 def test_sparse_reference_agrees_with_dense_reference(tiny_run):
@@ -148,7 +172,9 @@ def test_persist_false_keeps_no_block_on_the_workers(local_client, tiny_run):
         kept.fit(shard.X, shard.y, n_classes=8)
     held = [str(key) for keys in local_client.has_what().values() for key in keys]
     assert kept.persisted_ is True
-    assert len({key for key in held if "latent-block" in key}) == len(shard.row_blocks)
+    # the row blocks, joined per worker thread: only the joined blocks stay
+    assert len({key for key in held if "latent-block" in key}) == len(kept.blocks_)
+    assert len(kept.blocks_) == kept.worker_threads_ < len(shard.row_blocks)
 
 
 def test_convergence_warning_when_max_iter_leaves_pairs_active(local_client, tiny_run):
@@ -172,8 +198,10 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
     cache = resident.device_cache()
     cache.clear()
     fits = {}
+    # join-nnz 1: the blocks stay apart, so that the cache is seen working on several
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client, \
+            dask.config.set({"probe-dask.engine.join-nnz": 1}):
         for backend in ("c", "triton"):
             hits, misses = cache.hits, cache.misses
             with warnings.catch_warnings():
@@ -190,3 +218,21 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
         np.testing.assert_allclose(getattr(fits["triton"], attr), getattr(fits["c"], attr),
                                    rtol=0, atol=1e-6)
     cache.clear()
+
+
+def test_triton_fit_streams_blocks_read_from_disk(tiny_run, triton_kernels):
+    """persist=False on the Triton backend: every pass reads the blocks and streams them to
+    the device one ahead (``kernels.streaming``); the same fit as the C kernel's."""
+    shard = open_shard(tiny_run.run_dir, tiny_run.train_shard, block_nnz=6000)
+    fits = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        for backend in ("c", "triton"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fits[backend] = ProbeFitter(max_iter=3, backend=backend, persist=False,
+                                            client=client).fit(shard.X, shard.y, n_classes=8)
+    assert not fits["triton"].persisted_ and len(shard.row_blocks) >= 2
+    for attr in ("coef_", "intercept_"):
+        np.testing.assert_allclose(getattr(fits["triton"], attr), getattr(fits["c"], attr),
+                                   rtol=0, atol=1e-6)

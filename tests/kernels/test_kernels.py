@@ -211,6 +211,37 @@ def test_block_additivity_and_event_order(backend):
         assert _rel_err(one, fn(shuffled, pairs, "cpu", backend=backend)) <= 1e-12
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_adds_each_block_into_one_array(backend):
+    """``out=``: a pass adds its blocks into one partial; the same sums as adding partials."""
+    _need(backend)
+    X, labels, b, w = make_data(6, n_rows=400)
+    pairs = subset_pairs(b, w, np.random.default_rng(1).random(b.shape) < 0.6)
+    cuts = [0, 120, 121, 400]
+    blocks = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in zip(cuts[:-1], cuts[1:])]
+    for fn in (K.fit_sums, K.eval_sums):
+        added = sum(fn(blk, pairs, "cpu", backend=backend) for blk in blocks)
+        out = fn(blocks[0], pairs, "cpu", backend=backend)
+        for blk in blocks[1:]:
+            assert fn(blk, pairs, "cpu", backend=backend, out=out) is out
+        assert _rel_err(added, out) <= 1e-12
+        with pytest.raises(ValueError, match="out: expected"):
+            fn(blocks[0], pairs, "cpu", backend=backend, out=out[:, :-1])
+
+
+def test_concat_equals_the_block_of_the_stacked_rows():
+    X, labels, _, _ = make_data(7, n_rows=300)
+    cuts = [0, 50, 50, 51, 300]
+    parts = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in zip(cuts[:-1], cuts[1:])]
+    joined, whole = LatentBlock.concat(parts), LatentBlock.from_csr(X, labels)
+    for name in ("latent_ptr", "rows", "values", "labels"):
+        got, want = getattr(joined, name), getattr(whole, name)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    with pytest.raises(ValueError, match="latents"):
+        LatentBlock.concat([parts[0], LatentBlock.from_csr(X[:, :5], labels)])
+
+
 def test_torch_chunking_does_not_change_results():
     X, labels, b, w = make_data(6)
     pairs = ActivePairs.all_pairs(b, w)

@@ -280,6 +280,7 @@ def _cmd_sweep(args):
             result = run_sweep(client, entries, summary_dir=summary_dir, restart=args.restart,
                                backend=args.kernel,
                                fail_fast=args.fail_fast, log=_log,
+                               concurrent=args.concurrent_runs,
                                telemetry_interval=args.telemetry_interval if args.telemetry else None)
     except KeyboardInterrupt:  # SIGTERM/SIGINT: main's stop line names the run's checkpoint
         stopped = [e for e in entries if e.status == "stopped"]

@@ -120,7 +120,8 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=No
 
 def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
             restart=False, progress=False, callbacks=None, log=print,
-            memory_plan=True, backend="auto", class_names=None) -> JobResult:
+            memory_plan=True, backend="auto", class_names=None,
+            capture_warnings=True) -> JobResult:
     """Fit on the train shard, evaluate on both shards, write results.
 
     Parameters
@@ -147,6 +148,10 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     class_names : list of str, optional
         One name per class (``--class-names FILE``), stored in ``probe1d_classes.json``
         for ``load_results`` and ``probe-dask report``.
+    capture_warnings : bool
+        Catch the fit's ``ConvergenceWarning`` (pairs left unconverged are logged as one
+        line either way). Warning filters are process-wide and not thread-safe: a caller
+        running jobs in threads (``app.sweep``) passes False and filters them once itself.
 
     Returns
     -------
@@ -185,15 +190,18 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())], client=client)
     t1 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    if capture_warnings:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
+        for caught_warning in caught:  # ConvergenceWarning: the log line below says it
+            if not issubclass(caught_warning.category, ConvergenceWarning):
+                warnings.warn_explicit(caught_warning.message, caught_warning.category,
+                                       caught_warning.filename, caught_warning.lineno)
+    else:
         fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
-    for caught_warning in caught:  # max_iter reached: one loud line of the log, the job goes on
-        if issubclass(caught_warning.category, ConvergenceWarning):
-            log(unconverged_warning(fitter))
-        else:
-            warnings.warn_explicit(caught_warning.message, caught_warning.category,
-                                   caught_warning.filename, caught_warning.lineno)
+    if fitter.state_.n_active:  # max_iter reached: one loud line of the log, the job goes on
+        log(unconverged_warning(fitter))
     seconds["fit"] = time.perf_counter() - t1
     b, w = fitter.intercept_, fitter.coef_
 
@@ -224,7 +232,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         "n_latents": train.n_latents, "n_classes": n_classes,
         "train_rows": train.n_rows, "test_rows": test.n_rows,
         "train_nnz": train.nnz, "test_nnz": test.nnz,
-        "solver_passes": fitter.n_iter_, "ridge": ridge,
+        "solver_passes": fitter.n_iter_, "ridge": ridge, "max_iter": max_iter,
         "pairs": int(b.size), "converged_pairs": int(fitter.converged_.sum()),
         # [pass, pairs still active after it] of the passes this process made (a resumed
         # fit: those after the checkpoint): the report's passes-per-pair curve.

@@ -139,6 +139,9 @@ def add_sweep_parser(sub, func):
     sweep.add_argument("--out", metavar="DIR", default=None,
                        help="folder of sweep_summary.csv and sweep_best.csv (default: beside FILE)")
     sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    sweep.add_argument("--concurrent-runs", type=positive_int, default=None, metavar="N",
+                       help="fit N runs at once (default: as many as the memory plan allows, "
+                            "at most probe-dask.sweep.max-concurrent-runs; 1: one after the other)")
     add_cluster_flags(sweep)
     add_fit_flags(sweep)
     add_telemetry_flags(sweep)

@@ -125,7 +125,10 @@ class Progress:
         elif stage == Stage.LABEL_COUNTS_START:
             self._t0["labels"] = time.perf_counter()
             self._open_bar("label pass", 1, "pass")
-            self._line(f"label pass: {info.get('n_blocks', '?')} blocks")
+            joined = info.get("n_joined", info.get("n_blocks"))
+            self._line(f"label pass: {info.get('n_blocks', '?')} blocks"
+                       + (f", kept as {joined} joined blocks" if joined != info.get("n_blocks")
+                          else ""))
         elif stage == Stage.RESUMED:
             self._line(f"resumed at solver pass {info.get('n_iter')}")
         elif stage == Stage.FIT_START:

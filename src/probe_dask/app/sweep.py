@@ -1,9 +1,12 @@
-"""A sweep: many runs, validated up front, fitted back to back on one cluster.
+"""A sweep: many runs, validated up front, fitted on one cluster, overlapping when memory allows.
 
 ``probe-dask sweep FILE`` reads the runs (:mod:`probe_dask.app.sweepfile`), validates every
 one with :func:`probe_dask.app.job.open_inputs` before the first fit (a bad path in run 37
-costs seconds, not hours), then fits them one after the other with
-:func:`probe_dask.app.job.run_job` on one client whose workers stay warm. What runs share is
+costs seconds, not hours), then fits them with :func:`probe_dask.app.job.run_job` on one
+client whose workers stay warm: as many at once as their memory plans allow together
+(:func:`overlapping_runs`, at most ``probe-dask.sweep.max-concurrent-runs``), each in a
+thread of the driver, so that the workers compute one run's pass while another run's
+driver steps, evaluates or writes; else one after the other. What runs share is
 done once: a shard's labels are scanned once per process (``io.labels`` keeps each file's
 histogram), the cluster is started once, imports and the C kernel are paid once.
 
@@ -14,22 +17,33 @@ or SIGTERM through the CLI's ``app.signals.graceful_stop``) stops the sweep afte
 the run in progress ``stopped`` (its checkpoint stays). The summary (:mod:`probe_dask.app.sweep_summary`)
 is written at the end, also when the sweep fails or is stopped.
 
+A stop (SIGTERM, Ctrl-C) with overlapping runs lets each running run reach its next stage
+(the end of its pass in flight: its checkpoint is then whole) and starts no other.
+
 Memory per process: the driver holds every run's ``JobInputs`` (paths, row ranges and small
-dask graphs) and one run's solver state at a time; workers hold what ``run_job`` says.
+dask graphs) and the solver state of each running run; workers hold what ``run_job`` says,
+for each running run (the plans are added up before runs overlap).
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import dask
+import psutil
 
 from probe_dask.app.job import JobInputs, open_inputs, run_job
 from probe_dask.app.sweep_summary import write_summary
 from probe_dask.app.sweepfile import SweepRun
+from probe_dask import config
 from probe_dask.engine.workers import task_resources
-from probe_dask.errors import ProbeDaskError
+from probe_dask.errors import ConvergenceWarning, ProbeDaskError
 from probe_dask.io.layout import (
     ACTIVATIONS_NAME,
     CHECKPOINT_NAME,
@@ -39,18 +53,20 @@ from probe_dask.io.layout import (
     require_dir,
     require_file,
 )
+from probe_dask.memory.live import plan_job
+from probe_dask.memory.report import format_size
 from probe_dask.telemetry import Telemetry, telemetry_path
 
-__all__ = ["SweepEntry", "SweepResult", "result_dirs", "is_complete", "validate_sweep",
-           "run_sweep"]
+__all__ = ["SweepEntry", "SweepResult", "RUN_DEFAULTS", "result_dirs", "is_complete",
+           "validate_sweep", "run_sweep"]
 
 
 @dataclass
 class SweepEntry:
     """One run of a sweep and what the sweep knows of it.
 
-    ``status`` is ``pending`` (to fit), ``skipped`` (results exist), ``finished``,
-    ``failed`` (``error`` says why) or ``stopped`` (SIGTERM or Ctrl-C during it).
+    ``status`` is ``pending`` (to fit), ``running``, ``skipped`` (results exist),
+    ``finished``, ``failed`` (``error`` says why) or ``stopped`` (SIGTERM or Ctrl-C during it).
     """
 
     run: SweepRun
@@ -87,10 +103,38 @@ def _named(sweep_file, run: SweepRun, err: Exception) -> ProbeDaskError:
     return ProbeDaskError(f"{sweep_file}: {run.label}: {err}")
 
 
+#: What a run fits with when neither its sweep entry nor the command line says.
+RUN_DEFAULTS = {"ridge": 1e-8, "max_iter": 30}
+
+
+def _stored_settings_differ(run: SweepRun, out_dirs) -> str:
+    """Why the result set in ``out_dirs`` is not this run's ('' when it is): a ridge other
+    than the run's, or a max_iter other than the run's while pairs were left unconverged."""
+    path = Path(out_dirs[0]) / CLASSES_NAME
+    try:
+        summary = json.loads(path.read_text()).get("summary", {})
+    except (OSError, ValueError) as exc:
+        return f"{path}: unreadable ({exc}); expected the summary of a finished run"
+    want = {k: run.options.get(k, v) for k, v in RUN_DEFAULTS.items()}
+    differ = []
+    if summary.get("ridge") != want["ridge"]:
+        differ.append(f"ridge {summary.get('ridge')} (this sweep: {want['ridge']})")
+    unconverged = summary.get("converged_pairs") != summary.get("pairs")
+    if unconverged and summary.get("max_iter", want["max_iter"]) != want["max_iter"]:
+        differ.append(f"max_iter {summary.get('max_iter')} with pairs unconverged "
+                      f"(this sweep: {want['max_iter']})")
+    if not differ:
+        return ""
+    return (f"{path}: results fitted with {', '.join(differ)}; move or delete them to refit "
+            "this run, or give it the settings they were fitted with")
+
+
 def validate_sweep(sweep_file, runs, *, log=print) -> list[SweepEntry]:
     """Check every run before any fit; open the inputs of every run still to fit.
 
-    Runs whose result set exists are marked ``skipped`` and not opened. The others are
+    Runs whose result set exists are marked ``skipped`` and not opened, when the results
+    were fitted with the run's settings (ridge; max_iter where pairs were left
+    unconverged); results of other settings stop the sweep here. The others are
     checked in two rounds: first the paths of every run (seconds for any number of runs),
     then :func:`~probe_dask.app.job.open_inputs` for each (shapes, labels, the npz itself,
     the output folders).
@@ -103,6 +147,9 @@ def validate_sweep(sweep_file, runs, *, log=print) -> list[SweepEntry]:
     entries = [SweepEntry(r, result_dirs(r)) for r in runs]
     for e in entries:
         if is_complete(e.out_dirs) and not (e.out_dirs[0] / CHECKPOINT_NAME).exists():
+            why = _stored_settings_differ(e.run, e.out_dirs)
+            if why:
+                raise ProbeDaskError(f"{sweep_file}: {e.run.label}: {why}")
             e.status = "skipped"
     todo = [e for e in entries if e.status == "pending"]
     for e in todo:  # round 1: paths only
@@ -130,31 +177,69 @@ def validate_sweep(sweep_file, runs, *, log=print) -> list[SweepEntry]:
     return entries
 
 
-def _eta(done_seconds, remaining) -> str:
+def _eta(done_seconds, remaining, width=1) -> str:
     if not remaining:
         return "ETA 0 s"
     if not done_seconds:
         return "ETA after the first fit"
-    return f"ETA {sum(done_seconds) / len(done_seconds) * remaining:.0f} s"
+    return f"ETA {sum(done_seconds) / len(done_seconds) * remaining / width:.0f} s"
+
+
+def _run_device(e: SweepEntry, device):
+    dev = e.run.options.get("device", device)
+    return None if dev in (None, "auto") else dev
+
+
+def overlapping_runs(client, entries, *, device=None, log=print, most=None) -> int:
+    """How many runs of ``entries`` the sweep fits at once: the most (at most ``most``,
+    default ``probe-dask.sweep.max-concurrent-runs``) whose memory plans, added up, stay
+    within the workers' target share of their limit (``distributed.worker.memory.target``)
+    and within the memory this machine has free for the driver. 1: back to back."""
+    most = int(config.get("probe-dask.sweep.max-concurrent-runs") if most is None else most)
+    todo = [e for e in entries if e.status == "pending"]
+    if most <= 1 or len(todo) <= 1:
+        return 1
+    plans = []
+    for e in todo:
+        e.inputs, plan = plan_job(client, e.inputs, device=_run_device(e, device))
+        plans.append(plan)
+    target = float(dask.config.get("distributed.worker.memory.target") or 0.6)
+    worker = max(p.worker_peak for p in plans)
+    driver = max(p.driver_peak for p in plans)
+    room_workers = int(target * min(p.memory_limit for p in plans) // max(worker, 1))
+    room_driver = int(0.8 * psutil.virtual_memory().available // max(driver, 1))
+    width = max(1, min(most, len(todo), room_workers, room_driver))
+    log(f"sweep: {width} run{'s' if width > 1 else ''} at once (worker peak "
+        f"{format_size(worker)} and driver peak {format_size(driver)} a run, planned)")
+    return width
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised in a run's thread, at its next stage, when the sweep is stopped."""
 
 
 def _fit_one(client, e: SweepEntry, *, ridge, max_iter, device, backend, restart, progress,
-             log, telemetry_interval):
+             log, telemetry_interval, stop=None):
     opts = e.run.options
-    dev = opts.get("device", device)
-    dev = None if dev in (None, "auto") else dev
+    dev = _run_device(e, device)
     tele = None
     if telemetry_interval is not None:
         tele = Telemetry(interval=telemetry_interval)
         tele.open(telemetry_path(e.out_dirs[0]))
         tele.attach(client)
+    callbacks = [tele] if tele is not None else []
+    if stop is not None:  # in a thread: a stop of the sweep ends the run at its next stage
+        def check(stage, info):
+            if stop.is_set():
+                raise _Stop()
+        callbacks.append(check)
     error = None
     try:
         return run_job(client, e.inputs, ridge=opts.get("ridge", ridge),
                        max_iter=opts.get("max_iter", max_iter),
                        device=dev, resources=task_resources(client, dev), backend=backend,
                        restart=restart, progress=progress, log=log,
-                       callbacks=[tele] if tele is not None else None)
+                       callbacks=callbacks or None, capture_warnings=stop is None)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -166,10 +251,103 @@ def _fit_one(client, e: SweepEntry, *, ridge, max_iter, device, backend, restart
                 log(f"telemetry: not completed ({type(exc).__name__}: {exc})")
 
 
-def run_sweep(client, entries, *, summary_dir=None, ridge=1e-8, max_iter=30, device=None,
+class _Progress:
+    """The sweep's lines and counters, shared by the runs' threads."""
+
+    def __init__(self, entries, log, width):
+        self.entries, self.log, self.width = entries, log, width
+        self.done_seconds = []
+        self.lock = threading.Lock()
+
+    def head(self, e) -> str:
+        return f"sweep [{self.entries.index(e) + 1}/{len(self.entries)}] {e.run.label}"
+
+    def remaining(self) -> int:
+        return sum(x.status in ("pending", "running") for x in self.entries)
+
+    def finished(self, e, seconds) -> None:
+        with self.lock:
+            e.status, e.seconds = "finished", seconds
+            self.done_seconds.append(seconds)
+            eta = _eta(self.done_seconds, self.remaining(), self.width)
+        self.log(f"{self.head(e)}: finished in {seconds:.1f} s; {eta}")
+
+
+def _fit_entry(client, e, progress, fit_kw, result, fail_fast, stop=None) -> bool:
+    """Fit one run, update its entry and the result; False when the sweep must stop."""
+    head = progress.head(e)
+    with progress.lock:
+        eta = _eta(progress.done_seconds, progress.remaining(), progress.width)
+        e.status = "running"
+    progress.log(f"{head}: started; {eta}")
+    log = progress.log if stop is None else (lambda m: progress.log(f"[{e.run.label}] {m}"))
+    t1 = time.perf_counter()
+    try:
+        _fit_one(client, e, log=log, stop=stop, **fit_kw)
+    except KeyboardInterrupt:
+        e.status, e.error = "stopped", "stopped (SIGTERM or Ctrl-C); rerun to resume"
+        progress.log(f"{head}: stopped; its checkpoint stays, rerun the sweep to resume it")
+        raise
+    except Exception as exc:
+        e.status, e.error = "failed", f"{type(exc).__name__}: {exc}"
+        e.seconds = time.perf_counter() - t1
+        with progress.lock:
+            result.failed.append(e)
+        progress.log(f"{head}: failed after {e.seconds:.1f} s: {e.error}")
+        if e.run.options.get("debug"):
+            progress.log(traceback.format_exc())
+        if fail_fast:
+            progress.log("sweep: --fail-fast: stopping")
+            return False
+        return True
+    progress.finished(e, time.perf_counter() - t1)
+    return True
+
+
+def _run_overlapping(client, todo, progress, fit_kw, result, fail_fast) -> None:
+    """Fit ``todo`` in ``progress.width`` threads; a stop or --fail-fast lets the running
+    runs reach their next stage and starts no other."""
+    stop = threading.Event()
+    queue = list(todo)
+
+    def worker():
+        while not stop.is_set():
+            with progress.lock:
+                if not queue:
+                    return
+                e = queue.pop(0)
+            try:
+                if not _fit_entry(client, e, progress, fit_kw, result, fail_fast, stop):
+                    stop.set()
+            except KeyboardInterrupt:
+                return
+
+    threads = [threading.Thread(target=worker, name=f"probe-dask-sweep-{i}", daemon=True)
+               for i in range(progress.width)]
+    with warnings.catch_warnings():  # once, for every thread: run_job logs unconverged runs
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)  # the main thread stays free for SIGTERM / Ctrl-C
+        except KeyboardInterrupt:
+            stop.set()
+            progress.log("sweep: stopping: each running run stops at its next stage")
+            for t in threads:
+                t.join()
+            raise
+    if any(e.status == "stopped" for e in todo):
+        raise KeyboardInterrupt
+
+
+def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
+              max_iter=RUN_DEFAULTS["max_iter"], device=None,
               backend="auto", restart=False, fail_fast=False, progress=False, log=print,
-              telemetry_interval=None) -> SweepResult:
-    """Fit every pending run of ``entries`` on ``client``, one after the other.
+              telemetry_interval=None, concurrent=None) -> SweepResult:
+    """Fit every pending run of ``entries`` on ``client``, several at once when memory
+    allows (:func:`overlapping_runs`), else one after the other.
 
     Parameters
     ----------
@@ -184,11 +362,16 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=1e-8, max_iter=30, dev
         Defaults for runs whose sweep file does not set them.
     backend, restart, progress, log
         As for :func:`~probe_dask.app.job.run_job`, for every run (each run's GPU resources
-        come from ``engine.workers.task_resources``).
+        come from ``engine.workers.task_resources``; no progress bars with overlapping runs).
     fail_fast : bool
         Stop at the first failed run (the rest stay ``pending``).
     telemetry_interval : float, optional
-        Write each run's telemetry beside its train results, sampling this often.
+        Write each run's telemetry beside its train results, sampling this often (with
+        overlapping runs, each run's telemetry sees the whole cluster).
+    concurrent : int, optional
+        Runs at once; default: :func:`overlapping_runs` decides. Overlapping runs keep the
+        workers busy while one run's driver steps, evaluates or writes; their log lines
+        start with ``[run label]``.
 
     Returns
     -------
@@ -196,40 +379,27 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=1e-8, max_iter=30, dev
         ``failed`` is empty when every run finished or was skipped.
     """
     t0 = time.perf_counter()
-    n = len(entries)
-    done_seconds = []
     result = SweepResult(entries)
     try:
         for k, e in enumerate(entries):
-            remaining = sum(x.status == "pending" for x in entries[k:])
-            head = f"sweep [{k + 1}/{n}] {e.run.label}"
             if e.status == "skipped":
-                log(f"{head}: skipped, results exist in {e.out_dirs[0]}")
-                continue
-            log(f"{head}: started; {_eta(done_seconds, remaining)}")
-            t1 = time.perf_counter()
-            try:
-                _fit_one(client, e, ridge=ridge, max_iter=max_iter, device=device,
-                         backend=backend, restart=restart, progress=progress, log=log,
-                         telemetry_interval=telemetry_interval)
-            except KeyboardInterrupt:
-                e.status, e.error = "stopped", "stopped (SIGTERM or Ctrl-C); rerun to resume"
-                log(f"{head}: stopped; its checkpoint stays, rerun the sweep to resume it")
-                raise
-            except Exception as exc:
-                e.status, e.error = "failed", f"{type(exc).__name__}: {exc}"
-                e.seconds = time.perf_counter() - t1
-                result.failed.append(e)
-                log(f"{head}: failed after {e.seconds:.1f} s: {e.error}")
-                if e.run.options.get("debug"):
-                    log(traceback.format_exc())
-                if fail_fast:
-                    log("sweep: --fail-fast: stopping")
+                log(f"sweep [{k + 1}/{len(entries)}] {e.run.label}: skipped, results exist in "
+                    f"{e.out_dirs[0]}")
+        todo = [e for e in entries if e.status == "pending"]
+        width = 1
+        if len(todo) > 1:
+            width = concurrent if concurrent else overlapping_runs(client, entries,
+                                                                   device=device, log=log)
+        prog = _Progress(entries, log, max(1, min(int(width), len(todo) or 1)))
+        fit_kw = dict(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
+                      restart=restart, progress=progress and prog.width == 1,
+                      telemetry_interval=telemetry_interval)
+        if prog.width > 1:
+            _run_overlapping(client, todo, prog, fit_kw, result, fail_fast)
+        else:
+            for e in todo:
+                if not _fit_entry(client, e, prog, fit_kw, result, fail_fast):
                     break
-                continue
-            e.status, e.seconds = "finished", time.perf_counter() - t1
-            done_seconds.append(e.seconds)
-            log(f"{head}: finished in {e.seconds:.1f} s; {_eta(done_seconds, remaining - 1)}")
     finally:
         result.seconds = time.perf_counter() - t0
         if summary_dir is not None:

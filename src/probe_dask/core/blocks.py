@@ -107,6 +107,43 @@ class LatentBlock:
             labels=labels,
         )
 
+    @classmethod
+    def concat(cls, blocks) -> "LatentBlock":
+        """The blocks of consecutive row ranges as one block: the rows of ``blocks[1]``
+        follow those of ``blocks[0]``, and so on.
+
+        The result is the block :meth:`from_csr` makes of the stacked rows (per latent,
+        every event of the first block, then of the second, ...: rows stay ascending).
+        Holds the result plus one int64 index per event of the largest input.
+        """
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError("nothing to concatenate")
+        if len(blocks) == 1:
+            return blocks[0]
+        n_lat = blocks[0].n_latents
+        if any(b.n_latents != n_lat for b in blocks):
+            raise ValueError(f"blocks of {sorted({b.n_latents for b in blocks})} latents")
+        counts = [np.diff(b.latent_ptr) for b in blocks]
+        latent_ptr = np.zeros(n_lat + 1, dtype=np.int64)
+        np.cumsum(np.sum(counts, axis=0), out=latent_ptr[1:])
+        n_rows = sum(b.n_rows for b in blocks)
+        if n_rows >= 2**31:
+            raise ValueError(f"block of {n_rows} rows: int32 row index overflows")
+        rows = np.empty(int(latent_ptr[-1]), dtype=np.int32)
+        values = np.empty(int(latent_ptr[-1]), dtype=np.float32)
+        start = latent_ptr[:-1].copy()  # where each latent's next events go
+        row0 = 0
+        for block, count in zip(blocks, counts):
+            # event e of latent l goes to start[l] + (e - block.latent_ptr[l])
+            dest = np.repeat(start - block.latent_ptr[:-1], count) + np.arange(block.nnz)
+            rows[dest] = block.rows + np.int32(row0)
+            values[dest] = block.values
+            start += count
+            row0 += block.n_rows
+        return cls(latent_ptr=latent_ptr, rows=rows, values=values,
+                   labels=np.concatenate([b.labels for b in blocks]))
+
     @property
     def n_rows(self) -> int:
         """Number of rows of the block."""

@@ -98,9 +98,11 @@ class TrustRegionState:
         return ActivePairs(latent_ptr=latent_ptr, classes=classes,
                            b=self.b.ravel()[flat], w=self.w.ravel()[flat])
 
-    def to_dict(self) -> dict:
-        """Copies of every field as plain arrays (``n_iter`` 0-d int64), for ``np.savez``."""
-        out = {name: getattr(self, name).copy() for name in self.FLOAT_FIELDS + self.BOOL_FIELDS}
+    def to_dict(self, copy=True) -> dict:
+        """Every field as a plain array (``n_iter`` 0-d int64), for ``np.savez``: copies,
+        or with ``copy=False`` the state's own arrays."""
+        out = {name: getattr(self, name).copy() if copy else getattr(self, name)
+               for name in self.FLOAT_FIELDS + self.BOOL_FIELDS}
         out["n_iter"] = np.array(self.n_iter, dtype=np.int64)
         return out
 

@@ -91,9 +91,13 @@ class Checkpoint:
                                  f"{exc}); rerun with --restart to ignore it") from None
 
     def save(self, state: TrustRegionState) -> None:
-        """Write a copy of ``state`` atomically, in a thread that overlaps the next pass."""
+        """Write ``state`` atomically, in a thread that overlaps the next pass.
+
+        The thread reads ``state`` itself, not a copy: do not change it until :meth:`wait`
+        has returned.
+        """
         self.wait()
-        arrays = state.to_dict()  # copies: the next step updates the state in place
+        arrays = state.to_dict(copy=False)
         identity = np.array(self.identity)
 
         def write():

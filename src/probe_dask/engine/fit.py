@@ -10,11 +10,12 @@ One solver iteration is one pass over the row blocks for all classes together: t
 parameters of the pairs still active are scattered once (``broadcast=True``, docs/architecture.md
 pitfall 4), one task per worker thread sums the label-free float64 sums of its group of
 blocks for those pairs (``engine.passes``), the group sums are tree-summed, and the driver
-takes one trust-region step for every active pair.
+takes one trust-region step for every active pair (``kernels.step``: compiled, about
+0.05 µs a pair, split over the driver's cores).
 
 Memory per process: the driver holds the solver state (about a dozen ``(L, C)`` float64
-arrays, see ``core.state``), one copy of it while a checkpoint is being written, and one
-``(6, P)`` float64 sum; each worker holds its resident
+arrays, see ``core.state``; a checkpoint is written from it, not from a copy), the
+active pairs (20 bytes a pair) and one ``(6, P)`` float64 sum; each worker holds its resident
 blocks (when they fit, else one block read at a time per thread; with the Triton kernels
 also their device copies, up to ``probe-dask.kernels.gpu-resident-fraction`` of the GPU,
 ``kernels.resident``), the scattered active
@@ -38,11 +39,11 @@ from tqdm.auto import tqdm
 
 from probe_dask import config, kernels
 from probe_dask.core.objective import ProblemConstants
-from probe_dask.core.solver import step
 from probe_dask.core.state import init_state
 from probe_dask.engine.checkpoint import Checkpoint, checkpoint_identity
 from probe_dask.engine.passes import latent_blocks, persist_blocks, run_pass, worker_threads
 from probe_dask.engine.workers import total_worker_memory
+from probe_dask.kernels.step import solver_step
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
 from probe_dask.stages import Stage, emit
 
@@ -52,6 +53,12 @@ __all__ = ["ProbeFitter"]
 def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
     """Bytes of all ``LatentBlock`` s: values, rows, latent pointers and labels."""
     return int(nnz) * 8 + int(n_rows) + n_blocks * (int(n_latents) + 1) * 8
+
+
+def _driver_threads() -> int:
+    """Threads of the driver's solver step: the cores this process may use, at most 8
+    (the workers wait for the step, so their cores are free)."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
 def _real(v) -> bool:
@@ -148,7 +155,9 @@ class ProbeFitter:
     history_ : list of dict
         Per-iteration solver statistics, with the pass wall time.
     blocks_ : list
-        The training blocks (persisted when they fit), reusable for evaluation.
+        The training blocks (persisted when they fit, then joined per worker thread up to
+        ``probe-dask.engine.join-nnz`` non-zeros: ``passes.coalesce_blocks``), reusable for
+        evaluation.
     persisted_ : bool
     worker_threads_ : int
         Worker threads when the fit started: every pass cuts the blocks into that many
@@ -245,6 +254,7 @@ class ProbeFitter:
         if n_classes is None:
             n_classes = int(y.max().compute()) + 1
         blocks = latent_blocks(X, y)
+        n_row_blocks = len(blocks)
         have = total_worker_memory(client)
         # Fixed for the whole fit: the groups, hence the order of the sums, stay the same
         # when workers come and go (a lost worker's rerun gives the same bits).
@@ -256,17 +266,24 @@ class ProbeFitter:
             keep = need <= config.get("probe-dask.engine.persist-fraction") * have if auto else self.persist
             return need, bool(keep)
 
+        def keep(blocks, nnz):
+            # Joined per worker thread up to join-nnz: the pass costs the kernel, not the cut.
+            per_unit = int(config.get("probe-dask.engine.join-nnz")) // max(1, math.ceil(
+                int(nnz) / len(blocks)))
+            return persist_blocks(client, blocks, self.worker_threads_, per_unit=per_unit)
+
         persist = None
         if nnz is not None:
             need, persist = decide(nnz)
             if persist:
-                blocks = persist_blocks(client, blocks, self.worker_threads_)
-        emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks))
+                blocks = keep(blocks, nnz)
+        emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=n_row_blocks,
+             n_joined=len(blocks))
         self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
         if persist is None:
             need, persist = decide(self.label_sums_.count.sum())
             if persist:
-                blocks = persist_blocks(client, blocks, self.worker_threads_)
+                blocks = keep(blocks, self.label_sums_.count.sum())
         self.persisted_ = bool(persist)
         self.blocks_ = blocks
         self.constants_ = constants = ProblemConstants.from_label_sums(self.label_sums_,
@@ -303,7 +320,9 @@ class ProbeFitter:
                                       resident=self.persisted_)
                 finally:
                     pairs_future.release()
-                stats = step(constants, state, sums)
+                if checkpoint is not None:
+                    checkpoint.wait()  # the last write reads the state: finish it first
+                stats = solver_step(constants, state, sums, threads=_driver_threads())
                 stats["pass_seconds"] = time.perf_counter() - start
                 # (non-zero x active pair) units this pass cost: what its time is spent on
                 stats["work_units"] = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)

@@ -30,7 +30,8 @@ Memory per process, per call:
   CUDA also holds a device copy of it during the call, the Triton backend too, or keeps it
   between calls with ``resident=True`` (:mod:`probe_dask.kernels.resident`, bounded);
 - the pairs, ``ActivePairs.nbytes`` = ``8 (L+1) + 20 P`` bytes (plus a device copy on CUDA);
-- the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes; :func:`label_sums`
+- the partials returned: ``48 P`` (fit) or ``24 P`` (eval) bytes, none with ``out=``
+  on the C backend (the sums are added into it); :func:`label_sums`
   returns two ``(L, C)`` float64 arrays (``16 L C`` bytes, 79 MB at 32768 x 151) and
   needs about ``33 nnz + 8 L C`` bytes of temporaries;
 - temporaries of the torch backend: one chunk of at most ``2 work_chunk`` (event x pair)
@@ -59,6 +60,7 @@ __all__ = [
     "fit_sums",
     "eval_sums",
     "resolve_device",
+    "stream_blocks",
     "device_type",
     "FIT_FIELDS",
     "EVAL_FIELDS",
@@ -117,7 +119,7 @@ def resolve_device(device=None):
 
 
 def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1,
-             resident=False):
+             resident=False, out=None):
     """Label-free sums of a solver iteration over one block.
 
     Parameters
@@ -136,6 +138,9 @@ def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thre
     resident : bool
         Triton backend: keep the block's device copy for the next pass
         (:mod:`probe_dask.kernels.resident`; for persisted blocks), else copy it per call.
+    out : ndarray of float64, shape (6, P), optional
+        Add the sums into it and return it (a pass sums its blocks so: no new partial per
+        block; the C kernel adds in place, the others add their result).
 
     Returns
     -------
@@ -144,14 +149,14 @@ def fit_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thre
         ``[sum mu, sum mu v, sum s, sum s v, sum s v^2, sum softplus(eta)]`` with
         ``mu = sigmoid(eta)``, ``s = mu (1 - mu)`` (rows named in :data:`FIT_FIELDS`).
     """
-    return _dispatch("fit", block, pairs, device, backend, work_chunk, threads, resident)
+    return _dispatch("fit", block, pairs, device, backend, work_chunk, threads, resident, out)
 
 
 def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, threads=1,
-              resident=False):
+              resident=False, out=None):
     """Evaluation sums over one block.
 
-    Parameters are those of :func:`fit_sums`.
+    Parameters are those of :func:`fit_sums` (``out`` of shape (3, P)).
 
     Returns
     -------
@@ -159,7 +164,7 @@ def eval_sums(block, pairs, device=None, *, backend="auto", work_chunk=None, thr
         Per pair, over the non-zero events of its latent: ``[sum softplus(eta),
         count(eta > 0), count(eta > 0 and label of the event's row == pair's class)]``.
     """
-    return _dispatch("eval", block, pairs, device, backend, work_chunk, threads, resident)
+    return _dispatch("eval", block, pairs, device, backend, work_chunk, threads, resident, out)
 
 
 def _check(kind: str, block: LatentBlock, pairs: ActivePairs) -> None:
@@ -231,6 +236,17 @@ def choose_backend(device=None, backend="auto") -> tuple[str, str]:
     return ("c" if ckernel.available() else "torch"), dev_type
 
 
+def stream_blocks(blocks, device=None, backend="auto"):
+    """``blocks`` (an iterable of host blocks read lazily) as :func:`fit_sums` and
+    :func:`eval_sums` should get them: on the Triton backend, device copies made one block
+    ahead while the previous block computes (:mod:`probe_dask.kernels.streaming`); on the
+    others, unchanged."""
+    if choose_backend(device, backend)[0] != "triton":
+        return blocks
+    # Loaded by name, on first use, for the reason given in _triton().
+    return importlib.import_module("probe_dask.kernels.streaming").device_blocks(blocks, device)
+
+
 def kernel_for(device=None, backend="auto") -> tuple[str, str]:
     """:func:`choose_backend`, and for a CUDA device also whether this process has one.
 
@@ -249,13 +265,28 @@ def kernel_for(device=None, backend="auto") -> tuple[str, str]:
     return name, dev_type
 
 
-def _dispatch(kind, block, pairs, device, backend, work_chunk, threads, resident=False):
+def _check_out(kind, pairs, out):
+    shape = (6 if kind == "fit" else 3, pairs.n_pairs)
+    if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float64
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out: expected a writable C-contiguous float64 array of shape {shape}")
+
+
+def _dispatch(kind, block, pairs, device, backend, work_chunk, threads, resident=False,
+              out=None):
     _check(kind, block, pairs)
+    if out is not None:
+        _check_out(kind, pairs, out)
     name, dev_type = choose_backend(device, backend)
     if name == "c":
         fn = ckernel.fit_sums if kind == "fit" else ckernel.eval_sums
-        return fn(block, pairs, threads=threads)
+        return fn(block, pairs, threads=threads, out=out)
     if name == "triton":
-        return _resident().resident_sums(kind, block, pairs, dev_type, resident=resident)
-    return torch_sums(kind, block, pairs, resolve_device(device if dev_type != "cpu" else "cpu"),
-                      work_chunk)
+        sums = _resident().resident_sums(kind, block, pairs, dev_type, resident=resident)
+    else:
+        sums = torch_sums(kind, block, pairs,
+                          resolve_device(device if dev_type != "cpu" else "cpu"), work_chunk)
+    if out is None:  # contiguous, so that the next block can be added into it
+        return np.require(sums, np.float64, ["C_CONTIGUOUS", "WRITEABLE"])
+    np.add(out, sums, out=out)
+    return out

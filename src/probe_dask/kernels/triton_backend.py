@@ -102,12 +102,18 @@ def _device(device) -> torch.device:
     return dev
 
 
-def _tensor(a, dtype, dev: torch.device) -> torch.Tensor:
+def _tensor(a, dtype, dev: torch.device, pinned: bool = False) -> torch.Tensor:
     a = np.asarray(a)
     # from_numpy shares memory but warns on read-only arrays (e.g. from dask frames).
     if a.dtype == dtype and a.flags.writeable and a.flags.c_contiguous:
-        return torch.from_numpy(a).to(dev)
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype).copy()).to(dev)
+        host = torch.from_numpy(a)
+    else:
+        host = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype).copy())
+    if pinned and dev.type == "cuda":
+        # Page-locked staging: the copy can run while the GPU computes (non_blocking, on
+        # the caller's current stream); the caller synchronises that stream before use.
+        return host.pin_memory().to(dev, non_blocking=True)
+    return host.to(dev)
 
 
 @dataclass
@@ -144,16 +150,24 @@ class DeviceBlock:
         return int(self.labels.shape[0])
 
     @property
+    def nnz(self) -> int:
+        """Non-zero events of the block."""
+        return int(self.values.shape[0])
+
+    @property
     def nbytes(self) -> int:
         """Device bytes held (``8 nnz + n_rows``)."""
         return sum(t.numel() * t.element_size() for t in (self.values, self.rows, self.labels))
 
 
-def to_device(block, device=None) -> DeviceBlock:
+def to_device(block, device=None, *, pinned: bool = False) -> DeviceBlock:
     """Copy a host block to the device (a :class:`DeviceBlock` is returned unchanged).
 
     Checks the offsets and that every row is below ``n_rows`` (O(nnz), once per block),
-    since the kernels trust them.
+    since the kernels trust them. With ``pinned`` (on CUDA) the arrays are staged in
+    page-locked host memory and copied asynchronously on the current CUDA stream: the
+    caller must synchronise that stream before the block is used
+    (:mod:`probe_dask.kernels.streaming` does, in its own thread and stream).
     """
     if isinstance(block, DeviceBlock):
         return block
@@ -167,8 +181,9 @@ def to_device(block, device=None) -> DeviceBlock:
         raise ValueError(f"block: {rows.shape} rows for {nnz} values")
     if nnz and (rows.min() < 0 or rows.max() >= n_rows):
         raise ValueError(f"block.rows: outside [0, {n_rows})")
-    return DeviceBlock(ptr, _tensor(block.values, np.float32, dev), _tensor(rows, np.int32, dev),
-                       _tensor(block.labels, np.uint8, dev))
+    return DeviceBlock(ptr, _tensor(block.values, np.float32, dev, pinned),
+                       _tensor(rows, np.int32, dev, pinned),
+                       _tensor(block.labels, np.uint8, dev, pinned))
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The memory model: every buffer each process of a run holds, its formula and its size.
 
 For one choice of block size, torch work chunk and persistence, :func:`buffers` lists,
-per process, what the run will hold and when: the driver's solver state, its checkpoint
-copy, the passes' sums and the step's chunked scratch, and on each worker its baseline,
+per process, what the run will hold and when: the driver's solver state (checkpoints are
+written from it, not from a copy), the passes' sums and the step's scratch, and on each worker its baseline,
 resident blocks (when persisted), the CSR blocks being read, the ``LatentBlock`` s, kernel
 temporaries, the device copy, the scattered pairs and the pass's partials (one group of
 blocks per worker thread, :func:`partials_per_worker`: O(threads x P), whatever the number
@@ -25,6 +25,7 @@ import math
 
 import dask
 
+from probe_dask import config
 from probe_dask.core.state import TrustRegionState
 from probe_dask.core.tuning import CHUNK_PAIRS
 from probe_dask.stages import DRIVER_STAGES, WORKER_STAGES
@@ -259,6 +260,13 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
           ("eval_train", "eval_test")),
     ]
     if persist:
+        # engine.passes.coalesce_blocks: while a thread joins its blocks it holds the joined
+        # block and its members (the members are then let go)
+        joined = min(int(config.get("probe-dask.engine.join-nnz")),
+                     -(-nb["train"] // max(1, cfg.n_workers * T)) * bnz["train"])
+        worker.append(W("joining persisted train blocks (members + joined block)",
+                        "8 x min(engine.join-nnz, a thread's share of the train non-zeros); "
+                        "one per thread", 8 * joined, T, ("label_train",)))
         per = -(-nb["train"] // cfg.n_workers)
         extra = 1 if nb["train"] > cfg.n_workers else 0  # the scheduler may not spread them evenly
         worker.insert(1, W("resident train LatentBlocks (persisted)",
@@ -306,9 +314,6 @@ def _driver(cfg, nb) -> list:
         D("solver.step scratch (chunks of core.tuning.CHUNK_PAIRS pairs)",
           f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
           STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, ("iteration",)),
-        D("checkpoint: a copy of the solver state while its write is in flight",
-          f"{state_pp} L C (engine.checkpoint, during the next pass)", state_pp * LC, 1,
-          ("iteration",)),
         D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
         D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, ("evaluate",)),
         D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1, ("evaluate",)),

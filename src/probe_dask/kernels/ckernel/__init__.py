@@ -1,6 +1,7 @@
-"""The fused CPU kernel (``fused.c``), compiled on first use and loaded with ctypes.
+"""The fused CPU kernels (``fused.c``, the block sums; ``step.c``, the solver step),
+compiled on first use into one library and loaded with ctypes.
 
-The source ships with the package. On first use it is compiled with the system C
+The sources ship with the package. On first use it is compiled with the system C
 compiler (``$CC``, else ``cc``, else ``gcc``) into a cache folder (``<cache-dir>/ckernel``,
 ``cache-dir`` being the config key ``probe-dask.kernels.cache-dir``, by default
 ``~/.cache/probe-dask``), under a name keyed by a hash of the source, the
@@ -28,8 +29,8 @@ ctypes releases the GIL during a call, so threads (``threads=`` here, or dask wo
 threads) run the kernel in parallel.
 
 Memory per process: the loaded library, plus about 40 KB of stack tile buffers per
-calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials, and inputs are
-used in place (copied only if not contiguous or of another dtype).
+calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials (or the sums are
+added into a given ``out``), and inputs are used in place (copied only if not contiguous or of another dtype).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from probe_dask import config
 __all__ = [
     "available",
     "unavailable_reason",
+    "library",
     "library_path",
     "library_flags",
     "load_variant",
@@ -66,7 +68,7 @@ __all__ = [
 ]
 
 ABI_VERSION = 1
-SOURCE = Path(__file__).with_name("fused.c")
+SOURCES = [Path(__file__).with_name("fused.c"), Path(__file__).with_name("step.c")]
 BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 # Tried in order: tuned for this CPU, then portable (the baseline of the architecture).
 VARIANTS = [["-march=native"], []]
@@ -182,10 +184,9 @@ def _compiler_version(cc: str) -> str:
 
 def library_name(cc: str, flags: list[str]) -> str:
     """File name of one build variant: ``fused-<key>.so``, the key a hash of public inputs."""
-    src = SOURCE.read_bytes()
     key = hashlib.sha256(
         b"\0".join(
-            [src, cc.encode(), _compiler_version(cc).encode(), " ".join(flags).encode(),
+            [*(src.read_bytes() for src in SOURCES), cc.encode(), _compiler_version(cc).encode(), " ".join(flags).encode(),
              _machine_id().encode()]
         )
     ).hexdigest()[:24]
@@ -209,7 +210,7 @@ def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name[:-3]}-", suffix=".so", dir=cache)
         os.close(fd)
-        cmd = cc.split() + flags + ["-o", tmp, str(SOURCE)]
+        cmd = cc.split() + flags + ["-o", tmp] + [str(src) for src in SOURCES] + ["-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             return None, f"{' '.join(cmd)}: {res.stderr.strip()[-2000:]}"
@@ -232,6 +233,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pd_fit_sums.argtypes = [i64, i64, p, p, p, p, p, i64, p]
     lib.pd_eval_sums.restype = ctypes.c_int
     lib.pd_eval_sums.argtypes = [i64, i64, p, p, p, p, p, p, p, p, i64, p]
+    lib.pd_step.restype = ctypes.c_int
+    lib.pd_step.argtypes = [i64, i64, i64, i64] + [p] * 14
 
 
 def _open(path: Path) -> ctypes.CDLL:
@@ -258,6 +261,11 @@ def load_variant(extra_flags: list[str], cache_dir: Path | None = None) -> ctype
     if path is None:
         raise RuntimeError(err)
     return _open(path)
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library (compiled on the first call), or None when unavailable."""
+    return _load()
 
 
 def _load() -> ctypes.CDLL | None:
@@ -324,13 +332,16 @@ def _ranges(ev_ptr, pair_ptr, threads):
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def _run(kind, block, pairs, threads, lib=None):
+def _run(kind, block, pairs, threads, lib=None, out=None):
     lib = lib if lib is not None else _load()
     if lib is None:
         raise RuntimeError(f"C kernel unavailable: {_state['reason']}")
     n_out = 6 if kind == "fit" else 3
     n_pairs = pairs.n_pairs
-    out = np.zeros((n_out, n_pairs), dtype=np.float64)
+    if out is None:
+        out = np.zeros((n_out, n_pairs), dtype=np.float64)
+    elif out.shape != (n_out, n_pairs) or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous float64 array of shape {(n_out, n_pairs)}")
     keep = []  # holds converted arrays alive during the calls
     ev_ptr, ev_p = _ptr(block.latent_ptr, np.int64)
     pr_ptr, pr_p = _ptr(pairs.latent_ptr, np.int64)
@@ -361,11 +372,13 @@ def _run(kind, block, pairs, threads, lib=None):
     return out
 
 
-def fit_sums(block, pairs, threads: int = 1) -> np.ndarray:
-    """C-kernel :func:`probe_dask.kernels.fit_sums` (CPU), float64 (6, P)."""
-    return _run("fit", block, pairs, threads)
+def fit_sums(block, pairs, threads: int = 1, out=None) -> np.ndarray:
+    """C-kernel :func:`probe_dask.kernels.fit_sums` (CPU), float64 (6, P), added into
+    ``out`` when given."""
+    return _run("fit", block, pairs, threads, out=out)
 
 
-def eval_sums(block, pairs, threads: int = 1) -> np.ndarray:
-    """C-kernel :func:`probe_dask.kernels.eval_sums` (CPU), float64 (3, P)."""
-    return _run("eval", block, pairs, threads)
+def eval_sums(block, pairs, threads: int = 1, out=None) -> np.ndarray:
+    """C-kernel :func:`probe_dask.kernels.eval_sums` (CPU), float64 (3, P), added into
+    ``out`` when given."""
+    return _run("eval", block, pairs, threads, out=out)
