@@ -79,7 +79,8 @@ def test_plan_lists_every_buffer_and_prints_a_table(small_run):
     # of the 2 threads' group partials, plus 2 tree tasks holding 4 partials and 2 sums
     assert plan.n_blocks["train"] >= 6
     assert fit_parts.each == 48 * L * C and fit_parts.count == 2 + 2 * (plan.split_every + 2)
-    assert any(b.name.startswith("checkpoint") and b.nbytes == 91 * L * C for b in plan.driver)
+    # checkpoints are written from the live state (engine.checkpoint): no copy of it
+    assert not any(b.name.startswith("checkpoint") for b in plan.driver)
     # the peak is the largest stage's sum
     stage_sums = [sum(b.nbytes for b in plan.worker if b.live(s)) for s in WORKER_STAGES]
     assert plan.worker_peak == max(stage_sums)

@@ -313,7 +313,10 @@ class ProbeFitter:
                 if pairs.n_pairs == 0:
                     break
                 start = time.perf_counter()
+                # (non-zero x active pair) units this pass costs: what its time is spent on
+                work_units = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
                 pairs_future = client.scatter(pairs, broadcast=True, hash=False)
+                del pairs  # the workers have them: no driver copy while the pass runs
                 try:
                     sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,
                                       device=self.device, backend=self.backend,
@@ -323,9 +326,9 @@ class ProbeFitter:
                 if checkpoint is not None:
                     checkpoint.wait()  # the last write reads the state: finish it first
                 stats = solver_step(constants, state, sums, threads=_driver_threads())
+                del sums  # let go before the next pass's sums arrive
                 stats["pass_seconds"] = time.perf_counter() - start
-                # (non-zero x active pair) units this pass cost: what its time is spent on
-                stats["work_units"] = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
+                stats["work_units"] = work_units
                 self.history_.append(stats)
                 if checkpoint is not None:
                     checkpoint.save(state)

@@ -308,8 +308,9 @@ def _driver(cfg, nb) -> list:
         D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
         D("active pairs of an iteration (ActivePairs + the step's int64 index)", "28 P", 28 * P,
           1, ("iteration",)),
-        # ``sums = pass(...)`` receives the new sums while the previous pass's are still bound
-        D("summed fit sums (6 x P float64): this pass's and the previous one's", "48 P x 2",
+        # the fit lets go of a pass's sums before the next arrive; counted twice for the
+        # buffers of the receipt (the comm's frames) while the array is deserialized
+        D("summed fit sums (6 x P float64), and the frames it is received in", "48 P x 2",
           48 * P, 2, ("iteration",)),
         D("solver.step scratch (chunks of core.tuning.CHUNK_PAIRS pairs)",
           f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
