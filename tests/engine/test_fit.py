@@ -81,6 +81,14 @@ def test_resume_from_checkpoint_gives_same_result(local_client, tiny_run, tmp_pa
             shard.X, shard.y, n_classes=8)
 
 
+def test_keep_state_false_keeps_only_the_results(local_client, tiny_run):
+    _, kept = _fit(local_client, tiny_run, block_nnz=2000)
+    _, lean = _fit(local_client, tiny_run, block_nnz=2000, keep_state=False)
+    assert kept.state_ is not None and lean.state_ is None
+    for attr in ("coef_", "intercept_", "converged_"):
+        np.testing.assert_array_equal(getattr(lean, attr), getattr(kept, attr))
+
+
 def test_streaming_blocks_equal_persisted(local_client, tiny_run):
     shard, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
     _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False)
@@ -133,7 +141,8 @@ def test_get_params_set_params_and_sklearn_clone():
     params = fitter.get_params()
     assert set(params) == {"ridge", "max_iter", "device", "backend", "persist", "split_every",
                            "resources",
-                           "checkpoint", "identity", "progress", "callbacks", "client"}
+                           "checkpoint", "identity", "progress", "callbacks", "client",
+                           "keep_state"}
     assert params["ridge"] == 1e-6 and params["max_iter"] == 7 and params["persist"] is False
     other = ProbeFitter().set_params(**params)
     assert other.get_params() == params
@@ -150,7 +159,7 @@ def test_get_params_set_params_and_sklearn_clone():
     ("persist", "no"), ("persist", 1), ("persist", None), ("split_every", 1),
     ("split_every", 4.0), ("device", "gpu"), ("backend", "cuda"), ("resources", ["GPU"]),
     ("progress", "yes"),
-    ("callbacks", [1]), ("client", "tcp://127.0.0.1:8786"),
+    ("callbacks", [1]), ("client", "tcp://127.0.0.1:8786"), ("keep_state", "no"),
 ])
 def test_invalid_parameter_raises_at_fit_naming_it(tiny_run, name, value):
     shard = open_shard(tiny_run.run_dir, tiny_run.train_shard)

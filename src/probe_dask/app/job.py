@@ -188,7 +188,8 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                          resources=resources,
                          persist=plan.persist if plan is not None else "auto",
                          checkpoint=checkpoint, identity=identity, progress=progress,
-                         callbacks=[_log_resume, *(callbacks or ())], client=client)
+                         callbacks=[_log_resume, *(callbacks or ())], client=client,
+                         keep_state=False)
     t1 = time.perf_counter()
     if capture_warnings:
         with warnings.catch_warnings(record=True) as caught:
@@ -200,7 +201,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
                                        caught_warning.filename, caught_warning.lineno)
     else:
         fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
-    if fitter.state_.n_active:  # max_iter reached: one loud line of the log, the job goes on
+    if not fitter.converged_.all():  # max_iter reached: one loud line, the job goes on
         log(unconverged_warning(fitter))
     seconds["fit"] = time.perf_counter() - t1
     b, w = fitter.intercept_, fitter.coef_

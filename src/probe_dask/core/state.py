@@ -72,8 +72,11 @@ class TrustRegionState:
         # C-contiguous, so that ravel() is a view step() can write through;
         for name in self.FLOAT_FIELDS + self.BOOL_FIELDS:
             dtype = np.float64 if name in self.FLOAT_FIELDS else np.bool_
-            # Own, writable copies: a broadcast view (L = 1) is contiguous but read-only.
-            value = np.array(getattr(self, name), dtype=dtype, order="C", copy=True)
+            # Own, writable arrays: a broadcast view (L = 1) is contiguous but read-only, and
+            # a view would change what it views. An array already so is kept, not copied
+            # (init_state's fresh arrays: no second copy of the state at the start).
+            value = np.require(getattr(self, name), dtype=dtype,
+                               requirements=["C_CONTIGUOUS", "WRITEABLE", "OWNDATA"])
             if value.ndim != 2 or value.shape != np.shape(self.b):
                 raise ValueError(f"{name}: shape {value.shape}; expected {np.shape(self.b)} (L, C)")
             setattr(self, name, value)

@@ -218,9 +218,10 @@ def _read_and_sum_group(kernel, kwargs, n_args, *rest):
 
 def _add(*parts):
     """The sum of ``parts`` in one new array (inputs are the scheduler's: never written)."""
-    total = parts[0].copy() if isinstance(parts[0], np.ndarray) else parts[0]
-    for part in parts[1:]:
-        total = _accumulate(total, part)
+    total = parts[0]
+    for i, part in enumerate(parts[1:]):
+        # the first addition makes the new array, the next ones add into it
+        total = total + part if i == 0 else _accumulate(total, part)
     return total
 
 

@@ -304,7 +304,10 @@ def _driver(cfg, nb) -> list:
           SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
         D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, after_open),
         D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
-          f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1, after_open),
+          f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1,
+          ("fit_start", "iteration")),
+        # the job's fit keeps only its results (ProbeFitter(keep_state=False))
+        D("fitted b, w, converged", "17 L C", 17 * LC, 1, ("evaluate", "write")),
         D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
         D("active pairs of an iteration (ActivePairs + the step's int64 index)", "28 P", 28 * P,
           1, ("iteration",)),
