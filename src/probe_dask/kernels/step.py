@@ -55,23 +55,9 @@ def _address(a: np.ndarray, dtype) -> int:
 
 
 def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
-    """One trust-region iteration of every active pair; as :func:`core.solver.step`.
-
-    Parameters
-    ----------
-    constants : core.objective.ProblemConstants
-    state : core.state.TrustRegionState
-        Updated in place; ``n_iter`` grows by one.
-    sums : array_like of float64, shape (6, P)
-        Sums of the pairs of ``state.active_index()``, in that order.
-    threads : int
-        Threads splitting the pairs (each releases the GIL).
-
-    Returns
-    -------
-    dict
-        The statistics of :func:`core.solver.step`.
-    """
+    """:func:`core.solver.step` (same parameters, same statistics returned; ``state`` is
+    updated in place) as one compiled loop over the pairs, split over ``threads`` threads
+    (each releases the GIL)."""
     lib = ckernel.library()
     if lib is None:
         return numpy_step(constants, state, sums)

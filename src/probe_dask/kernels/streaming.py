@@ -36,13 +36,22 @@ class _Failed:
         self.exc = exc
 
 
+def _hand_over(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` in ``out`` when there is room; False when the consumer stopped first."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _produce(blocks, dev, out: queue.Queue, stop: threading.Event) -> None:
     """The helper thread: read, copy, hand over; stops when asked or at the end."""
     stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
     try:
         for block in blocks:
-            if stop.is_set():
-                return
             if stream is not None:
                 with torch.cuda.stream(stream):
                     item = tb.to_device(block, dev, pinned=True)
@@ -50,21 +59,12 @@ def _produce(blocks, dev, out: queue.Queue, stop: threading.Event) -> None:
             else:
                 item = tb.to_device(block, dev)
             del block
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            if not _hand_over(out, item, stop):
+                return
         item = _DONE
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
         item = _Failed(exc)
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
+    _hand_over(out, item, stop)
 
 
 def device_blocks(blocks, device=None, *, lookahead: int = 1):
