@@ -1,11 +1,11 @@
 """The solver step in one compiled loop: :func:`probe_dask.core.solver.step`, fast.
 
 ``core.solver.step`` is the readable reference (numpy, one function per step of
-docs/solver.md). It costs about 0.7 µs per active pair, because each chunk of pairs goes
-through ~100 numpy temporaries; at 4.5 M active pairs that is 3 s per pass in which the
-driver computes and every worker waits. :func:`solver_step` runs the same arithmetic pair
+docs/solver.md). It costs 0.3 to 0.7 µs per active pair, because each chunk of pairs goes
+through ~100 numpy temporaries; at 4.5 M active pairs that is 1 to 3 s per pass in which
+the driver computes and every worker waits. :func:`solver_step` runs the same arithmetic pair
 by pair in C (``ckernel/step.c``, in the library of the block kernels), in about 0.05 µs
-per pair, split over ``threads`` (disjoint pairs, the GIL released). It falls back to the
+per pair (``benchmarks/bench_step.py``), split over ``threads`` (disjoint pairs, the GIL released). It falls back to the
 numpy step when the C kernel is unavailable (no compiler, ``probe-dask.kernels.ckernel``
 false).
 
