@@ -201,8 +201,13 @@ def overlapping_runs(client, entries, *, device=None, log=print, most=None) -> i
         return 1
     plans = []
     for e in todo:
-        e.inputs, plan = plan_job(client, e.inputs, device=_run_device(e, device))
+        try:
+            e.inputs, plan = plan_job(client, e.inputs, device=_run_device(e, device))
+        except ProbeDaskError:
+            continue  # the run fails in its own turn, saying why; the others go on
         plans.append(plan)
+    if not plans:
+        return 1
     target = float(dask.config.get("distributed.worker.memory.target") or 0.6)
     worker = max(p.worker_peak for p in plans)
     driver = max(p.driver_peak for p in plans)

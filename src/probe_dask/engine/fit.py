@@ -43,8 +43,8 @@ from probe_dask.core.state import init_state
 from probe_dask.engine.checkpoint import Checkpoint, checkpoint_identity
 from probe_dask.engine.passes import latent_blocks, persist_blocks, run_pass, worker_threads
 from probe_dask.engine.workers import total_worker_memory
-from probe_dask.kernels.step import solver_step
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
+from probe_dask.kernels.step import solver_step
 from probe_dask.stages import Stage, emit
 
 __all__ = ["ProbeFitter"]
@@ -273,7 +273,7 @@ class ProbeFitter:
             keep = need <= config.get("probe-dask.engine.persist-fraction") * have if auto else self.persist
             return need, bool(keep)
 
-        def keep(blocks, nnz):
+        def persist_joined(blocks, nnz):
             # Joined per worker thread up to join-nnz: the pass costs the kernel, not the cut.
             per_unit = int(config.get("probe-dask.engine.join-nnz")) // max(1, math.ceil(
                 int(nnz) / len(blocks)))
@@ -283,14 +283,14 @@ class ProbeFitter:
         if nnz is not None:
             need, persist = decide(nnz)
             if persist:
-                blocks = keep(blocks, nnz)
+                blocks = persist_joined(blocks, nnz)
         emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=n_row_blocks,
              n_joined=len(blocks))
         self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
         if persist is None:
             need, persist = decide(self.label_sums_.count.sum())
             if persist:
-                blocks = keep(blocks, self.label_sums_.count.sum())
+                blocks = persist_joined(blocks, self.label_sums_.count.sum())
         self.persisted_ = bool(persist)
         self.blocks_ = blocks
         self.constants_ = constants = ProblemConstants.from_label_sums(self.label_sums_,
