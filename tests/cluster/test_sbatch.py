@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_dask.testing.slurm import job_record, jobs_in, submit, wait_done
+from probe_dask.testing.slurm import job_record, jobs_in, refused, submit, wait_done
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
@@ -95,18 +95,6 @@ def test_driver_job_starts_worker_jobs_from_the_profile(slurm, tmp_path, capsys)
                for p in worker_logs)
 
 
-def refused(address, **kw) -> str:
-    """Connect a Client; why it failed, or '' when it connected (the caller then fails)."""
-    from distributed import Client
-
-    try:
-        client = Client(address, timeout="3s", **kw)
-    except Exception as exc:  # noqa: BLE001 - any refusal will do; its kind is printed
-        return f"{type(exc).__name__}: {exc}"
-    client.close()
-    return ""
-
-
 def dashboard_listen(scheduler_file, port) -> list[str]:
     """The addresses the scheduler process (on this host) listens on at the dashboard's port."""
     import psutil
@@ -149,7 +137,7 @@ def check_while_running(job_id, scheduler_file, creds_root, timeout) -> dict:
     with Client(address, security=mine, timeout="20s") as client:
         seen["joined"] = client.scheduler_info()["address"]
         seen["plain"] = refused("tcp://" + address.split("://", 1)[1])
-        seen["other CA"] = refused(address, security=Security.temporary())
+        seen["other CA"] = refused(address, "stranger")
         seen["still up"] = client.scheduler_info()["address"]
         seen["dashboard"] = dashboard_listen(scheduler_file,
                                              client.scheduler_info()["services"]["dashboard"])

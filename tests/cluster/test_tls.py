@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from distributed import Client
 from distributed.security import Security
 
 from probe_dask import cluster as C
@@ -25,6 +24,7 @@ from probe_dask.app.job import open_inputs, run_job
 from probe_dask.cluster.tls import address_security, is_loopback_address
 from probe_dask.errors import ProbeDaskError
 from probe_dask.testing.runner import run_cli, stderr_lines
+from probe_dask.testing.slurm import refused
 from probe_dask.testing.synthetic import make_run
 
 ROOT_YAML = Path(__file__).resolve().parents[2] / "jobqueue.yaml"
@@ -39,16 +39,6 @@ def tiny(tmp_path):
     return make_run(tmp_path / "data", n_train_examples=8, n_test_examples=4,
                     tokens_per_example=64, d_sae=128, n_classes=8, mean_nnz_per_row=32, seed=3,
                     n_planted=4)
-
-
-def refused(address, **kw) -> str:
-    """Connect a Client; return why it failed ('' if it connected: the test then fails)."""
-    try:
-        client = Client(address, timeout="4s", **kw)
-    except Exception as exc:  # noqa: BLE001 - any refusal will do; its kind is printed
-        return f"{type(exc).__name__}: {exc}"
-    client.close()
-    return ""
 
 
 def tls_without_certificate(address, ca_pem) -> str:
@@ -98,7 +88,7 @@ def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, cap
         plain = refused(address)  # Dask's defaults: no certificate at all
         # Speaks TLS and trusts our CA, but has no certificate: mutual authentication refuses.
         no_cert = tls_without_certificate(address, cluster.security.tls_ca_file)
-        stranger = refused(address, security=Security.temporary())  # another CA's certificate
+        stranger = refused(address, "stranger")  # another CA's certificate
         tcp = refused(address.replace("tls://", "tcp://"))
         with capsys.disabled():
             print(f"\nTLS fit: {result.n_iter} passes; {address}:\n  plain client -> {plain[:100]}"

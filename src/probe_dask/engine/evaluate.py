@@ -20,7 +20,7 @@ import numpy as np
 
 from probe_dask import kernels
 from probe_dask.core.metrics import SplitMetrics, split_metrics
-from probe_dask.engine.passes import run_pass
+from probe_dask.engine.passes import broadcast, run_pass
 
 __all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split"]
 
@@ -77,7 +77,7 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     """
     # hash=False: a unique key. Train and test scatter identical pairs; with the content hash
     # as key, releasing the train future could drop the key the test pass is about to use.
-    pairs = client.scatter(kernels.ActivePairs.all_pairs(b, w), broadcast=True, hash=False)
+    pairs = broadcast(client, kernels.ActivePairs.all_pairs(b, w))
     try:
         if label_sums is None:
             both = run_pass(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,

@@ -41,7 +41,8 @@ from probe_dask import config, kernels
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.state import init_state
 from probe_dask.engine.checkpoint import Checkpoint, checkpoint_identity
-from probe_dask.engine.passes import latent_blocks, persist_blocks, run_pass, worker_threads
+from probe_dask.engine.passes import (broadcast, latent_blocks, persist_blocks, run_pass,
+                                     worker_threads)
 from probe_dask.engine.workers import total_worker_memory
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
 from probe_dask.kernels.step import solver_step
@@ -322,7 +323,7 @@ class ProbeFitter:
                 start = time.perf_counter()
                 # (non-zero x active pair) units this pass costs: what its time is spent on
                 work_units = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
-                pairs_future = client.scatter(pairs, broadcast=True, hash=False)
+                pairs_future = broadcast(client, pairs)
                 del pairs  # the workers have them: no driver copy while the pass runs
                 try:
                     sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,

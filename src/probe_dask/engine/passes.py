@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 import uuid
 from collections import Counter
 
@@ -48,7 +49,7 @@ from probe_dask import kernels
 from probe_dask.engine.workers import worker_table
 
 __all__ = ["latent_blocks", "worker_threads", "block_groups", "coalesce_blocks", "persist_blocks",
-           "run_pass"]
+           "broadcast", "run_pass"]
 
 
 def _to_latent_block(csr, labels):
@@ -149,6 +150,24 @@ def persist_blocks(client, blocks, groups: int, per_unit: int = 1) -> list[Delay
         out += client.persist([units[i] for i in idx], workers=[slots[g % len(slots)]],
                               allow_other_workers=True)
     return out
+
+
+def broadcast(client, value, tries: int = 3):
+    """``client.scatter(value, broadcast=True)``: one copy on every worker (a pass's pairs),
+    scattered again when a worker leaves while it is being replicated.
+
+    The scheduler replicates to the workers it listed a moment before; one that has left
+    since (a Slurm job cancelled, a worker killed) fails the whole scatter with a KeyError
+    naming its address (seen with ``scancel`` mid-fit). The next try sees the workers as
+    they are.
+    """
+    for attempt in range(tries):
+        try:
+            return client.scatter(value, broadcast=True, hash=False)
+        except (KeyError, OSError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _accumulate(total, part):

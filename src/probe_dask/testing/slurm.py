@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["job_record", "wait_done", "jobs_in", "submit", "JOBCOMP_ENV"]
+__all__ = ["job_record", "wait_done", "jobs_in", "submit", "refused", "JOBCOMP_ENV"]
 
 #: Where scripts/slurm/start.sh keeps Slurm's state (its jobcomp.txt outlives scontrol).
 JOBCOMP_ENV = "PD_SLURM_DIR"
@@ -65,3 +65,35 @@ def submit(script, tmp_path, sbatch_flags, args, env_extra=None):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0]
+
+
+_ATTEMPT = """
+import sys
+from distributed import Client
+from distributed.security import Security
+kw = {"security": Security.temporary()} if sys.argv[2] == "stranger" else {}
+try:
+    Client(sys.argv[1], timeout="4s", **kw).close()
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(1)
+print("connected")
+"""
+
+
+def refused(address, who="plain", limit=60) -> str:
+    """Connect a ``distributed.Client`` to ``address`` (``who``: "plain", no certificate;
+    "stranger", another CA's, ``Security.temporary()``) in a process of its own; return why
+    it failed, or '' when it connected (the caller's test then fails).
+
+    In a process of its own: a refused TLS attempt was seen to hang in the test's process
+    for minutes now and then, never connecting. One that has not connected within ``limit``
+    seconds counts as refused, and is killed.
+    """
+    try:
+        r = subprocess.run([sys.executable, "-c", _ATTEMPT, str(address), who],
+                           capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return f"not connected within {limit} s"
+    out = (r.stdout.strip().splitlines() or [""])[-1]
+    return "" if r.returncode == 0 and out == "connected" else (out or r.stderr[-300:])
