@@ -59,6 +59,11 @@ def test_fault_campaign_same_results(run, tmp_path, capsys):
                 return
             if killers and not killers[-1].done.is_set():
                 return  # the last kill has not landed yet: re-arm in a later pass
+            if len(client.scheduler_info()["workers"]) < 2:
+                # one fault at a time: the killed worker's replacement has not joined, so
+                # this pass's pairs went to one worker only, and killing it too would lose
+                # them (a scattered value has no recipe; see the closing note of issue 10)
+                return
             armed_after.pop(0)
             address, pid = rng.choice(sorted(client.run(os.getpid).items()))
             k = Killer(client, address, lambda pid=pid: os.kill(pid, signal.SIGKILL))
