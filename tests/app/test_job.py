@@ -2,9 +2,13 @@
 
 import json
 
+import dask
 import numpy as np
+import pytest
 
-from probe_dask.app.job import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs, run_job
+from probe_dask.app.job import (CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs,
+                                persist_setting, run_job)
+from probe_dask.errors import ProbeDaskError
 from probe_dask.testing.reference import dense_shard
 from probe_dask.testing.reference import dense_metrics
 
@@ -45,3 +49,17 @@ def test_job_writes_what_the_notebooks_read(local_client, tiny_run, tmp_path):
     for c, l in planted.items():  # planted latents are found
         assert result.table[c]["best_latent"] == l, (c, l)
         assert result.table[c]["test_probe_r"] > 0.1
+
+
+@pytest.mark.parametrize("value, want", [("auto", "auto"), (True, True), ("false", False),
+                                         (" True ", True), (False, False)])
+def test_persist_setting_reads_the_config(value, want):
+    with dask.config.set({"probe-dask.engine.persist": value}):
+        assert persist_setting() == want
+
+
+def test_persist_setting_refuses_other_values():
+    with dask.config.set({"probe-dask.engine.persist": "sometimes"}), \
+            pytest.raises(ProbeDaskError, match=r"'probe-dask.engine.persist': found 'sometimes'; "
+                                                r"expected auto, true or false"):
+        persist_setting()

@@ -38,7 +38,7 @@ ROOT_YAML = ROOT / "jobqueue.yaml"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(600)]
 
-FIT_FLAGS = ["--max-iter", "200", "--block-nnz", "250", "--allow-many-blocks", "--no-telemetry"]
+FIT_FLAGS = ["--max-iter", "200", "--block-nnz", "1000", "--allow-many-blocks", "--no-telemetry"]
 
 
 def paths(root, run):
@@ -76,9 +76,10 @@ def scontrol_update(job_id, *fields):
 
 def test_walltime_signal_requeues_and_the_fit_resumes_identically(slurm, tmp_path, capsys,
                                                                  monkeypatch):
-    # Blocks of 250 non-zeros kept apart (not joined): passes slow enough (about 3 s) that
-    # the walltime signal comes before the fit ends. Both runs (and sbatch's job) inherit it.
-    monkeypatch.setenv("DASK_PROBE_DASK__ENGINE__JOIN_NNZ", "1")
+    # 782 blocks of 1000 non-zeros re-read from disk every pass: passes slow enough (about
+    # 3 s) that the walltime signal comes before the fit ends. Both runs (and sbatch's job)
+    # inherit it.
+    monkeypatch.setenv("DASK_PROBE_DASK__ENGINE__PERSIST", "false")
     run = make_run(tmp_path / "data", n_train_examples=128, n_test_examples=8,
                    tokens_per_example=128, d_sae=4096, n_classes=151, mean_nnz_per_row=48,
                    seed=5, n_planted=6)

@@ -1,18 +1,20 @@
 """The fit on a real distributed cluster against an independent float64 reference, and
 ``ProbeFitter``'s estimator conventions (parameters, validation, ConvergenceWarning)."""
 
+import os
+import signal
 import warnings
 
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-import dask
 
-from probe_dask.engine.passes import block_groups, coalesce_blocks
 from probe_dask.engine.shard import open_shard
+from probe_dask.engine.checkpoint import stored_pass
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
+from probe_dask.stages import Stage
 
 from probe_dask.testing.reference import dense_shard
 from probe_dask.testing.reference import exact_loss, reference_fit
@@ -93,29 +95,38 @@ def test_streaming_blocks_equal_persisted(local_client, tiny_run):
     shard, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
     _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False)
     assert kept.persisted_ and not streamed.persisted_
-    # persisted blocks are joined per worker thread (join-nnz): the same sums, other order
-    assert len(kept.blocks_) < len(shard.row_blocks) == len(streamed.blocks_)
+    # persisted: cut by latent range, one range per worker thread (engine.ranges)
+    assert len(kept.blocks_) == len(kept.ranges_) == kept.worker_threads_ == 2
+    assert len(streamed.blocks_) == len(shard.row_blocks) > 2 and streamed.ranges_ is None
     np.testing.assert_allclose(kept.coef_, streamed.coef_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(kept.intercept_, streamed.intercept_, rtol=1e-9, atol=1e-12)
     assert kept.n_iter_ == streamed.n_iter_
 
 
-def test_joined_blocks_keep_the_groups_of_a_pass():
-    """``coalesce_blocks``: every group's blocks in the same number of joined units, so the
-    pass's grouping of the joined list is the grouping of the blocks."""
-    for n_blocks, groups, per_unit in ((100, 2, 79), (7, 3, 2), (10, 4, 100), (5, 5, 3),
-                                       (33, 4, 1)):
-        blocks = [dask.delayed(int)(i, dask_key_name=("b", i)) for i in range(n_blocks)]
-        units = coalesce_blocks(blocks, groups, per_unit)
-        got = [sorted(k[1] for k in u.__dask_graph__() if isinstance(k, tuple) and k[0] == "b")
-               for u in units]
-        want_groups = [list(r) for r in block_groups(n_blocks, groups)]
-        got_groups = [sorted(i for u in r for i in got[u])
-                      for r in block_groups(len(units), groups)]
-        assert got_groups == want_groups, (n_blocks, groups, per_unit)
-        assert max(len(g) for g in got) <= max(per_unit, 1)
-        if per_unit <= 1:
-            assert units == blocks
+def test_ranges_give_the_bits_of_one_block_whatever_the_cut(local_client, tiny_run):
+    """A pair's sums are its latent's events in row order, on one range or several: the
+    fit on latent ranges gives exactly the one-block fit (read from disk, the driver's
+    step), whatever the row blocks, ranges and workers."""
+    nnz = open_shard(tiny_run.run_dir, tiny_run.train_shard).nnz
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _, one_block = _fit(local_client, tiny_run, block_nnz=10 * nnz, persist=False)
+        fits = [_fit(local_client, tiny_run, block_nnz=nnz // 7 + 1, persist=True)[1]]
+        with LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
+                          dashboard_address=":0") as three, Client(three) as client_three:
+            fits.append(_fit(client_three, tiny_run, block_nnz=nnz // 3 + 1, persist=True)[1])
+    assert [len(f.ranges_) for f in fits] == [2, 3]
+    for fit in fits:
+        assert fit.n_iter_ == one_block.n_iter_
+        for attr in ("coef_", "intercept_", "converged_"):
+            np.testing.assert_array_equal(getattr(fit, attr), getattr(one_block, attr))
+        history = [{k: v for k, v in h.items() if k != "pass_seconds"} for h in fit.history_]
+        want = [{k: v for k, v in h.items() if k != "pass_seconds"} for h in one_block.history_]
+        for got, ref in zip(history, want):  # counts exactly; means up to their weighting
+            assert {k: got[k] for k in got if not k.startswith("mean")} == \
+                {k: ref[k] for k in ref if not k.startswith("mean")}
+            np.testing.assert_allclose([got["mean_lam"], got["mean_loss"]],
+                                       [ref["mean_lam"], ref["mean_loss"]], rtol=1e-12)
 
 
 def test_sparse_reference_agrees_with_dense_reference(tiny_run):
@@ -181,9 +192,12 @@ def test_persist_false_keeps_no_block_on_the_workers(local_client, tiny_run):
         kept.fit(shard.X, shard.y, n_classes=8)
     held = [str(key) for keys in local_client.has_what().values() for key in keys]
     assert kept.persisted_ is True
-    # the row blocks, joined per worker thread: only the joined blocks stay
-    assert len({key for key in held if "latent-block" in key}) == len(kept.blocks_)
+    # the row blocks cut by latent range: only the ranges stay, and their solver states
+    assert not [key for key in held if "latent-block" in key or "latent-range-part" in key]
+    assert {key for key in held if key.startswith("latent-range")} == \
+        {f.key for f in kept.blocks_}
     assert len(kept.blocks_) == kept.worker_threads_ < len(shard.row_blocks)
+    assert len([key for key in held if key.startswith("advance_range")]) == len(kept.ranges_)
 
 
 def test_convergence_warning_when_max_iter_leaves_pairs_active(local_client, tiny_run):
@@ -207,10 +221,9 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
     cache = resident.device_cache()
     cache.clear()
     fits = {}
-    # join-nnz 1: the blocks stay apart, so that the cache is seen working on several
+    # one thread (Triton's interpreter runs one kernel at a time): one latent range
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client, \
-            dask.config.set({"probe-dask.engine.join-nnz": 1}):
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         for backend in ("c", "triton"):
             hits, misses = cache.hits, cache.misses
             with warnings.catch_warnings():
@@ -218,7 +231,7 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
                 fits[backend] = ProbeFitter(max_iter=3, backend=backend, persist=True,
                                             client=client).fit(shard.X, shard.y, n_classes=8)
         n_blocks = len(fits["triton"].blocks_)
-        assert n_blocks >= 2 and fits["triton"].persisted_
+        assert n_blocks == len(fits["triton"].ranges_) == 1 and fits["triton"].persisted_
         assert cache.misses - misses == n_blocks  # copied once, in the first pass
         assert cache.hits - hits == 2 * n_blocks  # passes 2 and 3
     # same solver on sums equal to float32 rounding: the same three steps, up to those
@@ -245,3 +258,40 @@ def test_triton_fit_streams_blocks_read_from_disk(tiny_run, triton_kernels):
     for attr in ("coef_", "intercept_"):
         np.testing.assert_allclose(getattr(fits["triton"], attr), getattr(fits["c"], attr),
                                    rtol=0, atol=1e-6)
+
+
+def test_a_lost_range_whose_checkpoint_moved_on_restarts_from_the_file(tiny_run, tmp_path):
+    """Resumed at pass 3, the fit's checkpoint then moves on. A worker killed after pass 5
+    loses ranges whose lineage starts from pass 3's file: recomputing them raises
+    CheckpointMoved, and the fit starts every range again from the file as it is now. The
+    result is the undisturbed fit's, to the bit. (A cluster of its own: a worker dies.)"""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit="3GB") as cluster, Client(cluster) as client:
+        _fit_killing_a_worker_after_a_resume(client, tiny_run, tmp_path)
+
+
+def _fit_killing_a_worker_after_a_resume(local_client, tiny_run, tmp_path):
+    ckpt = tmp_path / "ckpt.npz"
+    shard = open_shard(tiny_run.run_dir, tiny_run.train_shard, block_nnz=2000)
+    full = ProbeFitter(max_iter=40, client=local_client).fit(shard.X, shard.y, n_classes=8)
+    assert full.n_iter_ >= 8
+    with pytest.warns(ConvergenceWarning):
+        ProbeFitter(max_iter=3, checkpoint=ckpt, identity={"x": 1}, client=local_client).fit(
+            shard.X, shard.y, n_classes=8)
+    pids = local_client.run(os.getpid)
+    killed = []
+
+    def kill_a_worker(stage, info):
+        if stage == Stage.ITERATION and info["n_iter"] == 5 and not killed:
+            assert stored_pass(ckpt) >= 4  # moved on from the pass the ranges started at
+            address = sorted(pids)[0]
+            os.kill(pids[address], signal.SIGKILL)
+            killed.append(address)
+
+    resumed = ProbeFitter(max_iter=40, checkpoint=ckpt, identity={"x": 1}, client=local_client,
+                          callbacks=[kill_a_worker]).fit(shard.X, shard.y, n_classes=8)
+    assert killed
+    assert resumed.n_iter_ == full.n_iter_
+    assert [h["n_iter"] for h in resumed.history_] == list(range(4, full.n_iter_ + 1))
+    for attr in ("coef_", "intercept_", "converged_"):
+        np.testing.assert_array_equal(getattr(resumed, attr), getattr(full, attr))

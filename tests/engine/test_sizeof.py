@@ -12,6 +12,7 @@ from distributed import wait
 from probe_dask import kernels
 from probe_dask.engine.shard import open_shard
 from probe_dask.engine.passes import latent_blocks
+from probe_dask.engine.ranges import start_range
 from probe_dask.testing.synthetic import make_run
 
 
@@ -32,6 +33,11 @@ def test_sizeof_of_blocks_pairs_sums_and_tensors():
     assert sizeof(sums) == sums.nbytes + 64 >= 16 * 1200
     t = torch.zeros((1000, 3), dtype=torch.float64)
     assert 24_000 <= sizeof(t) <= 24_000 + 1024
+    # a latent range's fit: its label sums and its solver state (91 bytes a pair)
+    fit = start_range(block.latent_slice(100, 200), 4, 1e-8, 100, 200)
+    state = sum(getattr(fit.state, n).nbytes for n in fit.state.FLOAT_FIELDS + fit.state.BOOL_FIELDS)
+    assert state == 91 * 100 * 4
+    assert state + fit.label_sums.nbytes <= sizeof(fit) <= state + fit.label_sums.nbytes + 4096
 
 
 def _managed(client) -> int:

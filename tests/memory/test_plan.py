@@ -65,27 +65,44 @@ def test_plan_blocks_are_the_blocks_the_fit_uses(small_run, tmp_path):
 
 
 def test_plan_lists_every_buffer_and_prints_a_table(small_run):
-    plan = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
-                    memory_limit="4GB", n_workers=3, threads=2)
-    names = " | ".join(b.name for b in plan.driver + plan.worker)
+    streamed = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
+                        memory_limit="4GB", n_workers=3, threads=2, persist=False)
+    names = " | ".join(b.name for b in streamed.driver + streamed.worker)
     for want in ("solver state", "LabelSums", "CSR row block", "LatentBlock", "label_sums scratch",
                  "fit partials", "eval partials", "active pairs", "baseline", "solver.step scratch"):
         assert want in names, want
-    L, C = plan.n_latents, plan.n_classes
-    state = next(b for b in plan.driver if b.name == "solver state")
+    L, C = streamed.n_latents, streamed.n_classes
+    state = next(b for b in streamed.driver if b.name == "solver state")
     assert state.nbytes == 91 * L * C  # 11 float64 + 3 bool per pair (solver.TrustRegionState)
-    fit_parts = next(b for b in plan.worker if b.name.startswith("fit partials"))
+    assert state.stages == ("fit_start", "iteration")
+    fit_parts = next(b for b in streamed.worker if b.name.startswith("fit partials"))
     # engine.passes: one group per worker thread (6 groups, 2 tree tasks of fan-in 4): each
     # of the 2 threads' group partials, plus 2 tree tasks holding 4 partials and 2 sums
-    assert plan.n_blocks["train"] >= 6
-    assert fit_parts.each == 48 * L * C and fit_parts.count == 2 + 2 * (plan.split_every + 2)
+    assert streamed.n_blocks["train"] >= 6
+    assert fit_parts.each == 48 * L * C and fit_parts.count == 2 + 2 * (streamed.split_every + 2)
     # checkpoints are written from the live state (engine.checkpoint): no copy of it
-    assert not any(b.name.startswith("checkpoint") for b in plan.driver)
+    assert not any(b.name.startswith("checkpoint") for b in streamed.driver)
+
+    # persisted: latent ranges (engine.ranges), the state on the workers, 6 ranges of 22
+    # latents at most for 3 workers x 2 threads
+    plan = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
+                    memory_limit="4GB", n_workers=3, threads=2, persist=True)
+    names = " | ".join(b.name for b in plan.worker)
+    for want in ("train latent ranges", "range solver states", "range label sums",
+                 "range evaluation", "cutting train ranges"):
+        assert want in names, want
+    assert not [b for b in plan.worker if b.name.startswith(("fit partials", "active pairs, "))]
+    on_driver = {b.name: b for b in plan.driver if b.stages}
+    assert not [n for n in on_driver if n in ("solver state", "summed fit sums", "init_state")]
+    states = next(b for b in plan.worker if b.name.startswith("range solver states"))
+    lat = -(-L // 6)
+    assert states.each == 2 * 91 * lat * C and states.count == 2
+    assert plan.driver_peak < streamed.driver_peak
     # the peak is the largest stage's sum
     stage_sums = [sum(b.nbytes for b in plan.worker if b.live(s)) for s in WORKER_STAGES]
     assert plan.worker_peak == max(stage_sums)
     text = format_plan(plan)
-    assert "block_nnz" in text and "peak of each worker" in text and "solver state" in text
+    assert "block_nnz" in text and "peak of each worker" in text and "range solver states" in text
     assert text.splitlines()[-1].startswith("OK, fits")
     json.dumps(strict_json(plan.to_dict()), allow_nan=False)
 
@@ -217,11 +234,13 @@ def test_every_worker_thread_gets_at_least_two_blocks():
 
 
 def test_partials_per_worker_do_not_grow_with_blocks(small_run):
-    """One partial per worker thread per pass (engine.passes): 1 block or 40, the same count."""
+    """One partial per worker thread per pass (engine.passes, blocks read from disk every
+    pass): 1 block or 40, the same count."""
     counts = {}
     for block_nnz in (40_000, 10**9):
         plan = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
-                        memory_limit="8GB", n_workers=2, threads=1, block_nnz=block_nnz)
+                        memory_limit="8GB", n_workers=2, threads=1, block_nnz=block_nnz,
+                        persist=False)
         fit_parts = next(b for b in plan.worker if b.name.startswith("fit partials"))
         counts[plan.n_blocks["train"]] = fit_parts.count
     few, many = min(counts), max(counts)

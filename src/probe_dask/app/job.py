@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from probe_dask import config
 from probe_dask.core.metrics import class_table
-from probe_dask.engine.evaluate import evaluate_split
+from probe_dask.engine.evaluate import evaluate_ranges, evaluate_split
 from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.passes import latent_blocks
+from probe_dask.engine.ranges import persist_ranges
 from probe_dask.engine.shard import Shard, open_shard
 from probe_dask.engine.workers import check_worker_kernels
-from probe_dask.errors import ConvergenceWarning, InputError
+from probe_dask.errors import ConvergenceWarning, InputError, ProbeDaskError
 from probe_dask.io.layout import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, inference_dir
 from probe_dask.io.outputs import check_writable, write_json, write_metrics_npz
 from probe_dask.io.resultset import ResultSet, check_targets
@@ -159,9 +161,10 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     """
     started = utc_now()
     check_worker_kernels(client, device, backend, log=log)
+    persist = persist_setting()
     plan = None
     if memory_plan:
-        inputs, plan = plan_job(client, inputs, device=device, log=log)
+        inputs, plan = plan_job(client, inputs, device=device, persist=persist, log=log)
         emit(callbacks, Stage.PLAN, plan=plan)
     train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
     run_dir = inputs.run_dir
@@ -186,7 +189,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
 
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
                          resources=resources,
-                         persist=plan.persist if plan is not None else "auto",
+                         persist=plan.persist if plan is not None else persist,
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())], client=client,
                          keep_state=False)
@@ -208,14 +211,32 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
 
     t2 = time.perf_counter()
     emit(callbacks, Stage.EVALUATE_TRAIN_START)
-    train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
-                                   label_sums=fitter.label_sums_, device=device, resources=resources,
-                                   backend=backend, resident=fitter.persisted_,
-                                   groups=fitter.worker_threads_)
-    emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
-    test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
-                                  device=device, resources=resources, backend=backend,
-                                  groups=fitter.worker_threads_)
+    if fitter.ranges_ is not None:  # persisted: evaluated where the ranges are
+        options = dict(device=device, resources=resources, backend=backend)
+        train_metrics = evaluate_ranges(client, fitter.blocks_, fitter.range_fits_,
+                                        fitter.ranges_, n_classes, resident=True, **options)
+        emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
+        fitter.blocks_ = None  # the train events go before the test split's take their place
+        test_blocks = latent_blocks(test.X, test.y)
+        if test.nnz <= train.nnz:  # no more than the train events the workers just held
+            test_data = persist_ranges(client, test_blocks, fitter.ranges_)
+            test_metrics = evaluate_ranges(client, test_data, fitter.range_fits_,
+                                           fitter.ranges_, n_classes, own_labels=True, **options)
+            del test_data
+        else:
+            test_metrics = evaluate_split(client, test_blocks, b, w, n_classes,
+                                          groups=fitter.worker_threads_, **options)
+        # the job keeps results only: the workers' memory is free for the next job (a sweep)
+        fitter.range_fits_ = None
+    else:
+        train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
+                                       label_sums=fitter.label_sums_, device=device,
+                                       resources=resources, backend=backend,
+                                       groups=fitter.worker_threads_)
+        emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
+        test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
+                                      device=device, resources=resources, backend=backend,
+                                      groups=fitter.worker_threads_)
     seconds["evaluate"] = time.perf_counter() - t2
     emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
 
@@ -262,6 +283,18 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()), n_pairs=int(b.size),
         seconds=seconds, fitter=fitter,
     )
+
+
+def persist_setting():
+    """``probe-dask.engine.persist`` as ``"auto"``, True or False (a ``DASK_*`` variable
+    gives a string); ProbeDaskError naming the key for anything else."""
+    value = config.get("probe-dask.engine.persist")
+    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
+        value = {"auto": "auto", "true": True, "false": False}[value.strip().lower()]
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ProbeDaskError(f"configuration key 'probe-dask.engine.persist': found {value!r}; "
+                      "expected auto, true or false")
 
 
 def unconverged_warning(fitter) -> str:

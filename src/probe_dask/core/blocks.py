@@ -144,6 +144,21 @@ class LatentBlock:
         return cls(latent_ptr=latent_ptr, rows=rows, values=values,
                    labels=np.concatenate([b.labels for b in blocks]))
 
+    def latent_slice(self, start: int, stop: int) -> "LatentBlock":
+        """The events of latents ``start:stop`` only (renumbered from 0), every row kept.
+
+        Copies: the result holds ``8 (stop - start + 1) + 8 nnz' + n_rows`` bytes of its own,
+        so the block it came from can be let go. Per latent, the events and their order are
+        those of this block: a kernel sums a latent of the slice exactly as of the block.
+        """
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n_latents:
+            raise ValueError(f"latents {start}:{stop}: outside [0, {self.n_latents}]")
+        lo, hi = int(self.latent_ptr[start]), int(self.latent_ptr[stop])
+        return LatentBlock(latent_ptr=self.latent_ptr[start:stop + 1] - lo,
+                           rows=self.rows[lo:hi].copy(), values=self.values[lo:hi].copy(),
+                           labels=self.labels.copy())
+
     @property
     def n_rows(self) -> int:
         """Number of rows of the block."""

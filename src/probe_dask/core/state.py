@@ -101,6 +101,16 @@ class TrustRegionState:
         return ActivePairs(latent_ptr=latent_ptr, classes=classes,
                            b=self.b.ravel()[flat], w=self.w.ravel()[flat])
 
+    def copy(self) -> "TrustRegionState":
+        """A state of its own (every array copied once)."""
+        return self.latent_slice(0, self.b.shape[0])
+
+    def latent_slice(self, start: int, stop: int) -> "TrustRegionState":
+        """The pairs of latents ``start:stop`` as a state of their own (copies)."""
+        return TrustRegionState(**{name: getattr(self, name)[start:stop].copy()
+                                   for name in self.FLOAT_FIELDS + self.BOOL_FIELDS},
+                                n_iter=self.n_iter)
+
     def to_dict(self, copy=True) -> dict:
         """Every field as a plain array (``n_iter`` 0-d int64), for ``np.savez``: copies,
         or with ``copy=False`` the state's own arrays."""

@@ -7,16 +7,22 @@ one it cannot read, with one line naming what differs; :meth:`Checkpoint.save` w
 state in a background thread (renamed into place, so a killed fit leaves the previous
 checkpoint whole) while the next pass runs on the workers.
 
+A fit whose state lives on the workers, one latent range each (``engine.ranges``), writes
+the same file from the ranges (:meth:`Checkpoint.save_parts`: each field streamed range by
+range into the ``.npz``) and each range reads back its own rows (:func:`load_range`).
+
 Memory per process: none beyond the state itself: the write reads the live state, which the
 caller leaves alone until :meth:`Checkpoint.wait` returns (the fit waits right before its
 next step; a copy would cost 91 bytes a pair, 0.45 GB at 32768 x 151); nothing on the
-workers.
+workers. Streamed from ranges: one field of one range at a time on the driver (8 bytes a
+pair of that range); :func:`load_range` holds one whole field (8 L C bytes) while slicing it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +31,7 @@ from probe_dask.core.state import TrustRegionState
 from probe_dask.errors import MachineError, ProbeDaskError
 from probe_dask.io.outputs import atomic_path
 
-__all__ = ["Checkpoint", "checkpoint_identity", "stored_pass"]
+__all__ = ["Checkpoint", "CheckpointMoved", "checkpoint_identity", "stored_pass", "load_range"]
 
 
 def stored_pass(path) -> int | None:
@@ -53,6 +59,83 @@ def _identity_diff(stored: str, want: str) -> str:
     except (ValueError, AttributeError):
         keys = []
     return f"differs in {', '.join(keys)}" if keys else f"stored {stored}"
+
+
+class CheckpointMoved(RuntimeError):
+    """The checkpoint a range was to start from has been replaced by a later pass's (a lost
+    range recomputed from the fit's start): the fit starts every range again from the file."""
+
+
+def _read_identity(path, identity: str) -> int:
+    """The pass stored at ``path`` after checking its identity (ProbeDaskError otherwise)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = str(f["identity"])
+            if stored != identity:
+                raise ProbeDaskError(
+                    f"{path}: checkpoint is for other input or settings "
+                    f"({_identity_diff(stored, identity)}); rerun with --restart "
+                    "to ignore it")
+            missing = set(TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS
+                          + ("n_iter",)) - {k for k in f.files}
+            if missing:
+                raise ValueError(f"no {', '.join(sorted(missing))}")
+            return int(f["n_iter"])
+    except ProbeDaskError:
+        raise
+    except Exception as exc:  # not ours, older layout, damaged: say so, never guess
+        raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: "
+                             f"{exc}); rerun with --restart to ignore it") from None
+
+
+def load_range(path, identity: str, n_iter: int, start: int, stop: int) -> TrustRegionState:
+    """The state of latents ``start:stop`` stored at ``path`` (a range's start, on its worker).
+
+    Raises
+    ------
+    CheckpointMoved
+        The file holds another pass than ``n_iter``.
+    ProbeDaskError
+        It belongs to other input or settings, or cannot be read.
+    """
+    if _read_identity(path, identity) != int(n_iter):
+        raise CheckpointMoved(f"{path}: no longer pass {n_iter}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {name: f[name][start:stop].copy()
+                      for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS}
+        return TrustRegionState(**fields, n_iter=int(n_iter))
+    except Exception as exc:  # noqa: BLE001 - damaged after its header was read
+        raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: "
+                             f"{exc}); rerun with --restart to ignore it") from None
+
+
+def _write_npy(out, array) -> None:
+    np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
+
+
+def _write_streamed(f, identity, n_iter, shape, fields) -> None:
+    """An ``.npz`` ``np.load`` reads like ``np.savez``'s, each ``(L, C)`` field written from
+    its parts: ``fields`` yields ``(name, dtype, parts)``, ``parts`` the field's rows in
+    latent order."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in (("identity", np.array(identity)),
+                            ("n_iter", np.array(n_iter, dtype=np.int64))):
+            with zf.open(name + ".npy", "w", force_zip64=True) as out:
+                _write_npy(out, value)
+        for name, dtype, parts in fields:
+            with zf.open(name + ".npy", "w", force_zip64=True) as out:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                          "fortran_order": False, "shape": tuple(shape)}
+                np.lib.format.write_array_header_2_0(out, header)
+                rows = 0
+                for part in parts:
+                    part = np.ascontiguousarray(part, dtype=dtype)
+                    rows += part.shape[0]
+                    out.write(part.data)
+                    del part  # one range's field at a time
+                if rows != shape[0]:
+                    raise ValueError(f"checkpoint field {name}: {rows} rows; expected {shape[0]}")
 
 
 class Checkpoint:
@@ -112,6 +195,49 @@ class Checkpoint:
                                            "previous one is kept")
             except BaseException as exc:  # raised in the fit's thread by wait()
                 self._error = exc
+
+        self._writer = threading.Thread(target=write, name="probe-dask-checkpoint", daemon=True)
+        self._writer.start()
+
+    def stored_pass(self) -> int:
+        """The pass the file holds; ProbeDaskError when it belongs to other input or
+        settings or cannot be read (nothing else is loaded)."""
+        return _read_identity(self.path, self.identity)
+
+    def save_parts(self, n_iter: int, shape, fetch, done=None) -> None:
+        """Write the state of pass ``n_iter`` from its latent ranges, in a thread that
+        overlaps the next pass.
+
+        Parameters
+        ----------
+        n_iter : int
+        shape : (L, C)
+        fetch : callable
+            ``fetch(name)`` yields the field ``name`` of every range, in latent order.
+        done : callable, optional
+            Called (in the thread) once the write ended, whether it succeeded or not: the
+            caller lets go of the ranges' state there.
+        """
+        self.wait()
+        fields = [(name, np.float64 if name in TrustRegionState.FLOAT_FIELDS else np.bool_)
+                  for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS]
+
+        def write():
+            try:
+                with atomic_path(self.path) as tmp:
+                    with open(tmp, "wb") as f:
+                        _write_streamed(f, self.identity, n_iter, shape,
+                                        ((n, d, fetch(n)) for n, d in fields))
+            except OSError as exc:  # disk full, quota: one line naming the file, exit 2
+                self._error = MachineError(self.path, exc, "writing the checkpoint; the "
+                                           "previous one is kept")
+            except CheckpointMoved:
+                pass  # a range it read was lost: the fit restarts from the file, kept whole
+            except BaseException as exc:  # raised in the fit's thread by wait()
+                self._error = exc
+            finally:
+                if done is not None:
+                    done()
 
         self._writer = threading.Thread(target=write, name="probe-dask-checkpoint", daemon=True)
         self._writer.start()

@@ -5,11 +5,18 @@ blocks and then tree-summed, ``passes.run_pass``; for a split
 whose label statistics are not known yet, ``kernels.label_sums`` in the same task) gives
 the sums :func:`probe_dask.core.metrics.split_metrics` turns into loss and confusion counts.
 
+A fit on latent ranges (``engine.ranges``) is evaluated where its ranges are
+(:func:`evaluate_ranges`): one task per range computes the metrics of its pairs, on the
+training ranges or on the test split cut at the same latents (:func:`persist_ranges`), and
+the driver fills the ``(L, C)`` matrices range by range.
+
 Memory per process: the driver holds the summed ``(3, L C)`` float64 totals and what
 ``split_metrics`` makes (a handful of ``(L, C)`` float64 matrices, about 40 MB each at
 32768 x 151); workers hold what ``passes`` says (two ``(3, L C)`` partials per thread,
 plus the label statistics in the label pass), plus the scattered pairs (``8 (L+1) +
-20 L C`` bytes).
+20 L C`` bytes). Evaluated on ranges, the driver holds the five ``(L, C)`` matrices it fills
+and one field of one range's metrics at a time; a worker, per range task, the range's pairs (20 bytes a pair), its
+``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74 bytes a pair of the range).
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import numpy as np
 from probe_dask import kernels
 from probe_dask.core.metrics import SplitMetrics, split_metrics
 from probe_dask.engine.passes import broadcast, run_pass
+from probe_dask.engine.ranges import where_held
 
-__all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split"]
+__all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split", "range_metrics",
+           "evaluate_ranges"]
 
 
 @dataclass
@@ -91,3 +100,54 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     finally:
         pairs.release()
     return split_metrics(label_sums, totals, b, w)
+
+
+def range_metrics(data, fit, n_classes, own_labels=False, device=None, backend="auto",
+                  resident=False) -> SplitMetrics:
+    """The metrics of a range's pairs on ``data`` (that range's events of a split) with its
+    fitted ``b, w`` (``fit``: an ``engine.ranges.RangeFit``); the split's label sums are
+    the fit's (training ranges) or, with ``own_labels``, counted from ``data``."""
+    label_sums = kernels.label_sums(data, n_classes) if own_labels else fit.label_sums
+    b, w = fit.state.b, fit.state.w
+    totals = kernels.eval_sums(data, kernels.ActivePairs.all_pairs(b, w), device,
+                               backend=backend, resident=resident)
+    return split_metrics(label_sums, totals, b, w)
+
+
+def evaluate_ranges(client, data, fits, bounds, n_classes, *, own_labels=False, device=None,
+                    resources=None, backend="auto", resident=False) -> SplitMetrics:
+    """Loss and confusion counts of every pair, one task per latent range.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    data : list of Future
+        Each range's ``LatentBlock`` of the split (the fit's ``blocks_``, or the test split
+        cut at the same ``bounds``: ``engine.ranges.persist_ranges``).
+    fits : list of Future
+        The ranges' ``RangeFit`` (``ProbeFitter.range_fits_``).
+    bounds : list of (int, int)
+        The ranges' latents (``ProbeFitter.ranges_``).
+    n_classes : int
+    own_labels : bool
+        Count the split's label sums from ``data`` (test) instead of the fit's (train).
+    """
+    futures = [client.submit(range_metrics, d, f, n_classes, own_labels, device, backend,
+                             resident, resources=resources) for d, f in zip(data, fits)]
+    shape = (bounds[-1][1], int(n_classes))
+    out = {name: np.empty(shape) for name in _METRIC_FIELDS}
+    for future, (a, z), where in zip(futures, bounds, where_held(client, futures)):
+        for name, whole in out.items():  # one field of one range at a time on the driver
+            whole[a:z] = client.submit(getattr, future, name, pure=False, **where).result()
+        last = client.submit(_split_constants, future, pure=False, **where).result()
+        future.release()
+    return SplitMetrics(**out, **last)
+
+
+#: The ``(L, C)`` fields of ``SplitMetrics``.
+_METRIC_FIELDS = ("loss", "tp", "fp", "tn", "fn")
+
+
+def _split_constants(metrics) -> dict:
+    return {"n_rows": metrics.n_rows, "class_rows": metrics.class_rows,
+            "baseline_ce": metrics.baseline_ce}

@@ -1,6 +1,8 @@
 """One pass over a shard's row blocks: one task per group of blocks, the group sums tree-summed.
 
-The fit and the evaluation are both made of passes. A pass cuts the blocks into contiguous
+The label pass, and the fit and evaluation of a shard read from disk every pass, are made of
+these passes (a fit on persisted blocks works on latent ranges instead, ``engine.ranges``).
+A pass cuts the blocks into contiguous
 groups (one per worker thread, fixed for a whole fit: see :func:`worker_threads`) and
 submits one task per group: it runs the kernel on its blocks one after the other and adds
 each block's partial into the group's one partial, in block order. The
@@ -9,9 +11,8 @@ group partials are then summed in a tree whose fan-in is bounded by ``split_ever
 traffic and partial memory per pass are therefore O(worker threads x P), whatever the
 number of blocks (565 blocks of a real shard used to mean 565 dense ``(6, P)`` partials).
 
-Persisted blocks are placed group by group (:func:`persist_blocks`: a group's blocks on one
-worker thread's worker), and each pass sends a group's task to the worker that holds most
-of its blocks (``client.who_has``), with ``allow_other_workers=True`` so that the group of
+Blocks a caller has persisted are summed where they are: each pass sends a group's task to
+the worker that holds most of its blocks (``client.who_has``), with ``allow_other_workers=True`` so that the group of
 a lost worker still runs elsewhere (its blocks recomputed there). Blocks read from disk
 every pass travel as a recipe (the group's culled task graph), computed block by block
 inside the group task, so the task holds one block at a time (on the Triton backend, two:
@@ -34,7 +35,6 @@ bytes per block).
 from __future__ import annotations
 
 import inspect
-import math
 import time
 import uuid
 from collections import Counter
@@ -46,10 +46,9 @@ from dask.utils import funcname
 from distributed import futures_of
 
 from probe_dask import kernels
-from probe_dask.engine.workers import worker_table
+from probe_dask.engine.workers import worker_slots, worker_table
 
-__all__ = ["latent_blocks", "worker_threads", "block_groups", "coalesce_blocks", "persist_blocks",
-           "broadcast", "run_pass"]
+__all__ = ["latent_blocks", "worker_threads", "block_groups", "broadcast", "run_pass"]
 
 
 def _to_latent_block(csr, labels):
@@ -79,12 +78,6 @@ def latent_blocks(X, y) -> list[Delayed]:
     ]
 
 
-def _worker_slots(client) -> list[str]:
-    """Every worker address once per thread, in address order (one slot per group)."""
-    table = worker_table(client)
-    return [a for a in sorted(table) for _ in range(max(1, int(table[a].get("nthreads") or 1)))]
-
-
 def worker_threads(client) -> int:
     """Worker threads of the cluster now: the groups a pass cuts its blocks into.
 
@@ -92,7 +85,7 @@ def worker_threads(client) -> int:
     for the evaluation, so that workers joining or leaving do not change the sums' order.
     0 when no worker has joined yet (an adaptive cluster still starting).
     """
-    return len(_worker_slots(client))
+    return len(worker_slots(client))
 
 
 def block_groups(n_blocks: int, groups: int) -> list[range]:
@@ -101,55 +94,6 @@ def block_groups(n_blocks: int, groups: int) -> list[range]:
     groups = max(1, min(int(groups), int(n_blocks)))
     edges = [(g * n_blocks) // groups for g in range(groups + 1)]
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _concat(*blocks):
-    return kernels.LatentBlock.concat(blocks)
-
-
-def coalesce_blocks(blocks, groups: int, per_unit: int) -> list[Delayed]:
-    """Consecutive blocks of each group joined into ``LatentBlock`` s of at most
-    ``per_unit`` blocks (``LatentBlock.concat``), the same number in every group.
-
-    A pass over a block touches every active pair of every latent the block has events of,
-    whatever its size: cut small, a block costs that touch for few events (100 blocks of
-    50,000 non-zeros at 32768 latents: 2.7x the pass of one block). Joined, the pass costs
-    the kernel. Each group then holds ``m`` units, so ``block_groups(G m, G)`` gives back
-    the same groups: passes and evaluation cut the joined list as they cut the blocks.
-    ``per_unit <= 1`` (or one block per group) leaves the blocks as they are.
-    """
-    ranges = block_groups(len(blocks), groups)
-    if per_unit <= 1 or max(len(r) for r in ranges) <= 1:
-        return list(blocks)
-    units = math.ceil(max(len(r) for r in ranges) / per_unit)  # <= the smallest group
-    name = "latent-block-joined-" + dask.base.tokenize([b.key for b in blocks], groups, units)
-    out = []
-    for r in ranges:
-        for part in block_groups(len(r), units):
-            members = [blocks[r[i]] for i in part]
-            out.append(dask.delayed(_concat, pure=True)(*members,
-                                                        dask_key_name=(name, len(out))))
-    return out
-
-
-def persist_blocks(client, blocks, groups: int, per_unit: int = 1) -> list[Delayed]:
-    """Persist ``blocks`` with each group's blocks on one worker (one group per thread slot),
-    joined ``per_unit`` at a time (:func:`coalesce_blocks`).
-
-    The placement is a preference (``allow_other_workers=True``): a block whose worker is
-    gone is recomputed wherever the scheduler likes, and the next pass follows it. While
-    blocks are joined, a worker thread holds the joined block and its members (twice the
-    joined block's bytes, at most ``per_unit`` blocks); then the members are let go.
-    """
-    units = coalesce_blocks(blocks, groups, per_unit)
-    slots = _worker_slots(client)
-    if not slots:
-        return client.persist(units)
-    out = []
-    for g, idx in enumerate(block_groups(len(units), groups)):
-        out += client.persist([units[i] for i in idx], workers=[slots[g % len(slots)]],
-                              allow_other_workers=True)
-    return out
 
 
 def broadcast(client, value, tries: int = 3):

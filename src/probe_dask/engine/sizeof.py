@@ -12,6 +12,7 @@ from dask.sizeof import sizeof
 
 from probe_dask.core.blocks import ActivePairs, LabelSums, LatentBlock
 from probe_dask.engine.evaluate import LabelAndEvalSums
+from probe_dask.engine.ranges import RangeFit
 
 __all__ = ["sizeof"]
 
@@ -53,5 +54,5 @@ def register_nbytes(cls):
     return cls
 
 
-for _cls in (ActivePairs, LabelAndEvalSums, LabelSums, LatentBlock):
+for _cls in (ActivePairs, LabelAndEvalSums, LabelSums, LatentBlock, RangeFit):
     register_nbytes(_cls)

@@ -12,6 +12,7 @@ from probe_dask import kernels
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["gpu_resources", "task_resources", "total_worker_memory", "worker_table",
+           "worker_slots",
            "worker_kernels", "check_worker_kernels", "KERNEL_NAMES"]
 
 #: How the log names each backend.
@@ -21,6 +22,12 @@ KERNEL_NAMES = {"c": "C kernel", "triton": "Triton kernels", "torch": "torch fal
 def worker_table(client) -> dict:
     """The scheduler's description of every worker (address -> dict)."""
     return client.scheduler_info(n_workers=-1).get("workers", {})
+
+
+def worker_slots(client) -> list[str]:
+    """Every worker address once per thread, in address order (one slot per group or range)."""
+    table = worker_table(client)
+    return [a for a in sorted(table) for _ in range(max(1, int(table[a].get("nthreads") or 1)))]
 
 
 def total_worker_memory(client) -> int:

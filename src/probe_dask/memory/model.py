@@ -25,10 +25,9 @@ import math
 
 import dask
 
-from probe_dask import config
 from probe_dask.core.state import TrustRegionState
 from probe_dask.core.tuning import CHUNK_PAIRS
-from probe_dask.stages import DRIVER_STAGES, WORKER_STAGES
+from probe_dask.stages import DRIVER_STAGES
 
 __all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
            "WORKER_BASELINE_NO_TORCH", "DRIVER_BASELINE"]
@@ -58,6 +57,8 @@ STEP_SCRATCH_PER_PAIR = 362
 INIT_SCRATCH_PER_PAIR = 83
 #: ``metrics.split_metrics`` peak per pair (measured: 73.5, of which 40 are kept).
 SPLIT_METRICS_PEAK_PER_PAIR = 74
+#: Bytes of solver state per pair (``core.state``: 11 float64 and 3 bool fields).
+_STATE_PER_PAIR = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
 _C_KERNEL_SCRATCH = 64 * 2**10
 #: The worker stages that run a kernel (and so hold a GPU's buffers, or kernel temporaries).
 GPU_STAGES = ("fit", "eval_train", "eval_test")
@@ -167,7 +168,7 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
         ]
         worker.append(Buffer("worker", "host copy of the kernel output", "48 P (fit) / 24 P (eval)",
                              48 * P, T, GPU_STAGES))
-    driver = _driver(cfg, nb)
+    driver = _driver(cfg, nb, persist)
     worker = [b for b in worker if b.stages]  # e.g. no separate block when persisted
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
@@ -248,32 +249,26 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
               LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
         ]
     parts, why = partials_per_worker(cfg, max(nb.values()))
+    ranges_test = persist and "test" in nb and cfg.test.nnz <= cfg.train.nnz
+    row_stages = ("label_test", "eval_test") if persist else \
+        ("label_train", "fit", "eval_train", "label_test", "eval_test")
     worker += [
         W("label partials (LabelSums) of the pass", f"16 L C + 16 L + 8 C; {why}",
-          16 * LC + 16 * L + 8 * C, parts, ("label_train", "label_test")),
+          16 * LC + 16 * L + 8 * C, parts,
+          tuple(st for st in ("label_train", "label_test") if st in row_stages)),
         W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
-          20 * P + 8 * (L + 1), 1, ("fit",)),
-        W("fit partials (6 x P float64) of the pass", f"48 P; {why}", 48 * P, parts, ("fit",)),
+          20 * P + 8 * (L + 1), 1, tuple(st for st in ("fit",) if st in row_stages)),
+        W("fit partials (6 x P float64) of the pass", f"48 P; {why}", 48 * P, parts,
+          tuple(st for st in ("fit",) if st in row_stages)),
         W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
-          20 * LC + 8 * (L + 1), 1, ("eval_train", "eval_test")),
+          20 * LC + 8 * (L + 1), 1, tuple(st for st in ("eval_train", "eval_test")
+                                          if st in row_stages and not ranges_test)),
         W("eval partials (3 x P float64) of the pass", f"24 L C; {why}", 24 * LC, parts,
-          ("eval_train", "eval_test")),
+          tuple(st for st in ("eval_train", "eval_test")
+                if st in row_stages and not ranges_test)),
     ]
     if persist:
-        # engine.passes.coalesce_blocks: while a thread joins its blocks it holds the joined
-        # block and its members (the members are then let go)
-        joined = min(int(config.get("probe-dask.engine.join-nnz")),
-                     -(-nb["train"] // max(1, cfg.n_workers * T)) * bnz["train"])
-        worker.append(W("joining persisted train blocks (members + joined block)",
-                        "8 x min(engine.join-nnz, a thread's share of the train non-zeros); "
-                        "one per thread", 8 * joined, T, ("label_train",)))
-        per = -(-nb["train"] // cfg.n_workers)
-        extra = 1 if nb["train"] > cfg.n_workers else 0  # the scheduler may not spread them evenly
-        worker.insert(1, W("resident train LatentBlocks (persisted)",
-                           f"8 nnz_b + 8 (L + 1) + rows_b; ceil({nb['train']} blocks / "
-                           f"{cfg.n_workers} workers)" + (" + 1" if extra else ""),
-                           8 * bnz["train"] + 8 * (L + 1) + brows["train"], per + extra,
-                           WORKER_STAGES))  # filled during the label pass
+        worker += _worker_ranges(cfg, nb, bnz, brows, ranges_test)
     if cfg.backend == "torch" and cfg.device == "cpu":
         worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
                         f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
@@ -284,8 +279,60 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
     return worker
 
 
-def _driver(cfg, nb) -> list:
-    """The driver's buffers: baseline, scheduler, solver state, sums, metrics, validation."""
+def _worker_ranges(cfg, nb, bnz, brows, ranges_test) -> list:
+    """A worker's buffers of a fit on persisted latent ranges (``engine.ranges``: one range
+    per worker thread, ``T`` per worker), and of their evaluation."""
+    L, C, T = cfg.L, cfg.C, cfg.threads
+    R = max(1, cfg.n_workers * T)
+    lat = -(-L // R)  # latents of a range (equal latents: bounds made before the counts)
+    LCr = lat * C
+    W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
+    out = []
+    for name, live, keep in (("train", ("label_train",), ("label_train", "fit", "eval_train")),
+                             ("test", ("label_test",), ("label_test", "eval_test"))):
+        if name not in nb or (name == "test" and not ranges_test):
+            continue
+        shard = cfg.train if name == "train" else cfg.test
+        # a range's events follow its latents' frequencies: an equal share of the non-zeros
+        # plus the largest block's, as a margin
+        nnz_r = -(-int(shard.nnz) // R) + bnz[name]
+        each = 8 * nnz_r + 8 * (lat + 1) + int(shard.n_rows)
+        out += [
+            W(f"{name} latent ranges (persisted: a range's events, every row's label)",
+              f"8 nnz_r + 8 (L_r + 1) + rows, nnz_r = nnz / {R} ranges + nnz_b, "
+              f"L_r = {lat}; one per thread", each, T, keep),
+            W(f"cutting {name} ranges: a block's slices, a range's slices and their join",
+              "2 (8 nnz_b + rows_b) + 2 x the range; one per thread",
+              2 * (8 * bnz[name] + brows[name]) + 2 * each, T, live),
+        ]
+    out += [
+        W("range label sums and constants (pos, vpos, count, qx, n0)", "32 L_r C + 32 L_r; one "
+          "per thread", 32 * LCr + 32 * lat, T,
+          ("label_train", "fit", "eval_train", "label_test", "eval_test")),
+        W("label_sums scratch (a range)", f"{LABEL_SCRATCH_PER_NNZ} nnz_r + 24 L_r C; one per "
+          "thread", LABEL_SCRATCH_PER_NNZ * (-(-int(cfg.train.nnz) // R) + bnz["train"])
+          + 24 * LCr, T, ("label_train",) + (("label_test",) if ranges_test else ())),
+        W("range solver states (two: a pass's copy, or the last pass streaming to the "
+          "checkpoint)", f"2 x {_STATE_PER_PAIR} L_r C; one range per thread",
+          2 * _STATE_PER_PAIR * LCr, T, ("fit",)),
+        W("fitted range state (its parameters for the evaluation)",
+          f"{_STATE_PER_PAIR} L_r C; one per thread", _STATE_PER_PAIR * LCr, T,
+          ("label_train", "eval_train", "label_test", "eval_test")),
+        W("a range's active pairs and fit sums (6 x P_r float64)", "28 P_r + 48 P_r; one per "
+          "thread", 76 * LCr, T, ("fit",)),
+        W("range evaluation: all pairs, sums (3 x P_r), split_metrics and its result",
+          f"20 + 24 + {SPLIT_METRICS_PEAK_PER_PAIR} + 40 per pair of a range; one per thread",
+          (84 + SPLIT_METRICS_PEAK_PER_PAIR) * LCr, T,
+          ("eval_train",) + (("eval_test",) if ranges_test else ())),
+    ]
+    return out
+
+
+def _driver(cfg, nb, persist=False) -> list:
+    """The driver's buffers: baseline, scheduler, solver state, sums, metrics, validation.
+
+    Persisted (a fit on latent ranges, ``engine.ranges``), the solver state, the pairs and
+    the sums stay on the workers: the driver receives statistics, then the results."""
     L, C = cfg.L, cfg.C
     LC, P = L * C, L * C
     train, test = cfg.train, cfg.test
@@ -295,6 +342,15 @@ def _driver(cfg, nb) -> list:
     after_open = DRIVER_STAGES[2:]
     rows = max(train.n_rows, test.n_rows if test is not None else 0)
     csr = max(train.csr_bytes, test.csr_bytes if test is not None else 0)
+    R = max(1, cfg.n_workers * cfg.threads)  # latent ranges: one per worker thread
+    ranges_test = persist and test is not None and test.nnz <= train.nnz
+
+    def rows_only(*stages):  # held by the driver only when it steps the pairs itself
+        return () if persist else stages
+
+    def rows_eval(*stages):  # the test split evaluated by row groups
+        return () if ranges_test else stages
+
     return [
         D("baseline: Python, dask, distributed, torch, client, scheduler", "measured RSS",
           cfg.driver_baseline),
@@ -302,30 +358,39 @@ def _driver(cfg, nb) -> list:
           DRIVER_ALLOCATOR_SLACK, 1, after_open),
         D("scheduler state of one pass", f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
           SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
-        D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, after_open),
+        D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1,
+          rows_only(*after_open)),
         D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
           f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1,
-          ("fit_start", "iteration")),
+          rows_only("fit_start", "iteration")),
         # the job's fit keeps only its results (ProbeFitter(keep_state=False))
         D("fitted b, w, converged", "17 L C", 17 * LC, 1, ("evaluate", "write")),
-        D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1, ("fit_start",)),
+        D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1,
+          rows_only("fit_start")),
         D("active pairs of an iteration (ActivePairs + the step's int64 index)", "28 P", 28 * P,
-          1, ("iteration",)),
+          1, rows_only("iteration")),
         # the fit lets go of a pass's sums before the next arrive; counted twice for the
         # buffers of the receipt (the comm's frames) while the array is deserialized
         D("summed fit sums (6 x P float64), and the frames it is received in", "48 P x 2",
-          48 * P, 2, ("iteration",)),
+          48 * P, 2, rows_only("iteration")),
         D("solver.step scratch (chunks of core.tuning.CHUNK_PAIRS pairs)",
           f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
-          STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, ("iteration",)),
+          STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, rows_only("iteration")),
+        D("a range's state field streamed to the checkpoint, and its frames",
+          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2,
+          ("iteration",) if persist else ()),
+        D("one field of a range's metrics, received, and its frames",
+          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2, ("evaluate",) if persist else ()),
         D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
-        D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1, ("evaluate",)),
-        D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1, ("evaluate",)),
+        D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1,
+          rows_eval("evaluate")),
+        D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1,
+          rows_eval("evaluate")),
         D("split_metrics scratch", f"{SPLIT_METRICS_PEAK_PER_PAIR} L C", SPLIT_METRICS_PEAK_PER_PAIR * LC,
-          1, ("evaluate",)),
-        D("test SplitMetrics", "40 L C", 40 * LC, 1, ("write",)),
-        D("float32 copies written to probe1d_metrics.npz + class table", "32 L C + 8 L C", 40 * LC,
-          1, ("write",)),
+          1, rows_eval("evaluate")),
+        D("test SplitMetrics", "40 L C", 40 * LC, 1, ("evaluate", "write") if persist else ("write",)),
+        D("one float32 array being written to probe1d_metrics.npz + class table", "4 L C + 8 L C",
+          12 * LC, 1, ("write",)),
         D("validating (and ingesting, when compressed) token_acts.npz",
           "min(2 x chunk_bytes, CSR bytes): a raw and a converted chunk", min(2 * cfg.chunk_bytes, csr),
           1, ("open",)),

@@ -47,12 +47,13 @@ def checkpoint_pass(path) -> int:
 
 
 class Killer:
-    """Call ``action()`` (a kill) as soon as worker ``address`` runs a task of a solver pass.
+    """Call ``action()`` (a kill) as soon as worker ``address`` runs a task of a solver pass
+    (a key containing one of ``match``: a group of row blocks, or a latent range's pass).
 
     Started from the fit's ``iteration`` callback, so the kill lands inside a later pass.
     """
 
-    def __init__(self, client, address, action, match="fit_sums"):
+    def __init__(self, client, address, action, match=("fit_sums", "advance_range")):
         self.client, self.address, self.action, self.match = client, address, action, match
         self.done = threading.Event()
         self.info = {}
@@ -67,7 +68,7 @@ class Killer:
         try:
             while time.monotonic() < deadline:
                 busy = self.client.processing(workers=[self.address]).get(self.address) or []
-                hits = [k for k in busy if self.match in str(k)]
+                hits = [k for k in busy if any(m in str(k) for m in self.match)]
                 if hits:
                     self.action()
                     self.info.update(keys=hits, at=time.monotonic())

@@ -1,0 +1,252 @@
+"""Latent ranges: a persisted shard cut by latent, each range's solver state kept on its worker.
+
+When the training blocks fit in the workers' memory, the fit cuts them by latent as well
+as by row: range ``r`` is every row's events of the latents ``bounds[r]`` (one
+``LatentBlock``, rows in shard order; :func:`persist_ranges`), kept on one worker thread's
+worker, and beside it a :class:`RangeFit`: the range's label sums, constants and solver
+state. A pass is one task per range (:func:`advance_range`): the kernel sums the range's
+active pairs over its events and the trust-region step updates them, where both are held.
+Nothing of size P crosses the network: the driver receives the step's statistics of each
+range (a few numbers) and, at the end, the fitted parameters.
+
+The ranges are independent problems: a pair's sums are its latent's events in row order,
+as in a one-block pass, so the result does not depend on the number of ranges, of row
+blocks or of workers (the same bits).
+
+Faults. A pass returns a new ``RangeFit`` and leaves the previous one as it was, so a range
+lost with its worker is recomputed by the scheduler from its lineage: from its start (the
+fit's first state, or the checkpoint it resumed from) through every pass made so far, for
+that range only. A resumed range whose checkpoint has been replaced since raises
+``checkpoint.CheckpointMoved``, and the fit starts every range again from the file. The
+survivor that recomputed a lost worker's ranges holds more ranges than it has threads;
+before each pass :func:`place_ranges` moves the extra ones (events and state, once) to the
+workers with threads to spare, such as the lost worker's replacement.
+
+Memory per process. A worker holds, per range it owns, the range's events (``8 nnz_r +
+8 L_r + n_rows`` bytes), its label sums and constants (``32 L_r C``), two states while a
+pass runs or while the driver streams the previous pass's checkpoint (91 bytes a pair each),
+the active pairs (28 bytes a pair) and the ``(6, P_r)`` float64 sums; while the layout is
+built, row blocks being sliced, the slices, and a range's slices plus their join. The
+driver holds futures, and one field of one range while a checkpoint streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from distributed import wait
+
+from probe_dask import kernels
+from probe_dask.core.blocks import LabelSums
+from probe_dask.core.objective import ProblemConstants
+from probe_dask.core.state import TrustRegionState, init_state
+from probe_dask.engine.checkpoint import load_range
+from probe_dask.engine.workers import worker_slots, worker_table
+from probe_dask.kernels.step import solver_step
+
+__all__ = ["RangeFit", "range_bounds", "persist_ranges", "start_range", "advance_range",
+           "range_stats", "range_field", "range_params",
+           "place_ranges", "where_held", "read_ranges", "field_reader", "gather_rows"]
+
+
+@dataclass
+class RangeFit:
+    """What a range's owner keeps between passes.
+
+    Parameters
+    ----------
+    start, stop : int
+        The range's latents.
+    label_sums : core.blocks.LabelSums
+        Of the range's events (latents renumbered from 0).
+    constants : core.objective.ProblemConstants
+    state : core.state.TrustRegionState
+        Of the range's pairs.
+    stats : dict or None
+        The last step's statistics (``solver_step``) and its ``work_units``.
+    """
+
+    start: int
+    stop: int
+    label_sums: LabelSums
+    constants: ProblemConstants
+    state: TrustRegionState
+    stats: dict | None = None
+
+    @property
+    def nbytes(self) -> int:
+        state = sum(int(getattr(self.state, n).nbytes)
+                    for n in self.state.FLOAT_FIELDS + self.state.BOOL_FIELDS)
+        # the constants share pos and vpos with the label sums; qx and n0 are (L_r,)
+        return int(self.label_sums.nbytes) + state + 16 * (self.stop - self.start)
+
+
+def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, int]]:
+    """Contiguous latent ranges covering ``range(n_latents)``.
+
+    About equal in non-zeros plus latents when ``count`` (non-zeros per latent) is known,
+    else in latents; at most ``n_ranges``, each at least one latent.
+    """
+    n_latents = int(n_latents)
+    n = max(1, min(int(n_ranges), n_latents))
+    if count is None:
+        edges = [(r * n_latents) // n for r in range(n + 1)]
+    else:
+        count = np.asarray(count, dtype=np.float64)
+        # every latent also costs its pairs' step, whatever its events
+        cum = np.cumsum(count + max(1.0, float(count.mean())))
+        inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
+        edges = [0, *sorted({int(e) for e in np.clip(inner, 1, n_latents - 1)}), n_latents]
+        edges = sorted(set(edges))
+    return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
+
+
+def _slice(block, start, stop):
+    return block.latent_slice(start, stop)
+
+
+def _join(*parts):
+    return kernels.LatentBlock.concat(parts)
+
+
+def persist_ranges(client, blocks, bounds) -> list:
+    """One future per range: the events of its latents in every block, joined in row order,
+    placed on one worker thread's worker each (a preference: the scheduler moves a range
+    whose worker is gone, recomputing it from the blocks).
+
+    Every block is read once; its slices are cut where it was read and only they travel.
+    """
+    slots = worker_slots(client)
+    token = uuid.uuid4().hex
+    block_futures = client.compute(list(blocks))
+    out = []
+    for r, (a, z) in enumerate(bounds):
+        parts = [client.submit(_slice, f, a, z, key=f"latent-range-part-{token}-{r}-{i}")
+                 for i, f in enumerate(block_futures)]
+        placement = ({"workers": [slots[r % len(slots)]], "allow_other_workers": True}
+                     if slots else {})
+        out.append(client.submit(_join, *parts, key=f"latent-range-{token}-{r}", **placement))
+        del parts  # the scheduler keeps them until the join has run, then lets them go
+    del block_futures
+    return out
+
+
+def _moved(block):
+    """A range's events, on the worker this runs on (a copy made by the transfer)."""
+    return block
+
+
+def place_ranges(client, data, fits) -> tuple[list, list[dict]]:
+    """Where each range's next pass runs: on the worker holding its state while that worker
+    has no more ranges than threads, else on the least loaded worker, where its events are
+    copied first (a new future: the old copy is let go). Returns the ranges' events (some
+    moved) and the ``submit`` keywords of their passes ({} while no worker is known)."""
+    wait(fits)
+    capacity = {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
+    if not capacity:
+        return list(data), [{} for _ in fits]
+    held = client.who_has(fits)
+    load, where = Counter(), []
+    for fit in fits:
+        keep = next((a for a in held.get(fit.key, ()) if load[a] < capacity.get(a, 0)), None)
+        where.append(keep)
+        if keep is not None:
+            load[keep] += 1
+    data = list(data)
+    for r, worker in enumerate(where):
+        if worker is None:
+            worker = where[r] = min(capacity, key=lambda a: (load[a] / capacity[a], a))
+            load[worker] += 1
+            data[r] = client.submit(_moved, data[r], workers=[worker], allow_other_workers=True,
+                                    pure=False)
+    return data, [{"workers": [a], "allow_other_workers": True} for a in where]
+
+
+def start_range(data, n_classes, ridge, start, stop, resume=None) -> RangeFit:
+    """A range's first ``RangeFit``: its label sums and constants from its own events, and
+    every pair at its prior, or, with ``resume = (path, identity, n_iter)``, the stored
+    state of its latents (``checkpoint.load_range``)."""
+    label_sums = kernels.label_sums(data, n_classes)
+    constants = ProblemConstants.from_label_sums(label_sums, ridge=ridge)
+    if resume is None:
+        state = init_state(constants)
+    else:
+        state = load_range(*resume, start, stop)
+    return RangeFit(start, stop, label_sums, constants, state)
+
+
+def advance_range(data, fit: RangeFit, device=None, backend="auto", resident=False) -> RangeFit:
+    """One solver pass of a range: sums of its active pairs, then one step, on a copy of its
+    state (``fit`` stays as it was: the scheduler may recompute from it, and the driver may
+    be streaming it to the checkpoint)."""
+    pairs = fit.state.active_pairs()
+    work_units = int(np.diff(pairs.latent_ptr) @ fit.label_sums.count)
+    sums = kernels.fit_sums(data, pairs, device, backend=backend, resident=resident)
+    del pairs
+    state = fit.state.copy()
+    stats = solver_step(fit.constants, state, sums)
+    stats["work_units"] = work_units
+    return dataclasses.replace(fit, state=state, stats=stats)
+
+
+def range_stats(fit: RangeFit) -> dict:
+    """A range's pairs still active (``n_active``) and in all (``n_pairs``), and the last
+    step's statistics, if any."""
+    return {"n_active": fit.state.n_active, "n_pairs": int(fit.state.active.size),
+            **(fit.stats or {})}
+
+
+def range_field(fit: RangeFit, name: str) -> np.ndarray:
+    """One state field of a range (``(L_r, C)``): what the checkpoint streams."""
+    return getattr(fit.state, name)
+
+
+def range_params(fit: RangeFit) -> tuple:
+    """``(b, w, converged)`` of a range's pairs."""
+    return fit.state.b, fit.state.w, fit.state.converged
+
+
+def where_held(client, futures) -> list[dict]:
+    """``submit`` keywords sending a task that reads a future to a worker holding it (once
+    the futures are done): a range's state is not copied to another worker for a few
+    numbers of it. A preference only: where no holder is left, the task runs elsewhere."""
+    wait(futures)
+    held = client.who_has(futures)
+    return [{"workers": list(held[f.key]), "allow_other_workers": True} if held.get(f.key)
+            else {} for f in futures]
+
+
+def read_ranges(client, futures, func, *args) -> list:
+    """``func(value, *args)`` of every future, each computed where the value is held."""
+    reads = [client.submit(func, f, *args, pure=False, **where)
+             for f, where in zip(futures, where_held(client, futures))]
+    return client.gather(reads)
+
+
+def field_reader(client, fits):
+    """``read(name)``: the state field ``name`` of every range, in latent order, fetched
+    one range at a time (what a checkpoint streams), each where it is held."""
+    places = where_held(client, fits)
+
+    def read(name):
+        for fit, where in zip(fits, places):
+            future = client.submit(range_field, fit, name, pure=False, **where)
+            yield future.result()
+            future.release()
+    return read
+
+
+def gather_rows(client, fits, bounds, shape, task, dtypes) -> tuple:
+    """``(L, C)`` arrays filled range by range from ``task(fit)`` (a tuple of the ranges'
+    rows), one range's result at a time, each computed where the range is held."""
+    out = tuple(np.empty(shape, dtype=d) for d in dtypes)
+    for fit, (a, z), where in zip(fits, bounds, where_held(client, fits)):
+        future = client.submit(task, fit, pure=False, **where)
+        for whole, part in zip(out, future.result()):
+            whole[a:z] = part
+        future.release()
+    return out
