@@ -294,7 +294,7 @@ def persist_setting():
     if value == "auto" or isinstance(value, bool):
         return value
     raise ProbeDaskError(f"configuration key 'probe-dask.engine.persist': found {value!r}; "
-                      "expected auto, true or false")
+                         "expected auto, true or false")
 
 
 def unconverged_warning(fitter) -> str:

@@ -14,9 +14,10 @@ Memory per process: the driver holds the summed ``(3, L C)`` float64 totals and 
 ``split_metrics`` makes (a handful of ``(L, C)`` float64 matrices, about 40 MB each at
 32768 x 151); workers hold what ``passes`` says (two ``(3, L C)`` partials per thread,
 plus the label statistics in the label pass), plus the scattered pairs (``8 (L+1) +
-20 L C`` bytes). Evaluated on ranges, the driver holds the five ``(L, C)`` matrices it fills
-and one field of one range's metrics at a time; a worker, per range task, the range's pairs (20 bytes a pair), its
-``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74 bytes a pair of the range).
+20 L C`` bytes). Evaluated on ranges, the driver holds the five ``(L, C)`` matrices it
+fills and one field of one range's metrics at a time; a worker, per range task, the range's
+pairs (20 bytes a pair), its ``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74
+bytes a pair of the range).
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ events in row order, exactly as one block), checked to 1e-9 by the tests.
 
 Memory per process. Persisted: the driver holds one field of one range while a checkpoint
 streams, and at the end the fitted ``b``, ``w``, ``converged`` (17 bytes a pair; plus the
-label sums, 16 bytes a pair, when ``nnz`` was not given and a row pass counted them); each worker holds its ranges' events and, per range, what
-``engine.ranges`` lists (two states of 91 bytes a pair while a pass runs). Read from disk:
+label sums, 16 bytes a pair, when ``nnz`` was not given and a row pass counted them); each
+worker holds its ranges' events and, per range, what ``engine.ranges`` lists (two states of
+91 bytes a pair while a pass runs). Read from disk:
 the driver holds the solver state (about a dozen ``(L, C)`` float64 arrays, ``core.state``;
 a checkpoint is written from it, not from a copy), the active pairs (20 bytes a pair) and
 one ``(6, P)`` float64 sum; each worker holds one block read at a time per thread (with the
@@ -299,7 +300,9 @@ class ProbeFitter:
         count = None if self.label_sums_ is None else self.label_sums_.count
         self.ranges_ = bounds = range_bounds(shape[0], self.worker_threads_, count)
         self.blocks_ = data = persist_ranges(client, blocks, bounds)
-        emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks), n_joined=len(data))
+        if count is None:  # the ranges count their labels as they start
+            emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks),
+                 n_joined=len(data))
         fits, n_iter = self._start_ranges(client, data, bounds, n_classes, checkpoint)
         # the driver needs no (L, C) constants here: each range keeps its own
         self.constants_ = None

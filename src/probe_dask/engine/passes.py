@@ -12,8 +12,9 @@ traffic and partial memory per pass are therefore O(worker threads x P), whateve
 number of blocks (565 blocks of a real shard used to mean 565 dense ``(6, P)`` partials).
 
 Blocks a caller has persisted are summed where they are: each pass sends a group's task to
-the worker that holds most of its blocks (``client.who_has``), with ``allow_other_workers=True`` so that the group of
-a lost worker still runs elsewhere (its blocks recomputed there). Blocks read from disk
+the worker that holds most of its blocks (``client.who_has``), with
+``allow_other_workers=True`` so that the group of a lost worker still runs elsewhere (its
+blocks recomputed there). Blocks read from disk
 every pass travel as a recipe (the group's culled task graph), computed block by block
 inside the group task, so the task holds one block at a time (on the Triton backend, two:
 the next block is read and copied to the GPU while the current one computes,
