@@ -66,8 +66,15 @@ class CheckpointMoved(RuntimeError):
     range recomputed from the fit's start): the fit starts every range again from the file."""
 
 
+def _unreadable(path, exc) -> ProbeDaskError:
+    """The one line for a checkpoint that is not ours, of an older layout, or damaged."""
+    return ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: {exc}); "
+                          "rerun with --restart to ignore it")
+
+
 def _read_identity(path, identity: str) -> int:
-    """The pass stored at ``path`` after checking its identity (ProbeDaskError otherwise)."""
+    """The pass stored at ``path`` after checking its identity and fields (ProbeDaskError
+    otherwise); no field is loaded."""
     try:
         with np.load(path, allow_pickle=False) as f:
             stored = str(f["identity"])
@@ -84,8 +91,18 @@ def _read_identity(path, identity: str) -> int:
     except ProbeDaskError:
         raise
     except Exception as exc:  # not ours, older layout, damaged: say so, never guess
-        raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: "
-                             f"{exc}); rerun with --restart to ignore it") from None
+        raise _unreadable(path, exc) from None
+
+
+def _read_state(path, n_iter: int, rows: slice) -> TrustRegionState:
+    """The stored state of latents ``rows`` (copies), once its identity was checked."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {name: f[name][rows].copy()
+                      for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS}
+        return TrustRegionState(**fields, n_iter=int(n_iter))
+    except Exception as exc:  # noqa: BLE001 - damaged after its header was read
+        raise _unreadable(path, exc) from None
 
 
 def load_range(path, identity: str, n_iter: int, start: int, stop: int) -> TrustRegionState:
@@ -100,18 +117,7 @@ def load_range(path, identity: str, n_iter: int, start: int, stop: int) -> Trust
     """
     if _read_identity(path, identity) != int(n_iter):
         raise CheckpointMoved(f"{path}: no longer pass {n_iter}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            fields = {name: f[name][start:stop].copy()
-                      for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS}
-        return TrustRegionState(**fields, n_iter=int(n_iter))
-    except Exception as exc:  # noqa: BLE001 - damaged after its header was read
-        raise ProbeDaskError(f"{path}: checkpoint unreadable ({type(exc).__name__}: "
-                             f"{exc}); rerun with --restart to ignore it") from None
-
-
-def _write_npy(out, array) -> None:
-    np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
+    return _read_state(path, n_iter, slice(start, stop))
 
 
 def _write_streamed(f, identity, n_iter, shape, fields) -> None:
@@ -122,7 +128,7 @@ def _write_streamed(f, identity, n_iter, shape, fields) -> None:
         for name, value in (("identity", np.array(identity)),
                             ("n_iter", np.array(n_iter, dtype=np.int64))):
             with zf.open(name + ".npy", "w", force_zip64=True) as out:
-                _write_npy(out, value)
+                np.lib.format.write_array(out, value, allow_pickle=False)
         for name, dtype, parts in fields:
             with zf.open(name + ".npy", "w", force_zip64=True) as out:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
@@ -160,20 +166,7 @@ class Checkpoint:
     def load(self) -> TrustRegionState:
         """The stored state; ProbeDaskError when it belongs to other input or settings or
         cannot be read."""
-        try:
-            with np.load(self.path, allow_pickle=False) as f:
-                stored = str(f["identity"])
-                if stored != self.identity:
-                    raise ProbeDaskError(
-                        f"{self.path}: checkpoint is for other input or settings "
-                        f"({_identity_diff(stored, self.identity)}); rerun with --restart "
-                        "to ignore it")
-                return TrustRegionState.from_dict({k: f[k] for k in f.files if k != "identity"})
-        except ProbeDaskError:
-            raise
-        except Exception as exc:  # not ours, older layout, damaged: say so, never guess
-            raise ProbeDaskError(f"{self.path}: checkpoint unreadable ({type(exc).__name__}: "
-                                 f"{exc}); rerun with --restart to ignore it") from None
+        return _read_state(self.path, self.stored_pass(), slice(None))
 
     def save(self, state: TrustRegionState) -> None:
         """Write ``state`` atomically, in a thread that overlaps the next pass.
