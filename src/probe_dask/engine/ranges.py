@@ -100,8 +100,7 @@ def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, i
         # every latent also costs its pairs' step, whatever its events
         cum = np.cumsum(count + max(1.0, float(count.mean())))
         inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
-        edges = [0, *sorted({int(e) for e in np.clip(inner, 1, n_latents - 1)}), n_latents]
-        edges = sorted(set(edges))
+        edges = sorted({0, n_latents, *(int(e) for e in np.clip(inner, 1, n_latents - 1))})
     return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
 
 
