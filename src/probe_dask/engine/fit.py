@@ -41,7 +41,6 @@ whatever the number of blocks (``passes``).
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 import warnings
@@ -55,6 +54,7 @@ from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.solver import combine_stats
 from probe_dask.core.state import TrustRegionState, init_state
 from probe_dask.engine.checkpoint import Checkpoint, CheckpointMoved, checkpoint_identity
+from probe_dask.engine.estimator import ProbeEstimator
 from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS
 from probe_dask.engine.passes import broadcast, latent_blocks, run_pass, worker_threads
 from probe_dask.engine.ranges import (advance_range, field_reader, gather_rows, persist_ranges,
@@ -85,7 +85,7 @@ def _driver_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-class ProbeFitter:
+class ProbeFitter(ProbeEstimator):
     """Fit a 1D logistic-regression probe for every (latent, class) pair.
 
     Parameters
@@ -182,29 +182,6 @@ class ProbeFitter:
         self.callbacks = callbacks
         self.client = client
         self.keep_state = keep_state
-
-    # -- parameters (scikit-learn's estimator API, without depending on it) ----------------
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        """The parameters of ``__init__``, sorted (as ``sklearn.base.BaseEstimator``)."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        return sorted(p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-    def get_params(self, deep=True) -> dict:
-        """Every ``__init__`` parameter and its value (``deep`` is accepted for
-        scikit-learn's API; no parameter is an estimator)."""
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params) -> "ProbeFitter":
-        """Set parameters by name (checked at ``fit``); returns ``self``. An unknown name
-        raises InvalidParameterError (a ValueError)."""
-        valid = self._get_param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise InvalidParameterError(f"ProbeFitter: no parameter {name!r}; expected one "
-                                            f"of {', '.join(valid)}")
-            setattr(self, name, value)
-        return self
 
     def _validate_params(self) -> None:
         """InvalidParameterError (a ValueError) naming the first parameter that
