@@ -1,9 +1,12 @@
 """Command line: probe-dask demo | fit | plan | sweep | report.
 
 Thin by design: every command parses its flags, starts or joins a cluster, and calls a
-library function (``job.run_job``, ``plan``). Errors meant for the
-user (``ProbeDaskError``) become one line on stderr and exit status 2; any other failure
-becomes one line and status 1 (``--debug`` shows the traceback).
+library function (``job.run_job``, ``plan``). Records of the ``probe_dask`` loggers go to
+stderr through the handlers of ``app/logs.py`` (``-v``, ``-q``, ``--log-file``, anywhere on
+the line). Exit statuses (``parser.EXIT_CODES``, in every --help): errors meant for the user
+(``ProbeDaskError``) become one line on stderr and status 2; a plan that does not fit the
+workers 4; pairs unconverged with ``--require-converged`` 3; any other failure one line and
+status 1 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -24,15 +28,19 @@ from probe_dask.app.demo import demo_run
 from probe_dask.app.flags import OneLineParser, positive_int
 from probe_dask.app.guards import check_block_count, check_local_threads
 from probe_dask.app.job import CHECKPOINT_NAME, format_table, open_inputs, run_job
+from probe_dask.app.logs import configure_logging, remove_handlers
 from probe_dask.app.parser import (
+    NO_FIT_STATUS,
     UNCONVERGED_STATUS,
     add_cluster_flags,
+    add_common_flags,
     add_data_flags,
     add_fit_flags,
     add_output_flags,
     add_plan_parser,
     add_sweep_parser,
     add_telemetry_flags,
+    finish_help,
 )
 from probe_dask.app.plan_command import plan_command
 from probe_dask.app.progress import Progress
@@ -58,11 +66,33 @@ from probe_dask.telemetry import (
 
 __all__ = ["main", "build_parser"]
 
+logger = logging.getLogger(__name__)
+
+_RUN = "--run RUN --train-shards SHARDS/TRAIN --test-shards SHARDS/TEST"
+#: Each subcommand's --help: (description, example).
+_HELP = {
+    "demo": ("Make a small synthetic SAE run, fit and evaluate every probe of it on a local "
+             "cluster, and print a summary: the whole pipeline in a minute, no data needed.",
+             "probe-dask demo --out demo-run --workers 2"),
+    "fit": ("Fit one 1D logistic-regression probe per (latent, class) pair of an SAE run on "
+            "its train shard, evaluate every probe on both shards, and write "
+            "probe1d_metrics.npz and probe1d_classes.json per shard. Resumes from the "
+            "checkpoint of an interrupted run.",
+            f"probe-dask fit {_RUN} --cluster slurm --jobs 4"),
+    "plan": ("Print the memory plan of a run without fitting: every buffer per process, the "
+             "block size and the kernel time. Exits 4 when the run does not fit the workers.",
+             f"probe-dask plan {_RUN} --cluster slurm:gpu"),
+    "sweep": (None, "probe-dask sweep sweep.toml --cluster slurm --jobs 8 --out results/"),
+    "report": ("Write an HTML page with figures of a finished run (the best latents per "
+               "class, convergence, memory) from its result files; needs no cluster.",
+               f"probe-dask report {_RUN} --out report.html"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="probe-dask", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"probe-dask {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     demo = sub.add_parser("demo", help="make a synthetic run, fit, evaluate, print a summary")
@@ -86,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub, _cmd_plan)
     add_sweep_parser(sub, _cmd_sweep)
     add_report_parser(sub)
+    for name, command in sub.choices.items():
+        # After the subcommand too: ``probe-dask fit ... -v`` (a subparser's own flags only
+        # are known after its name).
+        add_common_flags(command)
+        description, example = _HELP[name]
+        finish_help(command, example, description)
     return parser
 
 
@@ -100,7 +136,7 @@ def _open_client(args):
         sizing["threads_per_worker"] = 1  # torch and the C kernel each use one core per task
     security = {}
     if getattr(args, "insecure", False):
-        _log(f"probe-dask: {INSECURE_WARNING}")
+        logger.warning("probe-dask: %s", INSECURE_WARNING)
         security = {"security": False}
     # Only what the user asked for: joining a running scheduler takes no sizing at all.
     return make_cluster(spec, jobqueue_config=args.jobqueue_config,
@@ -108,13 +144,10 @@ def _open_client(args):
                         **{k: v for k, v in sizing.items() if v is not None})
 
 
-def _log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _run(args, run_dir, train, test):
     kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
-    progress = Progress(quiet=args.quiet, log_file=args.log_file)
+    # Lines go to the logging handlers (app/logs.py); the bars only are Progress's own.
+    progress = Progress(quiet=_flag(args, "quiet"), logger=logging.getLogger("probe_dask.app.progress"))
     try:
         return _run_logged(args, run_dir, train, test, kwargs, progress)
     finally:
@@ -141,7 +174,7 @@ def _run_logged(args, run_dir, train, test, kwargs, progress):
     spec = args.scheduler or args.cluster
     warning = login_node_warning(spec)
     if warning:
-        log(warning)
+        logger.warning(warning)
     handle = _open_client(args)
     client = handle.client
     error = None
@@ -156,7 +189,7 @@ def _run_logged(args, run_dir, train, test, kwargs, progress):
         with _performance_report(args, inputs, log):
             result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
                              resources=task_resources(client, device), backend=args.kernel,
-                             restart=args.restart, progress=False, log=log, class_names=names,
+                             restart=args.restart, progress=False, class_names=names,
                              callbacks=[c for c in (tele, progress) if c is not None])
             args.results_final = True  # committed: a walltime signal from here on is not requeued
     except BaseException as exc:
@@ -185,8 +218,8 @@ def _status(args, result) -> int:
     """0, or :data:`UNCONVERGED_STATUS` when ``--require-converged`` and pairs are left."""
     left = result.n_pairs - result.n_converged
     if left and args.require_converged:
-        print(f"probe-dask: error: {left:,} of {result.n_pairs:,} pairs did not converge "
-              f"(--require-converged); results were written", file=sys.stderr)
+        logger.error("probe-dask: error: %s of %s pairs did not converge (--require-converged); "
+                     "results were written", f"{left:,}", f"{result.n_pairs:,}")
         return UNCONVERGED_STATUS
     return 0
 
@@ -203,7 +236,7 @@ def _performance_report(args, inputs, log=None):
     if getattr(args, "performance_report", None) is None:
         return contextlib.nullcontext()
     path = args.performance_report or str(inputs.out_dirs[0] / PERFORMANCE_REPORT_NAME)
-    (log or _log)(f"performance report: {path}")
+    (log or logger.info)(f"performance report: {path}")
     return performance_report(filename=path)
 
 
@@ -219,7 +252,7 @@ def _log_memory_summary(summary, tele, log=None):
     if driver:
         line += f", of the driver {fb(driver)}" + (f" (planned {fb(pred['driver_peak'])})" if pred else "")
     line += f"; worker restarts {summary['worker_restarts']}; telemetry: {tele.path}"
-    (log or _log)(line)
+    (log or logger.info)(line)
 
 
 def _cmd_plan(args):
@@ -230,8 +263,8 @@ def _cmd_plan(args):
         print(format_plan(plan))
         print(format_estimate(estimate))
     if not plan.fits:
-        print(f"probe-dask: error: {plan.message}", file=sys.stderr)
-        return 2
+        logger.error("probe-dask: error: %s", plan.message)
+        return NO_FIT_STATUS
     return 0
 
 
@@ -242,7 +275,7 @@ def _cmd_fit(args):
 
 def _cmd_demo(args):
     t0 = time.perf_counter()
-    run = demo_run(Path(args.demo_dir), n_train_examples=args.train_examples, seed=args.seed, log=_log)
+    run = demo_run(Path(args.demo_dir), n_train_examples=args.train_examples, seed=args.seed)
     args.cache_dir = None
     result = _run(args, run.run_dir, run.train_shard, run.test_shard)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. The synthetic run is in {run.run_dir}.")
@@ -258,19 +291,19 @@ def _abspath(path):
 
 def _cmd_sweep(args):
     overrides = {"ridge": args.ridge, "max_iter": args.max_iter, "block_nnz": args.block_nnz,
-                 "device": args.device, "debug": True if args.debug else None,
+                 "device": args.device, "debug": True if _flag(args, "debug") else None,
                  "train_shards": _abspath(args.train_shards), "test_shards": _abspath(args.test_shards),
                  "cache_dir": _abspath(args.cache_dir)}
     runs = read_sweep(args.file, overrides)
     # Every run is checked before the cluster starts: a bad run costs seconds, exit 2.
-    entries = validate_sweep(args.file, runs, log=_log)
+    entries = validate_sweep(args.file, runs)
     summary_dir = Path(args.out) if args.out else Path(args.file).resolve().parent
     check_writable(summary_dir)
     client = handle = None
     if any(e.status == "pending" for e in entries):
         handle = _open_client(args)
         client = handle.client
-        _log(f"dashboard: {client.dashboard_link}")
+        logger.info("dashboard: %s", client.dashboard_link)
     report = contextlib.nullcontext()
     if getattr(args, "performance_report", None) is not None and client is not None:
         report = performance_report(filename=args.performance_report
@@ -279,7 +312,7 @@ def _cmd_sweep(args):
         with report:
             result = run_sweep(client, entries, summary_dir=summary_dir, restart=args.restart,
                                backend=args.kernel,
-                               fail_fast=args.fail_fast, log=_log,
+                               fail_fast=args.fail_fast,
                                concurrent=args.concurrent_runs,
                                telemetry_interval=args.telemetry_interval if args.telemetry else None)
     except KeyboardInterrupt:  # SIGTERM/SIGINT: main's stop line names the run's checkpoint
@@ -296,18 +329,50 @@ def _cmd_sweep(args):
           f"  {result.best}")
     if result.failed:
         why = "; ".join(f"{e.run.label}: {e.error}" for e in result.failed)
-        print(f"probe-dask: error: sweep: {len(result.failed)} of {len(entries)} runs failed: {why}",
-              file=sys.stderr)
+        logger.error("probe-dask: error: sweep: %d of %d runs failed: %s", len(result.failed),
+                     len(entries), why)
         return 1
+    return _sweep_status(args, entries)
+
+
+def _sweep_status(args, entries) -> int:
+    """0, or :data:`UNCONVERGED_STATUS` when ``--require-converged`` and a run left pairs."""
+    left = [e for e in entries if getattr(e, "result", None) is not None
+            and e.result.n_converged < e.result.n_pairs]
+    if left and args.require_converged:
+        logger.error("probe-dask: error: %d of %d runs left pairs unconverged "
+                     "(--require-converged): %s; results were written", len(left), len(entries),
+                     ", ".join(e.run.label for e in left))
+        return UNCONVERGED_STATUS
     return 0
+
+
+def _flag(args, name, default=False):
+    """A flag of ``add_common_flags`` (SUPPRESS defaults: absent when not given)."""
+    return getattr(args, name, default)
 
 
 def main(argv=None) -> int:
     """Entry point of the ``probe-dask`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = _flag(args, "debug")
+    try:
+        handlers = configure_logging(_flag(args, "verbose", 0), _flag(args, "quiet"),
+                                     _flag(args, "log_file", None))
+    except OSError as err:
+        print(f"probe-dask: error: --log-file {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    try:
+        return _main(args)
+    finally:
+        remove_handlers(handlers)
+
+
+def _main(args) -> int:
     if getattr(args, "restart", False) and not restart_applies(args.restart):
-        _log("probe-dask: this Slurm job was requeued: --restart applied to its first run; resuming")
+        logger.warning("probe-dask: this Slurm job was requeued: --restart applied to its "
+                       "first run; resuming")
         args.restart = False
     try:
         with graceful_stop():  # SIGTERM / SIGINT / SIGUSR1: clean up, then one line (app/signals.py)
@@ -319,10 +384,10 @@ def main(argv=None) -> int:
     except ProbeDaskError as err:
         if args.debug:
             raise
-        print(f"probe-dask: error: {err}", file=sys.stderr)
+        logger.error("probe-dask: error: %s", err)
         return 2
     except KeyboardInterrupt:
-        print("probe-dask: interrupted", file=sys.stderr)
+        logger.error("probe-dask: interrupted")
         return 130
     except BrokenPipeError:
         # The reader went away (``probe-dask plan ... | head``): stop quietly, and point
@@ -332,8 +397,8 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001 - one line for the user, traceback with --debug
         if args.debug:
             raise
-        print(f"probe-dask: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        logger.error("probe-dask: error: %s: %s (rerun with --debug for the traceback)",
+                     type(err).__name__, err)
         return 1
 
 

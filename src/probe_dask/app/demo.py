@@ -10,6 +10,7 @@ Memory per process: whatever ``synthetic.make_run`` holds (one row chunk at a ti
 
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from probe_dask.testing.synthetic import make_run
 
 __all__ = ["demo_run", "DemoRun", "DEMO_PARAMS"]
+
+logger = logging.getLogger(__name__)
 
 #: Shape of the demo run (about 1.6 million non-zeros in train, 0.4 million in test).
 DEMO_PARAMS = dict(
@@ -37,7 +40,7 @@ class DemoRun:
     test_shard: Path
 
 
-def demo_run(out, *, n_train_examples=None, seed=0, log=print) -> DemoRun:
+def demo_run(out, *, n_train_examples=None, seed=0, log=None) -> DemoRun:
     """Make the demo run under ``out`` (or reuse it when it was made with the same settings).
 
     Parameters
@@ -48,9 +51,10 @@ def demo_run(out, *, n_train_examples=None, seed=0, log=print) -> DemoRun:
         Images in the train shard (default ``DEMO_PARAMS``); test gets a quarter.
     seed : int
         Seed of the generator.
-    log : callable
-        Receives one-line messages.
+    log : callable, optional
+        Receives one-line messages (default: this module's logger, at INFO).
     """
+    log = logger.info if log is None else log
     params = dict(DEMO_PARAMS, seed=seed)
     if n_train_examples is not None:
         params.update(n_train_examples=n_train_examples,

@@ -13,6 +13,7 @@ Memory per process: the driver holds the solver state and two ``SplitMetrics`` (
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from probe_dask.io.preflight import check_distinct_shards, check_no_results, spl
 from probe_dask.app.provenance import provenance, utc_now
 from probe_dask.memory.live import plan_job
 from probe_dask.stages import Stage, emit
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["JobInputs", "JobResult", "open_inputs", "run_job", "count_classes", "format_table",
            "CHECKPOINT_NAME", "METRICS_NAME", "CLASSES_NAME"]
@@ -121,7 +124,7 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=No
 
 
 def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
-            restart=False, progress=False, callbacks=None, log=print,
+            restart=False, progress=False, callbacks=None, log=None,
             memory_plan=True, backend="auto", class_names=None,
             capture_warnings=True) -> JobResult:
     """Fit on the train shard, evaluate on both shards, write results.
@@ -137,8 +140,8 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         Passed to ``ProbeFitter`` (telemetry); also called (``stages.emit``) at ``plan``,
         ``evaluate_train_start``, ``evaluate_train_end``, ``evaluate_test_end`` and
         ``write_end``.
-    log : callable
-        Receives one-line progress messages.
+    log : callable, optional
+        Receives one-line progress messages (default: this module's logger, at INFO).
     memory_plan : bool
         Plan memory on the client's workers first (``plan.plan_job``): blocks are cut to
         the plan's size unless ``inputs.block_nnz`` was given, train blocks are persisted
@@ -160,6 +163,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     JobResult
     """
     started = utc_now()
+    log = logger.info if log is None else log
     check_worker_kernels(client, device, backend, log=log)
     persist = persist_setting()
     plan = None
@@ -205,7 +209,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     else:
         fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
     if not fitter.converged_.all():  # max_iter reached: one loud line, the job goes on
-        log(unconverged_warning(fitter))
+        (logger.warning if log == logger.info else log)(unconverged_warning(fitter))
     seconds["fit"] = time.perf_counter() - t1
     b, w = fitter.intercept_, fitter.coef_
 

@@ -9,13 +9,15 @@ parser from them and runs the commands. Values are checked where they are parsed
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from probe_dask.app.flags import memory_limit, positive_float, positive_int
 from probe_dask.app.plan_command import add_simulate_flags
 from probe_dask.app.report_command import add_class_names_flag
 
 __all__ = ["add_cluster_flags", "add_data_flags", "add_fit_flags", "add_output_flags",
-           "add_telemetry_flags", "add_plan_parser", "add_sweep_parser", "UNCONVERGED_STATUS"]
+           "add_telemetry_flags", "add_plan_parser", "add_sweep_parser", "add_common_flags",
+           "finish_help", "UNCONVERGED_STATUS", "NO_FIT_STATUS", "EXIT_CODES"]
 
 
 def add_cluster_flags(p):
@@ -53,9 +55,14 @@ def add_data_flags(p, required=True):
                    help="where compressed token_acts.npz are ingested (default: beside each file)")
 
 
-def add_fit_flags(p):
-    p.add_argument("--max-iter", type=positive_int, default=30, help="most solver passes (default 30)")
-    p.add_argument("--ridge", type=positive_float, default=1e-8, help="ridge penalty (default 1e-8)")
+def add_fit_flags(p, *, file_defaults=False):
+    # In a sweep a flag not given leaves each run's own value (file_defaults): no default
+    # is claimed in its help.
+    given = "each run's value from the sweep file (else {})" if file_defaults else "{}"
+    p.add_argument("--max-iter", type=positive_int, default=30,
+                   help=f"most solver passes (default: {given.format(30)})")
+    p.add_argument("--ridge", type=positive_float, default=1e-8,
+                   help=f"ridge penalty (default: {given.format('1e-8')})")
     p.add_argument("--block-nnz", type=positive_int, default=None, help="non-zeros per row block")
     p.add_argument("--allow-many-blocks", action="store_true",
                    help="allow a --block-nnz that cuts the run into thousands of blocks")
@@ -70,6 +77,54 @@ def add_fit_flags(p):
 #: Exit status of a run that wrote its results with pairs unconverged (--require-converged).
 UNCONVERGED_STATUS = 3
 
+#: Exit status of a run whose memory plan does not fit the workers.
+NO_FIT_STATUS = 4
+
+#: The exit statuses, as every subcommand's --help lists them.
+EXIT_CODES = ("exit status:\n"
+              "  0  done\n"
+              "  1  failed (an unexpected error; --debug shows the traceback)\n"
+              "  2  usage or input error (one line naming the flag, file or field)\n"
+              f"  {UNCONVERGED_STATUS}  pairs left unconverged, with --require-converged "
+              "(results are written)\n"
+              f"  {NO_FIT_STATUS}  the memory plan does not fit the workers\n"
+              "  130  interrupted")
+
+
+def require_converged_flag(g):
+    g.add_argument("--require-converged", action="store_true",
+                   help=f"exit {UNCONVERGED_STATUS} when pairs have not converged at the end "
+                        "(results are still written)")
+
+
+def add_common_flags(p) -> None:
+    """-v, -q, --debug and --log-file, added to the top parser and to every subcommand's
+    (so they are accepted before and after the subcommand).
+
+    Defaults are ``SUPPRESS`` so a flag given before the subcommand is not reset by the
+    subcommand's own default; read them with ``getattr(args, name, default)``.
+    """
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more detail on stderr (debug records: worker waits, stage lines)")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress on stderr, warnings and errors only")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks")
+    g.add_argument("--log-file", metavar="PATH", default=argparse.SUPPRESS,
+                   help="also append every record, time-stamped (UTC), to PATH, with "
+                        "distributed's warnings and errors")
+
+
+def finish_help(parser, example: str, description: str | None = None) -> None:
+    """Give a subcommand's --help its description, an example and the exit statuses."""
+    # Raw: the epilog's lines stay lines; so the description is wrapped here.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    description = parser.description if description is None else description
+    if description:
+        parser.description = textwrap.fill(" ".join(description.split()), 88)
+    parser.epilog = f"example:\n  {example}\n\n{EXIT_CODES}"
+
 
 def add_output_flags(p, *, out=True):
     g = p.add_argument_group("results and logs")
@@ -80,12 +135,7 @@ def add_output_flags(p, *, out=True):
         g.add_argument("--overwrite", action="store_true",
                        help="replace results of an earlier run (default: refuse; resuming an "
                             "interrupted run's checkpoint is not an overwrite)")
-    g.add_argument("--require-converged", action="store_true",
-                   help=f"exit {UNCONVERGED_STATUS} when pairs have not converged at the end "
-                        "(results are still written)")
-    g.add_argument("--quiet", action="store_true", help="no progress on stderr, warnings only")
-    g.add_argument("--log-file", metavar="PATH", default=None,
-                   help="also append every log line, time-stamped, to PATH")
+    require_converged_flag(g)
     add_class_names_flag(g)
 
 
@@ -142,8 +192,9 @@ def add_sweep_parser(sub, func):
     sweep.add_argument("--concurrent-runs", type=positive_int, default=None, metavar="N",
                        help="fit N runs at once (default: as many as the memory plan allows, "
                             "at most probe-dask.sweep.max-concurrent-runs; 1: one after the other)")
+    require_converged_flag(sweep)
     add_cluster_flags(sweep)
-    add_fit_flags(sweep)
+    add_fit_flags(sweep, file_defaults=True)
     add_telemetry_flags(sweep)
     # None: not given, so each run's value from the file (or the library default) applies.
     sweep.set_defaults(func=func, max_iter=None, ridge=None, device=None)

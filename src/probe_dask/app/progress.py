@@ -12,6 +12,7 @@ Memory per process: the driver holds the open bars and the log file's handle.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -47,9 +48,13 @@ class Progress:
         Write only warnings (lines starting ``WARNING``) to ``stream``.
     log_file : path, optional
         Also append every line to this file, each with its UTC time.
+    logger : logging.Logger, optional
+        Send every line to this logger instead (at INFO; ``log(msg, logging.WARNING)``
+        for a warning): its handlers decide where lines go and ``stream``, ``quiet`` and
+        ``log_file`` then apply to the bars only. The CLI passes one (``app/logs.py``).
     """
 
-    def __init__(self, stream=None, *, bars=None, quiet=False, log_file=None):
+    def __init__(self, stream=None, *, bars=None, quiet=False, log_file=None, logger=None):
         self.stream = sys.stderr if stream is None else stream
         self.bars = is_terminal(self.stream) if bars is None else bars
         self.quiet = bool(quiet)
@@ -58,11 +63,16 @@ class Progress:
         self._lock = threading.Lock()
         self._t0 = {}
         self._active = None
+        self._logger = logger
 
     # -- lines -----------------------------------------------------------------------------
-    def log(self, msg: str) -> None:
-        """Write one message (one or more lines) to the stream and the log file."""
+    def log(self, msg: str, level: int | None = None) -> None:
+        """Write one message (one or more lines) to the stream and the log file, or to
+        the logger at ``level`` (default INFO)."""
         msg = str(msg).replace("\r", "")
+        if self._logger is not None:
+            self._logger.log(logging.INFO if level is None else level, msg)
+            return
         self._to_file(msg)
         if self.quiet and not msg.startswith("WARNING"):
             return
@@ -102,7 +112,10 @@ class Progress:
 
     def _line(self, msg):
         """A stage line: only without bars (the bars say it on a terminal)."""
-        if self.bars and not self.quiet:
+        if self._logger is not None:
+            # The bars say it on a terminal: a debug record there (kept by --log-file).
+            self._logger.log(logging.DEBUG if self.bars else logging.INFO, msg)
+        elif self.bars and not self.quiet:
             self._to_file(msg)  # the log file gets every line, even those the bars show
         else:
             self.log(msg)

@@ -13,6 +13,7 @@ Memory per process: both splits' results (``io.results``) and one figure at a ti
 
 from __future__ import annotations
 
+import logging
 import html
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from probe_dask.io.outputs import atomic_path
 from probe_dask.io.results import load_class_table, load_results, results_dir_of
 
 __all__ = ["write_report", "REPORT_NAME", "FIGURES_DIR", "latest_memory_plot"]
+
+logger = logging.getLogger(__name__)
 
 REPORT_NAME = "probe1d_report.html"
 FIGURES_DIR = "probe1d_report_files"
@@ -55,7 +58,7 @@ def _table_html(table) -> str:
 
 
 def write_report(run, train_shards, test_shards, *, out=None, results_dirs=None,
-                 log=print) -> Path:
+                 log=None) -> Path:
     """Write the HTML report of a finished run; return its path.
 
     Parameters
@@ -68,9 +71,10 @@ def write_report(run, train_shards, test_shards, *, out=None, results_dirs=None,
     results_dirs : (path, path), optional
         The train and test results folders when they are not the run's inference folders
         (``fit --out DIR``: ``DIR/<shard_id>``).
-    log : callable
-        Receives one line naming the page.
+    log : callable, optional
+        Receives one line naming the page (default: this module's logger, at INFO).
     """
+    log = logger.info if log is None else log
     if results_dirs is None:
         results_dirs = (results_dir_of(run, train_shards), results_dir_of(run, test_shards))
     train_dir, test_dir = map(Path, results_dirs)

@@ -53,6 +53,6 @@ def cmd_report(args) -> int:
                           (args.train_shards, args.test_shards), results_dirs=dirs,
                           source=args.class_names)
     page = write_report(args.run, args.train_shards, args.test_shards, out=args.out,
-                        results_dirs=dirs, log=lambda m: print(m, file=sys.stderr, flush=True))
+                        results_dirs=dirs)
     print(page)
     return 0

@@ -28,6 +28,7 @@ for each running run (the plans are added up before runs overlap).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import traceback
@@ -57,6 +58,8 @@ from probe_dask.memory.live import plan_job
 from probe_dask.memory.report import format_size
 from probe_dask.telemetry import Telemetry, telemetry_path
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["SweepEntry", "SweepResult", "RUN_DEFAULTS", "result_dirs", "is_complete",
            "validate_sweep", "run_sweep"]
 
@@ -67,6 +70,7 @@ class SweepEntry:
 
     ``status`` is ``pending`` (to fit), ``running``, ``skipped`` (results exist),
     ``finished``, ``failed`` (``error`` says why) or ``stopped`` (SIGTERM or Ctrl-C during it).
+    ``unconverged``: pairs a finished run left unconverged (``--require-converged``).
     """
 
     run: SweepRun
@@ -75,6 +79,7 @@ class SweepEntry:
     inputs: JobInputs | None = None
     error: str = ""
     seconds: float = 0.0
+    unconverged: int = 0
 
 
 @dataclass
@@ -129,7 +134,7 @@ def _stored_settings_differ(run: SweepRun, out_dirs) -> str:
             "this run, or give it the settings they were fitted with")
 
 
-def validate_sweep(sweep_file, runs, *, log=print) -> list[SweepEntry]:
+def validate_sweep(sweep_file, runs, *, log=None) -> list[SweepEntry]:
     """Check every run before any fit; open the inputs of every run still to fit.
 
     Runs whose result set exists are marked ``skipped`` and not opened, when the results
@@ -139,11 +144,14 @@ def validate_sweep(sweep_file, runs, *, log=print) -> list[SweepEntry]:
     then :func:`~probe_dask.app.job.open_inputs` for each (shapes, labels, the npz itself,
     the output folders).
 
+    ``log`` (optional) receives the one-line summary; default: this module's logger.
+
     Raises
     ------
     ProbeDaskError
         The first bad run: ``SWEEP_FILE: run I (RUN_ID): <file>: <field>: found ...``.
     """
+    log = logger.info if log is None else log
     entries = [SweepEntry(r, result_dirs(r)) for r in runs]
     for e in entries:
         if is_complete(e.out_dirs) and not (e.out_dirs[0] / CHECKPOINT_NAME).exists():
@@ -190,11 +198,13 @@ def _run_device(e: SweepEntry, device):
     return None if dev in (None, "auto") else dev
 
 
-def overlapping_runs(client, entries, *, device=None, log=print, most=None) -> int:
+def overlapping_runs(client, entries, *, device=None, log=None, most=None) -> int:
     """How many runs of ``entries`` the sweep fits at once: the most (at most ``most``,
     default ``probe-dask.sweep.max-concurrent-runs``) whose memory plans, added up, stay
     within the workers' target share of their limit (``distributed.worker.memory.target``)
-    and within the memory this machine has free for the driver. 1: back to back."""
+    and within the memory this machine has free for the driver. 1: back to back.
+    ``log`` (optional, default this module's logger) receives the decision's line."""
+    log = logger.info if log is None else log
     most = int(config.get("probe-dask.sweep.max-concurrent-runs") if most is None else most)
     todo = [e for e in entries if e.status == "pending"]
     if most <= 1 or len(todo) <= 1:
@@ -288,7 +298,8 @@ def _fit_entry(client, e, progress, fit_kw, result, fail_fast, stop=None) -> boo
     log = progress.log if stop is None else (lambda m: progress.log(f"[{e.run.label}] {m}"))
     t1 = time.perf_counter()
     try:
-        _fit_one(client, e, log=log, stop=stop, **fit_kw)
+        job = _fit_one(client, e, log=log, stop=stop, **fit_kw)
+        e.unconverged = job.n_pairs - job.n_converged
     except KeyboardInterrupt:
         e.status, e.error = "stopped", "stopped (SIGTERM or Ctrl-C); rerun to resume"
         progress.log(f"{head}: stopped; its checkpoint stays, rerun the sweep to resume it")
@@ -349,7 +360,7 @@ def _run_overlapping(client, todo, progress, fit_kw, result, fail_fast) -> None:
 
 def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
               max_iter=RUN_DEFAULTS["max_iter"], device=None,
-              backend="auto", restart=False, fail_fast=False, progress=False, log=print,
+              backend="auto", restart=False, fail_fast=False, progress=False, log=None,
               telemetry_interval=None, concurrent=None) -> SweepResult:
     """Fit every pending run of ``entries`` on ``client``, several at once when memory
     allows (:func:`overlapping_runs`), else one after the other.
@@ -383,6 +394,7 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
     SweepResult
         ``failed`` is empty when every run finished or was skipped.
     """
+    log = logger.info if log is None else log
     t0 = time.perf_counter()
     result = SweepResult(entries)
     try:
