@@ -7,7 +7,6 @@ classes when asked (``io.results.store_class_names``) and writes the page
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from probe_dask.app.report import REPORT_NAME, write_report
