@@ -84,6 +84,16 @@ def _marker_requirements(request):
 
 
 # --------------------------------------------------------------------------- dask / data
+@pytest.fixture(scope="session", autouse=True)
+def _layouts_in_the_session_folder(tmp_path_factory):
+    """Fits that read their ranges from disk build latent-major layouts under the session's
+    temporary folder, not the system's (``probe-dask.engine.layout-dir``)."""
+    import dask
+
+    with dask.config.set({"probe-dask.engine.layout-dir": str(tmp_path_factory.mktemp("layouts"))}):
+        yield
+
+
 @pytest.fixture(scope="session")
 def local_client():
     """A real ``distributed`` LocalCluster of 2 worker processes, 1 thread each."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["ProbeDaskError", "InputError", "InvalidParameterError", "MachineError",
+__all__ = ["ProbeDaskError", "InputError", "InvalidParameterError", "PlanDoesNotFit", "MachineError",
            "ConvergenceWarning"]
 
 
@@ -57,6 +57,11 @@ class InvalidParameterError(ProbeDaskError, ValueError):
 _REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted", errno.EIO: "input/output error"}
+
+
+class PlanDoesNotFit(ProbeDaskError):
+    """The memory plan of a run does not fit the workers (its message names the limit,
+    the block size and the setting to change); the CLI exits with status 4."""
 
 
 class MachineError(ProbeDaskError):

@@ -1,6 +1,8 @@
-"""The checkpoint file (``engine.checkpoint``): written whole from the driver's state or
-streamed from latent ranges, read back whole or a range at a time, and refused in one line
-when it is not the fit's."""
+"""The checkpoint file (``engine.checkpoint``): streamed from latent ranges (the file
+``np.savez`` writes of the whole state), read back whole or a range at a time, never
+waited for by the next pass, and refused in one line when it is not the fit's."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -20,6 +22,15 @@ def _state(n_latents=7, n_classes=3, n_iter=4):
                                for n in TrustRegionState.BOOL_FIELDS}, n_iter=n_iter)
 
 
+def _savez(path, state, identity="{}"):
+    """The file of ``state`` written whole by numpy itself: the reference format."""
+    np.savez(path, identity=np.array(identity), **state.to_dict(copy=False))
+
+
+def _bounds_reader(state, bounds):
+    return lambda n: (getattr(state, n)[a:z] for a, z in bounds)
+
+
 def _same(a, b):
     return a.n_iter == b.n_iter and all(
         np.array_equal(getattr(a, n), getattr(b, n), equal_nan=True) for n in FIELDS)
@@ -29,10 +40,8 @@ def test_streamed_from_ranges_is_the_file_of_the_whole_state(tmp_path):
     state = _state()
     whole = Checkpoint(tmp_path / "whole.npz", "{}")
     parts = Checkpoint(tmp_path / "parts.npz", "{}")
-    whole.save(state)
-    whole.wait()
-    bounds = [(0, 2), (2, 5), (5, 7)]
-    parts.save_parts(4, (7, 3), lambda n: (getattr(state, n)[a:z] for a, z in bounds))
+    _savez(whole.path, state)
+    assert parts.save_parts(4, (7, 3), _bounds_reader(state, [(0, 2), (2, 5), (5, 7)]))
     parts.wait()
     for path in (whole.path, parts.path):
         assert stored_pass(path) == 4
@@ -51,7 +60,7 @@ def test_streamed_from_ranges_is_the_file_of_the_whole_state(tmp_path):
 
 def test_a_short_stream_leaves_the_previous_checkpoint_whole(tmp_path):
     ckpt = Checkpoint(tmp_path / "c.npz", "{}")
-    ckpt.save(_state(n_iter=2))
+    ckpt.save_parts(2, (7, 3), _bounds_reader(_state(n_iter=2), [(0, 7)]))
     ckpt.wait()
     ckpt.save_parts(3, (7, 3), lambda n: iter([getattr(_state(), n)[:5]]))  # 5 rows of 7
     with pytest.raises(ValueError, match="5 rows; expected 7"):
@@ -61,8 +70,7 @@ def test_a_short_stream_leaves_the_previous_checkpoint_whole(tmp_path):
 
 def test_other_input_or_a_damaged_file_is_refused_in_one_line(tmp_path):
     ckpt = Checkpoint(tmp_path / "c.npz", '{"input": {"x": 1}}')
-    ckpt.save(_state())
-    ckpt.wait()
+    _savez(ckpt.path, _state(), '{"input": {"x": 1}}')
     with pytest.raises(ProbeDaskError, match=r"other input or settings \(differs in input.x\)"):
         Checkpoint(ckpt.path, '{"input": {"x": 2}}').load()
     with np.load(ckpt.path) as f:  # a field missing
@@ -73,3 +81,27 @@ def test_other_input_or_a_damaged_file_is_refused_in_one_line(tmp_path):
             Checkpoint(tmp_path / name, '{"input": {"x": 1}}').load()
         with pytest.raises(ProbeDaskError, match="checkpoint unreadable"):
             load_range(tmp_path / name, '{"input": {"x": 1}}', 4, 0, 1)
+
+
+def test_a_pass_ending_while_a_write_is_in_flight_does_not_wait_for_it(tmp_path):
+    """The write of pass 1 is held up (a slow file system); pass 2 ends meanwhile: its
+    write is skipped at once, and the file then holds pass 1, whole. The next write, once
+    the first is done, goes through."""
+    ckpt = Checkpoint(tmp_path / "c.npz", "{}")
+    release = threading.Event()
+    state = _state(n_iter=1)
+
+    def slow(name):
+        release.wait(30)
+        yield getattr(state, name)
+
+    assert ckpt.save_parts(1, (7, 3), slow) is True
+    assert ckpt.busy()
+    assert ckpt.save_parts(2, (7, 3), _bounds_reader(state, [(0, 7)])) is False  # no wait
+    release.set()
+    ckpt.wait()
+    assert not ckpt.busy() and stored_pass(ckpt.path) == 1
+    assert _same(ckpt.load(), state)
+    assert ckpt.save_parts(3, (7, 3), _bounds_reader(state, [(0, 3), (3, 7)])) is True
+    ckpt.wait()
+    assert stored_pass(ckpt.path) == 3 and [p.name for p in tmp_path.iterdir()] == ["c.npz"]

@@ -16,7 +16,7 @@ from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.shard import open_shard
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
 
-ALL_PARAMS = {"ridge", "max_iter", "device", "backend", "persist", "split_every", "resources",
+ALL_PARAMS = {"ridge", "max_iter", "device", "backend", "persist", "layout_dir", "resources",
               "checkpoint", "identity", "progress", "callbacks", "client", "keep_state"}
 
 
@@ -76,7 +76,7 @@ def test_repr_shows_non_default_parameters_sorted():
 
 
 def test_repr_wraps_under_the_parenthesis(thread_client):
-    fitter = ProbeFitter(1e-6, 7, persist=False, split_every=3, resources={"GPU": 1},
+    fitter = ProbeFitter(1e-6, 7, persist=False, layout_dir="/scratch/layouts", resources={"GPU": 1},
                          checkpoint="/scratch/runs/one/checkpoint.npz", progress=True,
                          identity={"files": ["train.npz", "test.npz"]})
     text = repr(fitter)
@@ -84,7 +84,7 @@ def test_repr_wraps_under_the_parenthesis(thread_client):
     assert len(lines) > 1 and all(len(line) <= REPR_WIDTH for line in lines)
     assert all(line.startswith(" " * len("ProbeFitter(")) for line in lines[1:])
     assert text.startswith("ProbeFitter(checkpoint='/scratch/runs/one/checkpoint.npz',")
-    assert text.endswith("split_every=3)")
+    assert text.endswith("ridge=1e-06)")
     assert repr(ProbeFitter(client=thread_client)) == f"ProbeFitter(client={thread_client!r})"
 
 

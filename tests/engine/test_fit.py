@@ -4,6 +4,7 @@
 import os
 import signal
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,22 +92,36 @@ def test_keep_state_false_keeps_only_the_results(local_client, tiny_run):
         np.testing.assert_array_equal(getattr(lean, attr), getattr(kept, attr))
 
 
-def test_streaming_blocks_equal_persisted(local_client, tiny_run):
+def test_ranges_from_disk_give_the_bits_of_ranges_in_memory(local_client, tiny_run, tmp_path):
     shard, kept = _fit(local_client, tiny_run, block_nnz=2000, persist=True)
-    _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False)
+    _, streamed = _fit(local_client, tiny_run, block_nnz=2000, persist=False,
+                       layout_dir=tmp_path / "layout")
     assert kept.persisted_ and not streamed.persisted_
-    # persisted: cut by latent range, one range per worker thread (engine.ranges)
+    # both cut by latent range, one range per worker thread (engine.ranges)
     assert len(kept.blocks_) == len(kept.ranges_) == kept.worker_threads_ == 2
-    assert len(streamed.blocks_) == len(shard.row_blocks) > 2 and streamed.ranges_ is None
-    np.testing.assert_allclose(kept.coef_, streamed.coef_, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(kept.intercept_, streamed.intercept_, rtol=1e-9, atol=1e-12)
+    assert len(streamed.blocks_) == 2 and streamed.ranges_ == kept.ranges_
+    assert kept.layout_ is None and Path(streamed.layout_.path) == tmp_path / "layout"
+    assert streamed.layout_.nnz == shard.nnz and streamed.layout_seconds_ > 0
+    for attr in ("coef_", "intercept_", "converged_"):
+        np.testing.assert_array_equal(getattr(kept, attr), getattr(streamed, attr))
     assert kept.n_iter_ == streamed.n_iter_
+    # from disk, a pass reads the events of the latents with active pairs only; the first
+    # (every pair at w = 0) is closed forms of the label sums and reads none
+    assert [h["bytes_read"] for h in kept.history_] == [0] * kept.n_iter_
+    reads = [h["bytes_read"] for h in streamed.history_]
+    assert reads[0] == 0 and reads[1] == 8 * shard.nnz
+    assert reads[-1] < reads[1] and reads[1:] == sorted(reads[1:])[::-1]
+    # reused while the input is unchanged: not built again
+    _, again = _fit(local_client, tiny_run, block_nnz=2000, persist=False,
+                    layout_dir=tmp_path / "layout")
+    assert again.layout_seconds_ is None
+    np.testing.assert_array_equal(again.coef_, streamed.coef_)
 
 
 def test_ranges_give_the_bits_of_one_block_whatever_the_cut(local_client, tiny_run):
     """A pair's sums are its latent's events in row order, on one range or several: the
-    fit on latent ranges gives exactly the one-block fit (read from disk, the driver's
-    step), whatever the row blocks, ranges and workers."""
+    fit gives the same bits whatever the row blocks, ranges, workers and layout (one row
+    block read from disk, or ranges in memory)."""
     nnz = open_shard(tiny_run.run_dir, tiny_run.train_shard).nnz
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -120,8 +135,9 @@ def test_ranges_give_the_bits_of_one_block_whatever_the_cut(local_client, tiny_r
         assert fit.n_iter_ == one_block.n_iter_
         for attr in ("coef_", "intercept_", "converged_"):
             np.testing.assert_array_equal(getattr(fit, attr), getattr(one_block, attr))
-        history = [{k: v for k, v in h.items() if k != "pass_seconds"} for h in fit.history_]
-        want = [{k: v for k, v in h.items() if k != "pass_seconds"} for h in one_block.history_]
+        skip = ("pass_seconds", "bytes_read")
+        history = [{k: v for k, v in h.items() if k not in skip} for h in fit.history_]
+        want = [{k: v for k, v in h.items() if k not in skip} for h in one_block.history_]
         for got, ref in zip(history, want):  # counts exactly; means up to their weighting
             assert {k: got[k] for k in got if not k.startswith("mean")} == \
                 {k: ref[k] for k in ref if not k.startswith("mean")}
@@ -147,10 +163,10 @@ def test_sparse_reference_agrees_with_dense_reference(tiny_run):
 def test_get_params_set_params_and_sklearn_clone():
     from sklearn.base import clone
 
-    fitter = ProbeFitter(1e-6, 7, persist=False, split_every=3, identity={"x": 1},
+    fitter = ProbeFitter(1e-6, 7, persist=False, layout_dir="/tmp/x", identity={"x": 1},
                          callbacks=[print])
     params = fitter.get_params()
-    assert set(params) == {"ridge", "max_iter", "device", "backend", "persist", "split_every",
+    assert set(params) == {"ridge", "max_iter", "device", "backend", "persist", "layout_dir",
                            "resources",
                            "checkpoint", "identity", "progress", "callbacks", "client",
                            "keep_state"}
@@ -167,8 +183,8 @@ def test_get_params_set_params_and_sklearn_clone():
 @pytest.mark.parametrize("name, value", [
     ("ridge", 0.0), ("ridge", -1e-8), ("ridge", float("nan")), ("ridge", float("inf")),
     ("ridge", "1e-8"), ("max_iter", 0), ("max_iter", 2.5), ("max_iter", True),
-    ("persist", "no"), ("persist", 1), ("persist", None), ("split_every", 1),
-    ("split_every", 4.0), ("device", "gpu"), ("backend", "cuda"), ("resources", ["GPU"]),
+    ("persist", "no"), ("persist", 1), ("persist", None), ("layout_dir", 3),
+    ("device", "gpu"), ("backend", "cuda"), ("resources", ["GPU"]),
     ("progress", "yes"),
     ("callbacks", [1]), ("client", "tcp://127.0.0.1:8786"), ("keep_state", "no"),
 ])
@@ -181,12 +197,18 @@ def test_invalid_parameter_raises_at_fit_naming_it(tiny_run, name, value):
 
 
 def test_persist_false_keeps_no_block_on_the_workers(local_client, tiny_run):
-    """persist=False re-reads the blocks every pass: no worker holds one after the fit. (A
-    block size no other test uses, so that no other fit's blocks share these keys.)"""
+    """persist=False reads the ranges from the layout every pass: no worker holds a block
+    or an event after the fit, only each range's offsets and state. (A block size no other
+    test uses, so that no other fit's blocks share these keys.)"""
     shard, streamed = _fit(local_client, tiny_run, block_nnz=1700, persist=False)
     assert streamed.persisted_ is False
     held = [str(key) for keys in local_client.has_what().values() for key in keys]
-    assert not [key for key in held if "latent-block" in key]
+    assert not [key for key in held if "latent-block" in key or "latent-range" in key]
+    assert {key for key in held if key.startswith("disk_range")} == \
+        {f.key for f in streamed.blocks_}
+    assert {key for key in held if key.startswith("advance_range")} == \
+        {f.key for f in streamed.range_fits_}
+    streamed.blocks_ = streamed.range_fits_ = None  # let its ranges go
     kept = ProbeFitter(max_iter=1, persist=True, client=local_client)
     with pytest.warns(ConvergenceWarning):
         kept.fit(shard.X, shard.y, n_classes=8)
@@ -232,8 +254,9 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
                                             client=client).fit(shard.X, shard.y, n_classes=8)
         n_blocks = len(fits["triton"].blocks_)
         assert n_blocks == len(fits["triton"].ranges_) == 1 and fits["triton"].persisted_
-        assert cache.misses - misses == n_blocks  # copied once, in the first pass
-        assert cache.hits - hits == 2 * n_blocks  # passes 2 and 3
+        # the first pass needs no event (closed forms at w = 0): copied once, in the second
+        assert cache.misses - misses == n_blocks
+        assert cache.hits - hits == n_blocks  # pass 3
     # same solver on sums equal to float32 rounding: the same three steps, up to those
     # roundings carried through the steps (measured: 3.9e-8 at most)
     for attr in ("coef_", "intercept_"):
@@ -243,8 +266,9 @@ def test_triton_fit_keeps_persisted_blocks_on_the_device(tiny_run, triton_kernel
 
 
 def test_triton_fit_streams_blocks_read_from_disk(tiny_run, triton_kernels):
-    """persist=False on the Triton backend: every pass reads the blocks and streams them to
-    the device one ahead (``kernels.streaming``); the same fit as the C kernel's."""
+    """persist=False on the Triton backend: every pass reads the ranges' chunks from the
+    layout and streams them to the device one ahead (``kernels.streaming``); the same fit
+    as the C kernel's."""
     shard = open_shard(tiny_run.run_dir, tiny_run.train_shard, block_nnz=6000)
     fits = {}
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,

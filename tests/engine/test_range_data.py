@@ -12,14 +12,16 @@ from probe_dask import kernels
 from probe_dask.core.blocks import ActivePairs, LatentBlock
 from probe_dask.engine.layout import latent_major_layout
 from probe_dask.engine.passes import latent_blocks
+from probe_dask.core.objective import ProblemConstants
+from probe_dask.core.state import init_state
 from probe_dask.engine.range_data import (bytes_read, disk_range, range_eval_sums,
-                                          range_fit_sums, range_label_sums)
+                                          range_fit_sums, range_label_sums, sums_at_zero)
 
 
 @pytest.fixture(scope="module")
 def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
 
 
@@ -61,3 +63,24 @@ def test_disk_ranges_give_the_bits_of_memory(client, tmp_path):
             np.testing.assert_array_equal(range_fit_sums(on_disk, some),
                                           kernels.fit_sums(in_memory, some))
             assert bytes_read(on_disk, some) == 8 * int(np.diff(in_memory.latent_ptr)[::4].sum())
+
+
+@pytest.mark.parametrize("backend", ["c", "torch"])
+def test_first_pass_sums_are_closed_forms_of_the_label_sums(backend):
+    """At w = 0 (every pair's start) the six sums need no event: equal to the kernel's sums
+    over every event to 1e-12 relative (activations are non-negative, as an SAE's)."""
+    rng = np.random.default_rng(3)
+    n_rows, n_lat, n_cls = 3000, 40, 7
+    X = sp.random(n_rows, n_lat, density=0.3, random_state=4, format="csr", dtype=np.float32)
+    X.data = rng.gamma(1.0, 2.0, X.nnz).astype(np.float32)
+    X.data[X.indices == 5] = 0  # an empty latent: no pairs active
+    X.eliminate_zeros()
+    block = LatentBlock.from_csr(X, rng.integers(0, n_cls, n_rows).astype(np.uint8))
+    label_sums = kernels.label_sums(block, n_cls)
+    state = init_state(ProblemConstants.from_label_sums(label_sums, ridge=1e-8))
+    state.active[::3, 1] = False  # some pairs already stopped
+    pairs = state.active_pairs()
+    want = kernels.fit_sums(block, pairs, "cpu", backend=backend)
+    got = sums_at_zero(label_sums, pairs, "cpu", backend)
+    assert got.shape == want.shape == (6, pairs.n_pairs) and pairs.n_pairs < n_lat * n_cls
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)

@@ -68,20 +68,27 @@ def test_plan_lists_every_buffer_and_prints_a_table(small_run):
     streamed = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
                         memory_limit="4GB", n_workers=3, threads=2, persist=False)
     names = " | ".join(b.name for b in streamed.driver + streamed.worker)
-    for want in ("solver state", "LabelSums", "CSR row block", "LatentBlock", "label_sums scratch",
-                 "fit partials", "eval partials", "active pairs", "baseline", "solver.step scratch"):
+    for want in ("LabelSums", "CSR row block", "LatentBlock", "label_sums scratch",
+                 "eval partials", "baseline", "step's scratch", "range solver states",
+                 "chunks of a range read from disk", "merging a segment", "layout's per-latent"):
         assert want in names, want
     L, C = streamed.n_latents, streamed.n_classes
-    state = next(b for b in streamed.driver if b.name == "solver state")
-    assert state.nbytes == 91 * L * C  # 11 float64 + 3 bool per pair (solver.TrustRegionState)
-    assert state.stages == ("fit_start", "iteration")
-    fit_parts = next(b for b in streamed.worker if b.name.startswith("fit partials"))
-    # engine.passes: one group per worker thread (6 groups, 2 tree tasks of fan-in 4): each
-    # of the 2 threads' group partials, plus 2 tree tasks holding 4 partials and 2 sums
-    assert streamed.n_blocks["train"] >= 6
-    assert fit_parts.each == 48 * L * C and fit_parts.count == 2 + 2 * (streamed.split_every + 2)
-    # checkpoints are written from the live state (engine.checkpoint): no copy of it
-    assert not any(b.name.startswith("checkpoint") for b in streamed.driver)
+    # one fit path: no process steps all the pairs, no pass sums P pairs anywhere
+    for gone in ("solver state", "fit partials", "summed fit sums", "active pairs of an"):
+        assert not [b for b in streamed.driver + streamed.worker
+                    if b.name.startswith(gone) and b.stages], gone
+    chunks = next(b for b in streamed.worker if b.name.startswith("chunks of a range"))
+    lat = -(-L // 6)
+    # two chunks of the plan's block size (at most a range's events) and every row's label
+    assert chunks.each <= 2 * (8 * streamed.block_nnz + 8 * lat) + streamed.train.n_rows
+    assert chunks.count == 2 and chunks.stages == ("label_train", "fit", "eval_train")
+    eval_parts = next(b for b in streamed.worker if b.name.startswith("eval partials"))
+    # engine.passes over the test blocks: one group per worker thread and block (3 blocks:
+    # 3 groups, 1 tree task of fan-in 4): each of the 2 threads' group partials, plus the
+    # tree task holding 4 partials and 2 sums
+    assert streamed.n_blocks["test"] == 3
+    assert eval_parts.each == 24 * L * C and eval_parts.count == 2 + (streamed.split_every + 2)
+    assert eval_parts.stages == ("eval_test",)
 
     # persisted: latent ranges (engine.ranges), the state on the workers, 6 ranges of 22
     # latents at most for 3 workers x 2 threads
@@ -91,12 +98,11 @@ def test_plan_lists_every_buffer_and_prints_a_table(small_run):
     for want in ("train latent ranges", "range solver states", "range label sums",
                  "range evaluation", "cutting train ranges"):
         assert want in names, want
-    assert not [b for b in plan.worker if b.name.startswith(("fit partials", "active pairs, "))]
-    on_driver = {b.name: b for b in plan.driver if b.stages}
-    assert not [n for n in on_driver if n in ("solver state", "summed fit sums", "init_state")]
+    assert not [b for b in plan.worker if b.stages and b.name.startswith(
+        ("fit partials", "active pairs, ", "chunks of a range", "merging a segment"))]
     states = next(b for b in plan.worker if b.name.startswith("range solver states"))
-    lat = -(-L // 6)
     assert states.each == 2 * 91 * lat * C and states.count == 2
+    # the test split cut at the ranges too: no row pass, no (L, C) sums on the driver
     assert plan.driver_peak < streamed.driver_peak
     # the peak is the largest stage's sum
     stage_sums = [sum(b.nbytes for b in plan.worker if b.live(s)) for s in WORKER_STAGES]
@@ -186,7 +192,7 @@ def test_cli_tiny_memory_limit_is_one_error_before_fitting(small_run, tmp_path):
     proc = run_cli("fit", "--run", run, "--train-shards", tmp_path / "copy" / "shards" / small_run.train_id,
                    "--test-shards", tmp_path / "copy" / "shards" / small_run.test_id, "--workers", "1",
                    "--memory-limit", "250MB")  # an idle worker (~150 MiB) lives; no block fits
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 4, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("probe-dask: error: worker memory limit 250 MB cannot hold one block")
     assert "--memory-limit" in last and "non-zeros" in last
@@ -203,7 +209,7 @@ def test_cli_plan_prints_the_table(small_run):
     plan = json.loads(proc.stdout)
     assert plan["fits"] and plan["worker_peak"] <= plan["worker_budget"] and plan["worker"]
     proc = run_cli(*args[:-4], "--memory-limit", "100MB", timeout=120)
-    assert proc.returncode == 2 and "DOES NOT FIT" in proc.stdout and "--memory-limit" in proc.stderr
+    assert proc.returncode == 4 and "DOES NOT FIT" in proc.stdout and "--memory-limit" in proc.stderr
 
 
 def _info_from_row_lengths(lengths, n_cols):
@@ -234,15 +240,15 @@ def test_every_worker_thread_gets_at_least_two_blocks():
 
 
 def test_partials_per_worker_do_not_grow_with_blocks(small_run):
-    """One partial per worker thread per pass (engine.passes, blocks read from disk every
-    pass): 1 block or 40, the same count."""
+    """One partial per worker thread per pass over the test blocks (engine.passes): 1
+    block or 40, the same count."""
     counts = {}
     for block_nnz in (40_000, 10**9):
         plan = plan_run(small_run.train_shard, small_run.test_shard, run=small_run.run_dir,
                         memory_limit="8GB", n_workers=2, threads=1, block_nnz=block_nnz,
                         persist=False)
-        fit_parts = next(b for b in plan.worker if b.name.startswith("fit partials"))
-        counts[plan.n_blocks["train"]] = fit_parts.count
+        eval_parts = next(b for b in plan.worker if b.name.startswith("eval partials"))
+        counts[plan.n_blocks["test"]] = eval_parts.count
     few, many = min(counts), max(counts)
     assert few == 1 and many >= 20
     # 1 block: one group, no tree (its partial and the block's); 2 groups: one tree task of

@@ -52,7 +52,7 @@ from probe_dask.app.sweep import run_sweep, validate_sweep
 from probe_dask.app.sweepfile import read_sweep
 from probe_dask.cluster import INSECURE_WARNING, make_cluster, ssh_tunnel_hint
 from probe_dask.engine.workers import task_resources
-from probe_dask.errors import ProbeDaskError
+from probe_dask.errors import PlanDoesNotFit, ProbeDaskError
 from probe_dask.io.outputs import check_writable
 from probe_dask.memory.estimate import format_estimate
 from probe_dask.memory.report import format_plan
@@ -385,7 +385,7 @@ def _main(args) -> int:
         if args.debug:
             raise
         logger.error("probe-dask: error: %s", err)
-        return 2
+        return NO_FIT_STATUS if isinstance(err, PlanDoesNotFit) else 2
     except KeyboardInterrupt:
         logger.error("probe-dask: interrupted")
         return 130

@@ -6,14 +6,16 @@ check they agree, fit on train (checkpointed), evaluate train and test, and writ
 (the per-class table) beside them. Nothing is written until everything is computed, and
 each file is renamed into place, so a killed job leaves no result that looks finished.
 
-Memory per process: the driver holds the solver state and two ``SplitMetrics`` (a few
-``(L, C)`` float64 matrices each); workers hold what ``fit`` and ``passes`` say.
+Memory per process: the driver holds the fitted ``b``, ``w``, ``converged`` (17 bytes a
+pair) and two ``SplitMetrics`` (40 bytes a pair each); workers hold what ``engine.fit``,
+``engine.ranges`` and ``engine.evaluate`` say.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,12 +27,14 @@ from probe_dask import config
 from probe_dask.core.metrics import class_table
 from probe_dask.engine.evaluate import evaluate_ranges, evaluate_split
 from probe_dask.engine.fit import ProbeFitter
+from probe_dask.engine.parameters import persist_setting
 from probe_dask.engine.passes import latent_blocks
 from probe_dask.engine.ranges import persist_ranges
 from probe_dask.engine.shard import Shard, open_shard
 from probe_dask.engine.workers import check_worker_kernels
 from probe_dask.errors import ConvergenceWarning, InputError, ProbeDaskError
-from probe_dask.io.layout import CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, inference_dir
+from probe_dask.io.layout import (CHECKPOINT_NAME, CLASSES_NAME, LATENT_MAJOR_NAME, METRICS_NAME,
+                                  inference_dir)
 from probe_dask.io.outputs import check_writable, write_json, write_metrics_npz
 from probe_dask.io.resultset import ResultSet, check_targets
 from probe_dask.io.tempfiles import remove_stale
@@ -123,6 +127,16 @@ def open_inputs(run_dir, train_shard, test_shard, *, out_dirs=None, block_nnz=No
                      block_nnz=block_nnz)
 
 
+def layout_dir(shard: Shard) -> Path | None:
+    """Where the fit keeps ``shard``'s latent-major layout when its ranges are read from
+    disk: inside the shard's store (replaced with it when the input changes), or None (the
+    fit's default folder, ``engine.fit.layout_path``) when the store's folder is not
+    writable (an uncompressed npz validated in place)."""
+    store = Path(shard.source.store_dir)
+    writable = store if store.exists() else store.parent
+    return store / LATENT_MAJOR_NAME if os.access(writable, os.W_OK) else None
+
+
 def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
             restart=False, progress=False, callbacks=None, log=None,
             memory_plan=True, backend="auto", class_names=None,
@@ -194,6 +208,8 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
                          resources=resources,
                          persist=plan.persist if plan is not None else persist,
+                         layout_dir=layout_dir(train),
+                         chunk_nnz=plan.block_nnz if plan is not None else None,
                          checkpoint=checkpoint, identity=identity, progress=progress,
                          callbacks=[_log_resume, *(callbacks or ())], client=client,
                          keep_state=False)
@@ -215,32 +231,23 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
 
     t2 = time.perf_counter()
     emit(callbacks, Stage.EVALUATE_TRAIN_START)
-    if fitter.ranges_ is not None:  # persisted: evaluated where the ranges are
-        options = dict(device=device, resources=resources, backend=backend)
-        train_metrics = evaluate_ranges(client, fitter.blocks_, fitter.range_fits_,
-                                        fitter.ranges_, n_classes, resident=True, **options)
-        emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
-        fitter.blocks_ = None  # the train events go before the test split's take their place
-        test_blocks = latent_blocks(test.X, test.y)
-        if test.nnz <= train.nnz:  # no more than the train events the workers just held
-            test_data = persist_ranges(client, test_blocks, fitter.ranges_)
-            test_metrics = evaluate_ranges(client, test_data, fitter.range_fits_,
-                                           fitter.ranges_, n_classes, own_labels=True, **options)
-            del test_data
-        else:
-            test_metrics = evaluate_split(client, test_blocks, b, w, n_classes,
-                                          groups=fitter.worker_threads_, **options)
-        # the job keeps results only: the workers' memory is free for the next job (a sweep)
-        fitter.range_fits_ = None
-    else:
-        train_metrics = evaluate_split(client, fitter.blocks_, b, w, n_classes,
-                                       label_sums=fitter.label_sums_, device=device,
-                                       resources=resources, backend=backend,
-                                       groups=fitter.worker_threads_)
-        emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
-        test_metrics = evaluate_split(client, latent_blocks(test.X, test.y), b, w, n_classes,
-                                      device=device, resources=resources, backend=backend,
-                                      groups=fitter.worker_threads_)
+    # the train split is evaluated where its ranges are (in memory or read from disk)
+    options = dict(device=device, resources=resources, backend=backend)
+    train_metrics = evaluate_ranges(client, fitter.blocks_, fitter.range_fits_, fitter.ranges_,
+                                    n_classes, resident=True, **options)
+    emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
+    fitter.blocks_ = None  # the train events go before the test split's take their place
+    test_blocks = latent_blocks(test.X, test.y)
+    if fitter.persisted_ and test.nnz <= train.nnz:  # no more than the workers just held
+        test_data, _ = persist_ranges(client, test_blocks, fitter.ranges_)
+        test_metrics = evaluate_ranges(client, test_data, fitter.range_fits_, fitter.ranges_,
+                                       n_classes, own_labels=True, **options)
+        del test_data
+    else:  # not laid out by latent: one pass over its row blocks
+        test_metrics = evaluate_split(client, test_blocks, b, w, n_classes,
+                                      groups=fitter.worker_threads_, **options)
+    # the job keeps results only: the workers' memory is free for the next job (a sweep)
+    fitter.range_fits_ = None
     seconds["evaluate"] = time.perf_counter() - t2
     emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
 
@@ -287,18 +294,6 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()), n_pairs=int(b.size),
         seconds=seconds, fitter=fitter,
     )
-
-
-def persist_setting():
-    """``probe-dask.engine.persist`` as ``"auto"``, True or False (a ``DASK_*`` variable
-    gives a string); ProbeDaskError naming the key for anything else."""
-    value = config.get("probe-dask.engine.persist")
-    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
-        value = {"auto": "auto", "true": True, "false": False}[value.strip().lower()]
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ProbeDaskError(f"configuration key 'probe-dask.engine.persist': found {value!r}; "
-                         "expected auto, true or false")
 
 
 def unconverged_warning(fitter) -> str:

@@ -2,20 +2,22 @@
 
 A checkpoint is one ``.npz`` holding the fields of ``core.state.TrustRegionState`` and an
 ``identity``: JSON of what the state belongs to (the input's identity, the number of
-classes, the ridge). :meth:`Checkpoint.load` refuses a file of other input or settings, or
-one it cannot read, with one line naming what differs; :meth:`Checkpoint.save` writes the
-state in a background thread (renamed into place, so a killed fit leaves the previous
-checkpoint whole) while the next pass runs on the workers.
+classes, the ridge). The fit's state lives on the workers, one latent range each
+(``engine.ranges``): :meth:`Checkpoint.save_parts` writes the file from the ranges, each
+field streamed range by range into the ``.npz``, in a background thread (renamed into
+place, so a killed fit leaves the previous checkpoint whole) while the next pass runs, and
+each range reads back its own rows when the fit resumes (:func:`load_range`).
+:meth:`Checkpoint.load` reads the whole state. A file of other input or settings, or one
+that cannot be read, is refused with one line naming what differs.
 
-A fit whose state lives on the workers, one latent range each (``engine.ranges``), writes
-the same file from the ranges (:meth:`Checkpoint.save_parts`: each field streamed range by
-range into the ``.npz``) and each range reads back its own rows (:func:`load_range`).
+The next pass never waits for a write: a pass that ends while the previous write is still
+going is not written (the write after it is, and the fit writes its last pass before it
+returns), so a slow file system costs passes of the checkpoint, not solver time.
 
-Memory per process: none beyond the state itself: the write reads the live state, which the
-caller leaves alone until :meth:`Checkpoint.wait` returns (the fit waits right before its
-next step; a copy would cost 91 bytes a pair, 0.45 GB at 32768 x 151); nothing on the
-workers. Streamed from ranges: one field of one range at a time on the driver (8 bytes a
-pair of that range); :func:`load_range` holds one whole field (8 L C bytes) while slicing it.
+Memory per process: on the driver, one field of every range while it is written (8 bytes a
+pair: the reads of a field are submitted together, so their round trips overlap); nothing
+on the workers beyond the ranges' states. :func:`load_range` holds one whole field
+(8 L C bytes) while slicing it.
 """
 
 from __future__ import annotations
@@ -148,10 +150,8 @@ class Checkpoint:
     """The checkpoint file at ``path`` for state of ``identity`` (see
     :func:`checkpoint_identity`).
 
-    One write at a time: :meth:`save` waits for the previous write first (and raises its
-    error, if any); :meth:`wait` makes the last one whole. On the demo (4096 x 151 pairs,
-    54 MB of state) an inline write held the driver about 0.12 s per pass (+15-20 % fit wall
-    time on 2 cores); in the background the driver waits about 0.03 s per pass (the copy).
+    One write at a time: :meth:`save_parts` starts one unless one is in flight (it raises
+    the last write's error, if any); :meth:`wait` makes the last one whole.
     """
 
     def __init__(self, path, identity: str):
@@ -168,38 +168,18 @@ class Checkpoint:
         cannot be read."""
         return _read_state(self.path, self.stored_pass(), slice(None))
 
-    def save(self, state: TrustRegionState) -> None:
-        """Write ``state`` atomically, in a thread that overlaps the next pass.
-
-        The thread reads ``state`` itself, not a copy: do not change it until :meth:`wait`
-        has returned.
-        """
-        self.wait()
-        arrays = state.to_dict(copy=False)
-        identity = np.array(self.identity)
-
-        def write():
-            try:
-                with atomic_path(self.path) as tmp:
-                    with open(tmp, "wb") as f:
-                        np.savez(f, identity=identity, **arrays)
-            except OSError as exc:  # disk full, quota: one line naming the file, exit 2
-                self._error = MachineError(self.path, exc, "writing the checkpoint; the "
-                                           "previous one is kept")
-            except BaseException as exc:  # raised in the fit's thread by wait()
-                self._error = exc
-
-        self._writer = threading.Thread(target=write, name="probe-dask-checkpoint", daemon=True)
-        self._writer.start()
-
     def stored_pass(self) -> int:
         """The pass the file holds; ProbeDaskError when it belongs to other input or
         settings or cannot be read (nothing else is loaded)."""
         return _read_identity(self.path, self.identity)
 
-    def save_parts(self, n_iter: int, shape, fetch, done=None) -> None:
+    def busy(self) -> bool:
+        """Whether a write is in flight."""
+        return self._writer is not None and self._writer.is_alive()
+
+    def save_parts(self, n_iter: int, shape, fetch) -> bool:
         """Write the state of pass ``n_iter`` from its latent ranges, in a thread that
-        overlaps the next pass.
+        overlaps the next pass, unless a write is still in flight.
 
         Parameters
         ----------
@@ -207,11 +187,16 @@ class Checkpoint:
         shape : (L, C)
         fetch : callable
             ``fetch(name)`` yields the field ``name`` of every range, in latent order.
-        done : callable, optional
-            Called (in the thread) once the write ended, whether it succeeded or not: the
-            caller lets go of the ranges' state there.
+
+        Returns
+        -------
+        bool
+            Whether the write started (False: the previous one is still going; nothing
+            waited for it).
         """
-        self.wait()
+        if self.busy():
+            return False
+        self.wait()  # the last write's error, if any
         fields = [(name, np.float64 if name in TrustRegionState.FLOAT_FIELDS else np.bool_)
                   for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS]
 
@@ -228,12 +213,10 @@ class Checkpoint:
                 pass  # a range it read was lost: the fit restarts from the file, kept whole
             except BaseException as exc:  # raised in the fit's thread by wait()
                 self._error = exc
-            finally:
-                if done is not None:
-                    done()
 
         self._writer = threading.Thread(target=write, name="probe-dask-checkpoint", daemon=True)
         self._writer.start()
+        return True
 
     def wait(self) -> None:
         """Wait for the write in flight, if any; raise its error."""

@@ -1,23 +1,23 @@
 """Evaluation of fitted probes on a split: the pass over its row blocks.
 
-One pass over the split's blocks (``kernels.eval_sums`` per block, summed per group of
-blocks and then tree-summed, ``passes.run_pass``; for a split
-whose label statistics are not known yet, ``kernels.label_sums`` in the same task) gives
-the sums :func:`probe_dask.core.metrics.split_metrics` turns into loss and confusion counts.
+A fit's training split is evaluated where its ranges are (:func:`evaluate_ranges`): one
+task per range computes the metrics of its pairs on its events (in memory or read from the
+layout on disk, ``engine.range_data``), and the driver fills the ``(L, C)`` matrices range
+by range; so is a test split cut at the same latents (``ranges.persist_ranges``). A split
+that is not laid out by latent (the test split, when it does not fit beside the ranges) is
+one pass over its row blocks (:func:`evaluate_split`: ``kernels.label_sums`` and
+``kernels.eval_sums`` per block in one task, summed per group of blocks and then
+tree-summed, ``passes.pass_total``), whose sums
+:func:`probe_dask.core.metrics.split_metrics` turns into loss and confusion counts.
 
-A fit on latent ranges (``engine.ranges``) is evaluated where its ranges are
-(:func:`evaluate_ranges`): one task per range computes the metrics of its pairs, on the
-training ranges or on the test split cut at the same latents (:func:`persist_ranges`), and
-the driver fills the ``(L, C)`` matrices range by range.
-
-Memory per process: the driver holds the summed ``(3, L C)`` float64 totals and what
-``split_metrics`` makes (a handful of ``(L, C)`` float64 matrices, about 40 MB each at
-32768 x 151); workers hold what ``passes`` says (two ``(3, L C)`` partials per thread,
-plus the label statistics in the label pass), plus the scattered pairs (``8 (L+1) +
-20 L C`` bytes). Evaluated on ranges, the driver holds the five ``(L, C)`` matrices it
-fills and one field of one range's metrics at a time; a worker, per range task, the range's
-pairs (20 bytes a pair), its ``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74
-bytes a pair of the range).
+Memory per process: the driver holds the five ``(L, C)`` float64 matrices it fills (40
+bytes a pair, 0.2 GB at 32768 x 151) and one field of one range's (or latent slice's)
+metrics at a time. A worker holds, per range task, the range's pairs (20 bytes a pair), its
+``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74 bytes a pair of the range);
+over row blocks, what ``passes`` says (two ``(3, L C)`` partials and label statistics per
+thread), the scattered pairs (``8 (L+1) + 20 L C`` bytes), and on the worker that holds
+the pass's sum, ``split_metrics`` of every pair (about 114 bytes a pair) while the driver
+reads it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 
 from probe_dask import kernels
 from probe_dask.core.metrics import SplitMetrics, split_metrics
-from probe_dask.engine.passes import broadcast, run_pass
+from probe_dask.engine.passes import broadcast, pass_total
+from probe_dask.engine.range_data import range_eval_sums, range_label_sums
 from probe_dask.engine.ranges import where_held
 
 __all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split", "range_metrics",
@@ -54,18 +55,19 @@ class LabelAndEvalSums:
         return int(self.labels.nbytes + self.totals.nbytes)
 
 
-def label_and_eval_sums(block, n_classes, pairs, device=None, backend="auto",
-                        resident=False) -> LabelAndEvalSums:
+def label_and_eval_sums(block, n_classes, pairs, device=None,
+                        backend="auto") -> LabelAndEvalSums:
     """``kernels.label_sums`` and ``kernels.eval_sums`` of one block, in one task."""
     return LabelAndEvalSums(kernels.label_sums(block, n_classes),
-                            kernels.eval_sums(block, pairs, device, backend=backend,
-                                              resident=resident))
+                            kernels.eval_sums(block, pairs, device, backend=backend))
 
 
-def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=None,
-                   split_every=4, resources=None, backend="auto", resident=False,
-                   groups=None) -> SplitMetrics:
+def evaluate_split(client, blocks, b, w, n_classes, *, device=None, split_every=4,
+                   resources=None, backend="auto", groups=None) -> SplitMetrics:
     """Loss and confusion counts of every pair on one split, in one pass over its blocks.
+
+    The pass's sums stay on the worker that summed them, ``split_metrics`` runs there, and
+    the driver receives the five ``(L, C)`` fields a slice of latents at a time.
 
     Parameters
     ----------
@@ -75,32 +77,39 @@ def evaluate_split(client, blocks, b, w, n_classes, *, label_sums=None, device=N
     b, w : ndarray, shape (L, C)
         Fitted parameters.
     n_classes : int
-    label_sums : kernels.LabelSums, optional
-        Already-summed label statistics of this split (the fit has them for train).
     backend : {"auto", "c", "triton", "torch"}
         The block kernel (``kernels.choose_backend``).
-    resident : bool
-        Triton: use (and keep) the blocks' device copies, for persisted blocks (the fit's).
     groups : int, optional
-        Tasks the pass cuts the blocks into (``passes.run_pass``); give the fit's
+        Tasks the pass cuts the blocks into (``passes.pass_total``); give the fit's
         ``worker_threads_`` so the sums' order does not depend on the cluster's size now.
+        Also the number of latent slices the fields are received in.
     """
     # hash=False: a unique key. Train and test scatter identical pairs; with the content hash
     # as key, releasing the train future could drop the key the test pass is about to use.
     pairs = broadcast(client, kernels.ActivePairs.all_pairs(b, w))
     try:
-        if label_sums is None:
-            both = run_pass(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,
-                            backend=backend, resident=resident, split_every=split_every,
-                            resources=resources, groups=groups)
-            label_sums, totals = both.labels, both.totals
-        else:
-            totals = run_pass(client, blocks, kernels.eval_sums, pairs, device=device,
-                              backend=backend, resident=resident, split_every=split_every,
-                              resources=resources, groups=groups)
+        both = pass_total(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,
+                          backend=backend, split_every=split_every, resources=resources,
+                          groups=groups)
+        metrics = client.submit(_finish_split, both, pairs, b.shape, pure=False,
+                                resources=resources)
+        both.release()
     finally:
         pairs.release()
-    return split_metrics(label_sums, totals, b, w)
+    n_lat = b.shape[0]
+    n = max(1, min(int(groups or 1), n_lat))
+    bounds = [(i * n_lat // n, (i + 1) * n_lat // n) for i in range(n)]
+    try:
+        return _receive_metrics(client, [(metrics, a, z) for a, z in bounds],
+                                (n_lat, int(n_classes)))
+    finally:
+        metrics.release()
+
+
+def _finish_split(both: LabelAndEvalSums, pairs, shape) -> SplitMetrics:
+    """``split_metrics`` of a split's summed pass, on the worker holding the sums."""
+    b, w = pairs.b.reshape(shape), pairs.w.reshape(shape)
+    return split_metrics(both.labels, both.totals, b, w)
 
 
 def range_metrics(data, fit, n_classes, own_labels=False, device=None, backend="auto",
@@ -108,10 +117,10 @@ def range_metrics(data, fit, n_classes, own_labels=False, device=None, backend="
     """The metrics of a range's pairs on ``data`` (that range's events of a split) with its
     fitted ``b, w`` (``fit``: an ``engine.ranges.RangeFit``); the split's label sums are
     the fit's (training ranges) or, with ``own_labels``, counted from ``data``."""
-    label_sums = kernels.label_sums(data, n_classes) if own_labels else fit.label_sums
+    label_sums = range_label_sums(data, n_classes) if own_labels else fit.label_sums
     b, w = fit.state.b, fit.state.w
-    totals = kernels.eval_sums(data, kernels.ActivePairs.all_pairs(b, w), device,
-                               backend=backend, resident=resident)
+    totals = range_eval_sums(data, kernels.ActivePairs.all_pairs(b, w), device,
+                             backend=backend, resident=resident)
     return split_metrics(label_sums, totals, b, w)
 
 
@@ -123,8 +132,9 @@ def evaluate_ranges(client, data, fits, bounds, n_classes, *, own_labels=False, 
     ----------
     client : distributed.Client
     data : list of Future
-        Each range's ``LatentBlock`` of the split (the fit's ``blocks_``, or the test split
-        cut at the same ``bounds``: ``engine.ranges.persist_ranges``).
+        Each range's events of the split: the fit's ``blocks_`` (in memory or from disk,
+        ``engine.range_data``), or the test split cut at the same ``bounds``
+        (``engine.ranges.persist_ranges``).
     fits : list of Future
         The ranges' ``RangeFit`` (``ProbeFitter.range_fits_``).
     bounds : list of (int, int)
@@ -135,20 +145,39 @@ def evaluate_ranges(client, data, fits, bounds, n_classes, *, own_labels=False, 
     """
     futures = [client.submit(range_metrics, d, f, n_classes, own_labels, device, backend,
                              resident, resources=resources) for d, f in zip(data, fits)]
-    shape = (bounds[-1][1], int(n_classes))
-    out = {name: np.empty(shape) for name in _METRIC_FIELDS}
-    for future, (a, z), where in zip(futures, bounds, where_held(client, futures)):
-        for name, whole in out.items():  # one field of one range at a time on the driver
-            whole[a:z] = client.submit(getattr, future, name, pure=False, **where).result()
-        last = client.submit(_split_constants, future, pure=False, **where).result()
-        future.release()
-    return SplitMetrics(**out, **last)
+    try:
+        return _receive_metrics(client, [(f, None, None) for f in futures],
+                                (bounds[-1][1], int(n_classes)), bounds)
+    finally:
+        for future in futures:
+            future.release()
 
 
 #: The ``(L, C)`` fields of ``SplitMetrics``.
 _METRIC_FIELDS = ("loss", "tp", "fp", "tn", "fn")
 
 
+def _metric_rows(metrics, name, start, stop):
+    field = getattr(metrics, name)
+    return field if start is None else field[start:stop]
+
+
 def _split_constants(metrics) -> dict:
     return {"n_rows": metrics.n_rows, "class_rows": metrics.class_rows,
             "baseline_ce": metrics.baseline_ce}
+
+
+def _receive_metrics(client, pieces, shape, bounds=None) -> SplitMetrics:
+    """The ``SplitMetrics`` of ``shape`` whose rows are spread over ``pieces``: ``(future,
+    start, stop)``, the rows ``start:stop`` of a future's metrics (None: all of its rows,
+    which are ``bounds[i]``). One field of one piece at a time on the driver, each read
+    where it is held."""
+    out = {name: np.empty(shape) for name in _METRIC_FIELDS}
+    rows = bounds or [(a, z) for _, a, z in pieces]
+    places = where_held(client, [f for f, _, _ in pieces])
+    for (future, a, z), (start, stop), where in zip(pieces, rows, places):
+        for name, whole in out.items():
+            whole[start:stop] = client.submit(_metric_rows, future, name, a, z, pure=False,
+                                              **where).result()
+    last = client.submit(_split_constants, pieces[-1][0], pure=False, **places[-1]).result()
+    return SplitMetrics(**out, **last)

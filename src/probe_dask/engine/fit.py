@@ -6,83 +6,82 @@
 on dask arrays returns ``self``, fitted attributes end in ``_``, and a
 ``ConvergenceWarning`` when ``max_iter`` stops pairs that had not converged.
 
-One solver iteration is one pass over the data for all classes together, in one of two
-layouts, chosen by whether the blocks stay in worker memory (``persist``):
+Every fit runs on latent ranges (``engine.ranges``): the latents are cut into one range
+per worker thread, about equal in non-zeros, and each range's solver state lives on a
+worker beside the range's events. The events are either kept in that worker's memory
+(``persist``: the shard and the state fit, ``ranges.persist_ranges``) or read again every
+pass from the shard's latent-major layout on disk (``engine.layout``, built once per input
+and reused), in bounded chunks of the latents that still have active pairs
+(``engine.range_data``). A pass is one task per range: the kernel sums the range's active
+pairs, the compiled step (``kernels.step``) updates them there. The driver receives a few
+statistics per range, streams each pass's state to the checkpoint field by field in a
+thread (the next pass runs meanwhile: a pass makes a new state and leaves the last one as it
+was), and gathers the fitted parameters at the end. Nothing of size P crosses the network
+per pass, and no process steps all the pairs while the others wait.
 
-- persisted: the blocks are cut by latent range, one range per worker thread
-  (``engine.ranges``), and each range's solver state lives beside its events on the same
-  worker. A pass is one task per range: the kernel sums the range's active pairs, the
-  compiled step (``kernels.step``) updates them there. The driver receives a few statistics
-  per range, streams each pass's state to the checkpoint field by field in a thread (the
-  next pass runs meanwhile: a pass makes a new state and leaves the last one as it was), and
-  gathers the fitted parameters at the end. Nothing of size P crosses the network per pass,
-  and no process steps all the pairs while the others wait.
-- read from disk every pass: the parameters of the pairs still active are scattered once
-  (``broadcast=True``, docs/architecture.md pitfall 4), one task per worker thread sums
-  its group of row blocks (``engine.passes``), the group sums are tree-summed, and the
-  driver takes one trust-region step for every active pair (about 0.05 µs a pair, split
-  over the driver's cores).
+A pair's sums are its latent's events in row order whatever the layout, the number of
+ranges, row blocks or workers: the results have the same bits.
 
-Both give the same pairs' sums up to the order of additions (persisted: every latent's
-events in row order, exactly as one block), checked to 1e-9 by the tests.
-
-Memory per process. Persisted: the driver holds one field of one range while a checkpoint
-streams, and at the end the fitted ``b``, ``w``, ``converged`` (17 bytes a pair; plus the
-label sums, 16 bytes a pair, when ``nnz`` was not given and a row pass counted them); each
-worker holds its ranges' events and, per range, what ``engine.ranges`` lists (two states of
-91 bytes a pair while a pass runs). Read from disk:
-the driver holds the solver state (about a dozen ``(L, C)`` float64 arrays, ``core.state``;
-a checkpoint is written from it, not from a copy), the active pairs (20 bytes a pair) and
-one ``(6, P)`` float64 sum; each worker holds one block read at a time per thread (with the
-Triton kernels also its device copy, the next one streamed in, ``kernels.streaming``), the
-scattered active pairs (about 28 bytes per pair) and two ``(6, P)`` partials per thread,
-whatever the number of blocks (``passes``).
+Memory per process. The driver holds futures, one field of one range while a checkpoint
+streams, and at the end the fitted ``b``, ``w``, ``converged`` (17 bytes a pair); while a
+layout is built, the per-latent counts and offsets (``16 L``). A worker holds, per range,
+what ``engine.ranges`` lists (two states of 91 bytes a pair while a pass runs, the label
+sums) and the range's events in memory, or, from disk, two chunks of at most
+``chunk_nnz`` events while a pass reads them
+(``engine.range_data``); while the layout is built, what ``engine.layout`` says.
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
+import dask
 import numpy as np
 from distributed import get_client
 from tqdm.auto import tqdm
 
-from probe_dask import config, kernels
-from probe_dask.core.objective import ProblemConstants
+from probe_dask import config
 from probe_dask.core.solver import combine_stats
-from probe_dask.core.state import TrustRegionState, init_state
+from probe_dask.core.state import TrustRegionState
 from probe_dask.engine.checkpoint import Checkpoint, CheckpointMoved, checkpoint_identity
 from probe_dask.engine.estimator import ProbeEstimator
+from probe_dask.engine.layout import latent_major_layout
 from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS
-from probe_dask.engine.passes import broadcast, latent_blocks, run_pass, worker_threads
-from probe_dask.engine.ranges import (advance_range, field_reader, gather_rows, persist_ranges,
-                                      place_ranges, range_bounds, range_params, range_stats,
-                                      read_ranges, start_range)
+from probe_dask.engine.passes import latent_blocks, worker_threads
+from probe_dask.engine.ranges import (advance_range, disk_ranges, field_reader, gather_rows,
+                                      keeps_in_memory, persist_ranges, place_ranges,
+                                      range_params, range_stats, read_ranges, resident_bytes,
+                                      start_range)
 from probe_dask.engine.workers import total_worker_memory
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
-from probe_dask.kernels.step import solver_step
 from probe_dask.stages import Stage, emit
 
-__all__ = ["ProbeFitter"]
+__all__ = ["ProbeFitter", "layout_path"]
 
 
-#: Worker bytes per pair of a fit on persisted ranges besides the blocks: two states (91
-#: bytes each: while a pass runs, or while the last one streams to the checkpoint) and the
-#: label sums the constants share (32).
-RANGE_BYTES_PER_PAIR = 2 * 91 + 32
+def _block_nnz(csr) -> int:
+    return int(csr.nnz)
 
 
-def _block_bytes(nnz: int, n_rows: int, n_latents: int, n_blocks: int) -> int:
-    """Bytes of all ``LatentBlock`` s: values, rows, latent pointers and labels."""
-    return int(nnz) * 8 + int(n_rows) + n_blocks * (int(n_latents) + 1) * 8
+def count_nnz(client, X) -> int:
+    """Non-zeros of ``X``: one small task per row block (each block is read once)."""
+    tasks = [dask.delayed(_block_nnz)(b) for b in X.to_delayed().ravel()]
+    return int(sum(client.compute(tasks, sync=True)))
 
 
-def _driver_threads() -> int:
-    """Threads of the driver's solver step: the cores this process may use, at most 8
-    (the workers wait for the step, so their cores are free)."""
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+def layout_path(layout_dir, identity) -> Path:
+    """Where the latent-major layout of an input of ``identity`` lives: ``layout_dir``
+    itself when given, else a folder named by the identity's token under
+    ``probe-dask.engine.layout-dir`` (configuration), else under Dask's
+    ``temporary-directory`` or the system's."""
+    if layout_dir is not None:
+        return Path(layout_dir)
+    root = (config.get("probe-dask.engine.layout-dir")
+            or dask.config.get("temporary-directory", None) or tempfile.gettempdir())
+    return Path(root) / f"latent-major-{dask.base.tokenize(identity)}"
 
 
 class ProbeFitter(ProbeEstimator):
@@ -99,29 +98,36 @@ class ProbeFitter(ProbeEstimator):
         GPU).
     backend : {"auto", "c", "triton", "torch"}
         The block kernel (``kernels.choose_backend``): ``"auto"`` runs the C kernel on CPU
-        and the Triton kernels on CUDA. With Triton, persisted blocks stay on the GPU
+        and the Triton kernels on CUDA. With Triton, ranges kept in memory stay on the GPU
         between passes (``kernels.resident``).
     persist : {"auto", True, False}
-        Keep the blocks in worker memory between passes, cut by latent range with the
-        solver state beside them (``engine.ranges``). ``"auto"`` keeps them when they and
-        the state take less than ``probe-dask.engine.persist-fraction`` (configuration) of
-        the workers' memory, else re-reads them from disk every pass (bounded memory
-        whatever the shard size).
-    split_every : int
-        Fan-in of the reduction trees.
+        Keep the ranges' events in worker memory between passes (``ranges.persist_ranges``),
+        else read them from the shard's latent-major layout on disk every pass. ``"auto"``
+        keeps them when they and the state take at most ``probe-dask.engine.persist-fraction``
+        (configuration) of the workers' memory (``ranges.keeps_in_memory``).
+    chunk_nnz : int, optional
+        Most events a range read from disk holds at once (whole latents), also the size of
+        the layout build's merge tasks; default ``probe-dask.engine.range-chunk-nnz``. The
+        job passes its memory plan's block size.
+    layout_dir : path, optional
+        The folder of the latent-major layout when the ranges are read from disk (see
+        :func:`layout_path`; built there unless it holds the layout of this input already).
+        It must be on a file system every worker sees.
     resources : dict, optional
-        Worker resources each block task requests, e.g. ``{"GPU": 1}``.
+        Worker resources each range task requests, e.g. ``{"GPU": 1}``.
     checkpoint : path, optional
         Solver state is written there atomically after every iteration, and a fit
         resumes from it when its ``identity`` matches.
     identity : dict, optional
         JSON-able description of the input (file identities, classes, ridge) stored in
-        the checkpoint; a checkpoint with another identity is refused.
+        the checkpoint and in the layout's manifest; a checkpoint with another identity is
+        refused, a layout with another is built again. Default: the dask names of ``X`` and
+        ``y``.
     progress : bool
         Show a progress bar over solver iterations (stderr).
     callbacks : list of callable, optional
-        Each is called as ``callback(stage, info)`` (``stages.emit``) at
-        ``label_counts_start``, ``resumed``, ``fit_start``, every ``iteration`` and ``fit_end``.
+        Each is called as ``callback(stage, info)`` (``stages.emit``) at ``layout_start``,
+        ``resumed``, ``fit_start``, every ``iteration`` and ``fit_end``.
     client : distributed.Client, optional
         Where to fit. Default: the current client (``distributed.get_client()``) at ``fit``.
     keep_state : bool
@@ -139,42 +145,47 @@ class ProbeFitter(ProbeEstimator):
         Pairs stopped by the solver's own criterion.
     n_iter_ : int
         Solver passes made (resumed passes included).
-    label_sums_ : kernels.LabelSums or None
-        Label statistics of the training data; None on persisted ranges when ``nnz`` was
-        given (each range keeps its own: the driver holds no ``(L, C)`` label sums).
-    constants_ : core.objective.ProblemConstants or None
-        From ``label_sums_`` (None with it).
     state_ : core.state.TrustRegionState or None
         The solver state at the end (what a checkpoint holds); None with
         ``keep_state=False``.
     n_classes_ : int
     history_ : list of dict
-        Per-iteration solver statistics, with the pass wall time.
-    blocks_ : list
-        The training data: persisted, one future per latent range (its ``LatentBlock``);
-        else the delayed row blocks, read again by each pass.
+        Per-iteration solver statistics, with the pass wall time and the event bytes the
+        ranges read from disk (``bytes_read``).
+    blocks_ : list of Future
+        Each range's events: its ``LatentBlock`` (in memory) or its ``DiskRange``.
     persisted_ : bool
-        Whether the fit ran on persisted latent ranges.
-    ranges_ : list of (int, int) or None
-        The latent ranges (persisted), one per worker thread.
-    range_fits_ : list of Future or None
-        Each range's final ``engine.ranges.RangeFit`` (persisted), held on the workers for
+        Whether the ranges kept their events in worker memory.
+    block_bytes_ : int
+        Worker bytes the ranges would take in memory (``ranges.resident_bytes``): what
+        ``persist="auto"`` compared with ``worker_memory_``.
+    worker_memory_ : int
+        The workers' memory limits together when the fit started.
+    layout_ : io.latent_major.LatentMajorLayout or None
+        The layout the ranges read (None in memory).
+    layout_seconds_ : float or None
+        Seconds the layout's build took (None when reused or in memory).
+    ranges_ : list of (int, int)
+        The latent ranges, one per worker thread.
+    range_fits_ : list of Future
+        Each range's final ``engine.ranges.RangeFit``, held on the workers for
         ``evaluate.evaluate_ranges``; drop it to free them.
     worker_threads_ : int
-        Worker threads when the fit started: every pass cuts the blocks into that many
-        groups, one task each (``engine.passes``); pass it to ``evaluate_split`` so the
-        evaluation sums in the same order whatever the cluster became.
+        Worker threads when the fit started: the number of ranges; pass it to
+        ``evaluate_split`` so an evaluation over row blocks sums in the same order whatever
+        the cluster became.
     """
 
     def __init__(self, ridge=1e-8, max_iter=30, *, device=None, backend="auto", persist="auto",
-                 split_every=4, resources=None, checkpoint=None, identity=None, progress=False,
-                 callbacks=None, client=None, keep_state=True):
+                 chunk_nnz=None, layout_dir=None, resources=None, checkpoint=None, identity=None,
+                 progress=False, callbacks=None, client=None, keep_state=True):
         self.ridge = ridge
         self.max_iter = max_iter
         self.device = device
         self.backend = backend
         self.persist = persist
-        self.split_every = split_every
+        self.chunk_nnz = chunk_nnz
+        self.layout_dir = layout_dir
         self.resources = resources
         self.checkpoint = checkpoint
         self.identity = identity
@@ -193,70 +204,34 @@ class ProbeFitter(ProbeEstimator):
                                             f"expected {expected}")
 
     # -- helpers ---------------------------------------------------------------------------
-    def _pass(self, client, blocks, kernel, *args, **kwargs):
-        return run_pass(client, blocks, kernel, *args, split_every=self.split_every,
-                        resources=self.resources, groups=self.worker_threads_, **kwargs)
-
     def _progress_bar(self, n_iter):
         if not self.progress:
             return None
         return tqdm(total=self.max_iter, initial=min(n_iter, self.max_iter),
                     desc="solver passes", unit="pass")
 
-    def _fit_rows(self, client, blocks, n_classes, checkpoint, sizes):
-        """The fit on blocks read from disk every pass: one task per group of row blocks
-        (``engine.passes``), and the driver, which holds the solver state, steps every
-        active pair. Returns ``(state, pairs still active)``."""
-        if self.label_sums_ is None:
-            emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks),
-                 n_joined=len(blocks))
-            self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
-        self.blocks_ = blocks
-        self.constants_ = constants = ProblemConstants.from_label_sums(self.label_sums_,
-                                                                       ridge=self.ridge)
-        state = None
-        if checkpoint is not None and checkpoint.exists():
-            state = checkpoint.load()
-            emit(self.callbacks, Stage.RESUMED, n_iter=state.n_iter, path=str(self.checkpoint))
-        if state is None:
-            state = init_state(constants)
-        emit(self.callbacks, Stage.FIT_START, **sizes, persisted=False,
-             n_pairs=int(state.active.sum()), n_total=int(state.active.size))
-        bar = self._progress_bar(state.n_iter)
-        try:
-            while state.n_iter < self.max_iter:
-                pairs = state.active_pairs()
-                if pairs.n_pairs == 0:
-                    break
-                start = time.perf_counter()
-                # (non-zero x active pair) units this pass costs: what its time is spent on
-                work_units = int(np.diff(pairs.latent_ptr) @ self.label_sums_.count)
-                pairs_future = broadcast(client, pairs)
-                del pairs  # the workers have them: no driver copy while the pass runs
-                try:
-                    sums = self._pass(client, blocks, kernels.fit_sums, pairs_future,
-                                      device=self.device, backend=self.backend)
-                finally:
-                    pairs_future.release()
-                if checkpoint is not None:
-                    checkpoint.wait()  # the last write reads the state: finish it first
-                stats = solver_step(constants, state, sums, threads=_driver_threads())
-                del sums  # let go before the next pass's sums arrive
-                stats["pass_seconds"] = time.perf_counter() - start
-                stats["work_units"] = work_units
-                self.history_.append(stats)
-                if checkpoint is not None:
-                    checkpoint.save(state)
-                emit(self.callbacks, Stage.ITERATION, **stats)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(active=state.n_active)  # no (L, C) sync per pass
-        finally:
-            if bar is not None:
-                bar.close()
-        self.coef_, self.intercept_, self.converged_ = state.w, state.b, state.converged
-        self.n_iter_ = int(state.n_iter)
-        return state, state.n_active
+    def _ranges(self, client, X, y, shape, nnz):
+        """The ranges' events (futures) and bounds: kept in memory, or a layout on disk
+        built (or reused) first."""
+        blocks = latent_blocks(X, y)
+        n_ranges = self.worker_threads_
+        need = resident_bytes(nnz, X.shape[0], shape[0], shape[1], n_ranges)
+        self.persisted_ = keeps_in_memory(self.persist, need, self.worker_memory_,
+                                          config.get("probe-dask.engine.persist-fraction"))
+        self.layout_ = self.layout_seconds_ = None
+        self.block_bytes_ = need
+        # the ranges count their labels as they start, after their events are in place
+        emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks),
+             n_joined=len(blocks), persisted=self.persisted_)
+        if self.persisted_:
+            return persist_ranges(client, blocks, n_ranges=n_ranges)
+        identity = self.identity if self.identity is not None else {"X": X.name, "y": y.name}
+        chunk_nnz = int(self.chunk_nnz or config.get("probe-dask.engine.range-chunk-nnz"))
+        self.layout_, self.layout_seconds_ = latent_major_layout(
+            client, blocks, X.chunks[0], (int(X.shape[0]), shape[0]),
+            layout_path(self.layout_dir, identity), identity, threads=n_ranges,
+            segment_nnz=chunk_nnz, resources=self.resources)
+        return disk_ranges(client, self.layout_, n_ranges, chunk_nnz)
 
     def _start_ranges(self, client, data, bounds, n_classes, checkpoint):
         """Every range's first ``RangeFit`` (from the checkpoint when there is one), and
@@ -270,26 +245,20 @@ class ProbeFitter(ProbeEstimator):
                 for d, (a, z) in zip(data, bounds)]
         return fits, n_iter
 
-    def _fit_ranges(self, client, blocks, n_classes, shape, checkpoint, sizes):
-        """The fit on persisted latent ranges (``engine.ranges``): one task per range and
-        pass sums and steps the range's pairs where its events and state are; the driver
-        sees statistics only. Returns ``(state or None, pairs still active)``."""
-        count = None if self.label_sums_ is None else self.label_sums_.count
-        self.ranges_ = bounds = range_bounds(shape[0], self.worker_threads_, count)
-        self.blocks_ = data = persist_ranges(client, blocks, bounds)
-        if count is None:  # the ranges count their labels as they start
-            emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=len(blocks),
-                 n_joined=len(data))
+    def _fit_ranges(self, client, data, bounds, n_classes, shape, checkpoint):
+        """The fit's one loop: one task per range and pass sums and steps the range's pairs
+        where its state is; the driver sees statistics only. Returns ``(state or None,
+        pairs still active)``."""
         fits, n_iter = self._start_ranges(client, data, bounds, n_classes, checkpoint)
-        # the driver needs no (L, C) constants here: each range keeps its own
-        self.constants_ = None
         if n_iter:
             emit(self.callbacks, Stage.RESUMED, n_iter=n_iter, path=str(self.checkpoint))
         counts = read_ranges(client, fits, range_stats)
         n_active = sum(c["n_active"] for c in counts)
-        emit(self.callbacks, Stage.FIT_START, **sizes, persisted=True, n_pairs=n_active,
-             n_total=shape[0] * shape[1])
+        emit(self.callbacks, Stage.FIT_START, persisted=self.persisted_, n_pairs=n_active,
+             n_total=shape[0] * shape[1], block_bytes=self.block_bytes_,
+             worker_memory=self.worker_memory_, layout_seconds=self.layout_seconds_)
         options = dict(device=self.device, backend=self.backend, resident=True)
+        saved = n_iter  # the last pass the checkpoint holds (or is writing)
         bar = self._progress_bar(n_iter)
         try:
             while n_iter < self.max_iter and n_active:
@@ -308,12 +277,14 @@ class ProbeFitter(ProbeEstimator):
                     continue
                 fits = new
                 stats = combine_stats(parts)
-                stats["work_units"] = sum(int(p["work_units"]) for p in parts)
+                for key in ("work_units", "bytes_read"):
+                    stats[key] = sum(int(p[key]) for p in parts)
                 stats["pass_seconds"] = time.perf_counter() - start
                 n_iter, n_active = stats["n_iter"], stats["active_after"]
                 self.history_.append(stats)
-                if checkpoint is not None:
-                    checkpoint.save_parts(n_iter, shape, field_reader(client, fits))
+                if checkpoint is not None and checkpoint.save_parts(
+                        n_iter, shape, field_reader(client, fits)):
+                    saved = n_iter
                 emit(self.callbacks, Stage.ITERATION, **stats)
                 if bar is not None:
                     bar.update(1)
@@ -321,6 +292,9 @@ class ProbeFitter(ProbeEstimator):
         finally:
             if bar is not None:
                 bar.close()
+        if checkpoint is not None and saved != n_iter:  # a write skipped the last pass
+            checkpoint.wait()
+            checkpoint.save_parts(n_iter, shape, field_reader(client, fits))
         self.range_fits_ = fits
         self.n_iter_ = int(n_iter)
         params = gather_rows(client, fits, bounds, shape, range_params,
@@ -347,9 +321,8 @@ class ProbeFitter(ProbeEstimator):
         n_classes : int, optional
             Default: ``max(y) + 1``.
         nnz : int, optional
-            Non-zeros of ``X`` when known (``Shard.nnz``): whether blocks stay in worker
-            memory is then decided before the first pass, which saves reading every block
-            twice. Otherwise the label pass counts them first.
+            Non-zeros of ``X`` when known (``Shard.nnz``); otherwise counted first (one
+            read of every block), to decide whether the ranges stay in memory.
 
         Returns
         -------
@@ -369,48 +342,27 @@ class ProbeFitter(ProbeEstimator):
         client = self.client if self.client is not None else get_client()
         if n_classes is None:
             n_classes = int(y.max().compute()) + 1
-        blocks = latent_blocks(X, y)
-        n_row_blocks = len(blocks)
-        have = total_worker_memory(client)
-        # Fixed for the whole fit: the groups, hence the order of the sums, stay the same
-        # when workers come and go (a lost worker's rerun gives the same bits).
-        self.worker_threads_ = worker_threads(client) or len(blocks)
+        if nnz is None:
+            nnz = count_nnz(client, X)
+        self.worker_memory_ = total_worker_memory(client)
+        # Fixed for the whole fit: the ranges, hence every sum, stay the same when workers
+        # come and go (a lost worker's rerun gives the same bits).
+        self.worker_threads_ = worker_threads(client) or len(X.chunks[0])
         shape = (int(X.shape[1]), int(n_classes))
-
-        def decide(nnz):
-            need = _block_bytes(nnz, X.shape[0], X.shape[1], len(blocks))
-            # persisted, the solver state lives beside the blocks (engine.ranges)
-            state = RANGE_BYTES_PER_PAIR * shape[0] * shape[1]
-            auto = isinstance(self.persist, str)  # "auto", the only string accepted
-            fraction = config.get("probe-dask.engine.persist-fraction")
-            keep = need + state <= fraction * have if auto else self.persist
-            return need, bool(keep)
-
-        self.label_sums_ = None
-        if nnz is None:  # the label pass counts them (and gives the ranges' balance)
-            emit(self.callbacks, Stage.LABEL_COUNTS_START, n_blocks=n_row_blocks,
-                 n_joined=n_row_blocks)
-            self.label_sums_ = self._pass(client, blocks, kernels.label_sums, n_classes)
-            nnz = int(self.label_sums_.count.sum())
-        need, self.persisted_ = decide(nnz)
         checkpoint = None
         if self.checkpoint is not None:
             checkpoint = Checkpoint(self.checkpoint,
                                     checkpoint_identity(self.identity, n_classes, self.ridge))
         self.history_ = []
-        self.ranges_ = self.range_fits_ = None
+        self.range_fits_ = None
         try:
-            if self.persisted_:
-                state = self._fit_ranges(client, blocks, n_classes, shape, checkpoint,
-                                         dict(block_bytes=need, worker_memory=have))
-            else:
-                state = self._fit_rows(client, blocks, n_classes, checkpoint,
-                                       dict(block_bytes=need, worker_memory=have))
+            self.blocks_, self.ranges_ = self._ranges(client, X, y, shape, nnz)
+            state, n_active = self._fit_ranges(client, self.blocks_, self.ranges_, n_classes,
+                                               shape, checkpoint)
         finally:
             if checkpoint is not None:
                 checkpoint.wait()  # the last checkpoint is whole before fit returns
 
-        state, n_active = state
         self.state_ = state if self.keep_state else None
         del state  # with keep_state=False, only coef_, intercept_ and converged_ stay
         self.n_classes_ = int(n_classes)

@@ -7,7 +7,7 @@ manifest names the same input, else builds it in two waves of independent tasks:
 1. one task per row block: the block read and grouped by latent (``LatentBlock``), written
    as its own part; it returns the block's non-zeros per latent, summed on the driver as
    the tasks finish;
-2. one task per segment of latents (about ``io.latent_major.SEGMENT_NNZ`` events, at least
+2. one task per segment of latents (about ``segment_nnz`` events, at least
    one per worker thread): every part's span of those latents interleaved in row order and
    written at its place in the layout's event files.
 
@@ -40,9 +40,9 @@ from probe_dask.io.tempfiles import remove_stale
 __all__ = ["latent_major_layout", "layout_tasks"]
 
 
-def layout_tasks(n_blocks: int, nnz: int, threads: int) -> int:
+def layout_tasks(n_blocks: int, nnz: int, threads: int, segment_nnz: int = SEGMENT_NNZ) -> int:
     """Tasks of a layout's build: a part per row block and a merge per segment."""
-    return int(n_blocks) + max(-(-int(nnz) // SEGMENT_NNZ), int(threads), 1)
+    return int(n_blocks) + max(-(-int(nnz) // int(segment_nnz)), int(threads), 1)
 
 
 def _write_block(block, building, index, row_offset):
@@ -51,6 +51,7 @@ def _write_block(block, building, index, row_offset):
 
 
 def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, threads=1,
+                        segment_nnz=SEGMENT_NNZ,
                         resources=None) -> tuple[LatentMajorLayout, float | None]:
     """The latent-major layout of a shard at ``path``, built unless one of ``identity``
     is there already.
@@ -70,6 +71,8 @@ def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, th
         JSON-able identity of the input (stored in its manifest, compared when reused).
     threads : int
         Worker threads: at least that many segment tasks.
+    segment_nnz : int
+        Events a merge task writes, about (a task holds ``16 segment_nnz`` bytes).
     resources : dict, optional
         Worker resources each task requests.
 
@@ -99,7 +102,7 @@ def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, th
         size_events(building, int(ptr[-1]))
         merges = [client.submit(merge_segment, building, len(blocks), a, z, ptr[a:z + 1],
                                 resources=resources, pure=False)
-                  for a, z in segment_bounds(counts, SEGMENT_NNZ, threads)]
+                  for a, z in segment_bounds(counts, int(segment_nnz), threads)]
         client.gather(merges)
         del merges
         layout = commit_layout(building, path, identity, shape, ptr)

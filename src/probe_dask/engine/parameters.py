@@ -14,9 +14,10 @@ from collections.abc import Mapping
 import numpy as np
 from distributed import Client
 
-from probe_dask import kernels
+from probe_dask import config, kernels
+from probe_dask.errors import ProbeDaskError
 
-__all__ = ["PARAMETER_CONSTRAINTS"]
+__all__ = ["PARAMETER_CONSTRAINTS", "persist_setting"]
 
 
 def _real(v) -> bool:
@@ -44,7 +45,8 @@ PARAMETER_CONSTRAINTS = {
                 " or ".join(f'"{b}"' for b in kernels.BACKENDS)),
     "persist": (lambda v: (isinstance(v, str) and v == "auto")
                 or isinstance(v, (bool, np.bool_)), '"auto", True or False'),
-    "split_every": (lambda v: _integer(v) and v >= 2, "an int >= 2"),
+    "chunk_nnz": (lambda v: v is None or (_integer(v) and v >= 1), "None or an int >= 1"),
+    "layout_dir": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "None or a path"),
     "resources": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
     "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "None or a path"),
     "identity": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
@@ -55,3 +57,15 @@ PARAMETER_CONSTRAINTS = {
     "client": (lambda v: v is None or isinstance(v, Client), "None or a distributed.Client"),
     "keep_state": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
 }
+
+
+def persist_setting():
+    """``probe-dask.engine.persist`` as ``"auto"``, True or False (a ``DASK_*`` variable
+    gives a string); ProbeDaskError naming the key for anything else."""
+    value = config.get("probe-dask.engine.persist")
+    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
+        value = {"auto": "auto", "true": True, "false": False}[value.strip().lower()]
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ProbeDaskError(f"configuration key 'probe-dask.engine.persist': found {value!r}; "
+                         "expected auto, true or false")

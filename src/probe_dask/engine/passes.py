@@ -1,36 +1,27 @@
-"""One pass over a shard's row blocks: one task per group of blocks, the group sums tree-summed.
+"""One pass over a split's row blocks: one task per group of blocks, the group sums tree-summed.
 
-The label pass, and the fit and evaluation of a shard read from disk every pass, are made of
-these passes (a fit on persisted blocks works on latent ranges instead, ``engine.ranges``).
-A pass cuts the blocks into contiguous
-groups (one per worker thread, fixed for a whole fit: see :func:`worker_threads`) and
-submits one task per group: it runs the kernel on its blocks one after the other and adds
-each block's partial into the group's one partial, in block order. The
-group partials are then summed in a tree whose fan-in is bounded by ``split_every``
+The evaluation of a split that has no latent ranges (the test split, when it is not cut at
+the fit's ranges) is one of these passes (a fit works on latent ranges, ``engine.ranges``).
+A pass cuts the blocks into contiguous groups (one per worker thread, fixed for a whole
+fit: see :func:`worker_threads`) and submits one task per group: it reads its blocks one
+after the other (each travels as a recipe, the culled task graph, computed inside the
+task) and adds each block's partial into the group's one partial, in block order. The group
+partials are then summed in a tree whose fan-in is bounded by ``split_every``
 (docs/architecture.md, pitfall 6), and only the final sum travels to the driver. Partial
 traffic and partial memory per pass are therefore O(worker threads x P), whatever the
-number of blocks (565 blocks of a real shard used to mean 565 dense ``(6, P)`` partials).
-
-Blocks a caller has persisted are summed where they are: each pass sends a group's task to
-the worker that holds most of its blocks (``client.who_has``), with
-``allow_other_workers=True`` so that the group of a lost worker still runs elsewhere (its
-blocks recomputed there). Blocks read from disk
-every pass travel as a recipe (the group's culled task graph), computed block by block
-inside the group task, so the task holds one block at a time (on the Triton backend, two:
-the next block is read and copied to the GPU while the current one computes,
-``kernels.streaming``).
+number of blocks. On the Triton backend the next block is read and copied to the GPU while
+the current one computes (``kernels.streaming``).
 
 The result does not depend on where a group runs: the groups are a function of the number
-of blocks and of the number of groups only, each group sums in block order and the tree sums the
-groups in order, so a rerun after a worker is lost gives the same bits.
+of blocks and of the number of groups only, each group sums in block order and the tree sums
+the groups in order, so a rerun after a worker is lost gives the same bits.
 
-Memory per pass. A worker holds its resident blocks (when persisted) and, per thread, one
-block being worked on (read from disk: its CSR and its ``LatentBlock``) and the group's
-partial (the fit and evaluation kernels add each block into it, ``out=``; the label pass
-adds one block partial at a time); then the group partials it computed until the tree has
-summed them, and a tree task up to ``split_every`` partials plus their sum.
-The driver holds the final sum only, plus the recipes while submitting (a few hundred
-bytes per block).
+Memory per pass. A worker holds, per thread, one block being worked on (its CSR and its
+``LatentBlock``; two with the Triton kernels) and the group's partial (the kernels add each
+block into it, ``out=``; kernels without ``out`` add one block partial at a time); then the
+group partials it computed until the tree has summed them, and a tree task up to
+``split_every`` partials plus their sum. The driver holds the final sum only, plus the
+recipes while submitting (a few hundred bytes per block).
 """
 
 from __future__ import annotations
@@ -38,18 +29,17 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
-from collections import Counter
 
 import dask
 import numpy as np
 from dask.delayed import Delayed
 from dask.utils import funcname
-from distributed import futures_of
+from distributed import wait
 
 from probe_dask import kernels
-from probe_dask.engine.workers import worker_slots, worker_table
+from probe_dask.engine.workers import worker_slots
 
-__all__ = ["latent_blocks", "worker_threads", "block_groups", "broadcast", "run_pass"]
+__all__ = ["latent_blocks", "worker_threads", "block_groups", "broadcast", "pass_total"]
 
 
 def _to_latent_block(csr, labels):
@@ -149,11 +139,6 @@ def _sum_blocks(kernel, args, kwargs, blocks):
     return total
 
 
-def _sum_group(kernel, kwargs, n_args, *rest):
-    """The group task on persisted blocks: ``rest`` is the kernel's arguments, then the blocks."""
-    return _sum_blocks(kernel, rest[:n_args], kwargs, rest[n_args:])
-
-
 class _Recipe:
     """The culled task graphs of a group's blocks, opaque to the scheduler (not dependencies)."""
 
@@ -189,42 +174,16 @@ def _add(*parts):
     return total
 
 
-def _placement(held, futures, load: Counter, capacity: dict) -> dict:
-    """``submit`` keywords sending a group's task to a worker: the one holding most of its
-    blocks (``held``: ``client.who_has``) while it has a free thread in this pass, else the
-    least loaded worker (its blocks then travel there once and stay as replicas).
-
-    Without the load check a lost worker's blocks, recomputed on a survivor, would pull
-    every later pass onto that survivor while its replacement idles. ``load`` counts the
-    groups given to each worker so far in this pass and is updated; {} when no worker is
-    known (the scheduler then follows the blocks itself).
-    """
-    if not capacity:
-        return {}
-    counts = Counter(a for f in futures for a in held.get(f.key, ()) if a in capacity)
-    free = [a for a, _ in counts.most_common() if load[a] < capacity[a]]
-    worker = free[0] if free else min(capacity, key=lambda a: (load[a] / capacity[a], a))
-    load[worker] += 1
-    return {"workers": [worker], "allow_other_workers": True}
-
-
-def _persisted_futures(blocks):
-    """The future of every block when all are persisted, else None (read from disk)."""
-    futs = [futures_of(b) for b in blocks]
-    if all(len(f) == 1 and f[0].key == b.key for f, b in zip(futs, blocks)):
-        return [f[0] for f in futs]
-    return None
-
-
-def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None,
-             groups: int | None = None, **kwargs):
-    """Run ``kernel(block, *args, **kwargs)`` on every block and return the summed result.
+def pass_total(client, blocks, kernel, *args, split_every: int = 4, resources=None,
+               groups: int | None = None, **kwargs):
+    """Run ``kernel(block, *args, **kwargs)`` on every block; the future of the sum, once
+    it is computed (it stays on its worker until the caller reads or releases it).
 
     Parameters
     ----------
     client : distributed.Client
     blocks : list of Delayed
-        Blocks (persisted or not) as made by :func:`latent_blocks`.
+        Blocks as made by :func:`latent_blocks`, read from disk inside the group tasks.
     kernel : callable
         Per-block function returning something addable (numpy array, ``LabelSums``). Its
         name starts every task key of the pass (``fit_sums-group-...``).
@@ -244,22 +203,10 @@ def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     ranges = block_groups(len(blocks), groups or worker_threads(client) or len(blocks))
     name, token = funcname(kernel), uuid.uuid4().hex
-    persisted = _persisted_futures(blocks)
-    held = client.who_has(persisted) if persisted is not None else {}
-    capacity = {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
-    load = Counter()
-    parts = []
-    for g, idx in enumerate(ranges):
-        key = f"{name}-group-{token}-{g}"
-        if persisted is not None:
-            mine = [persisted[i] for i in idx]
-            parts.append(client.submit(_sum_group, kernel, kwargs, len(args), *args, *mine,
-                                       key=key, resources=resources,
-                                       **_placement(held, mine, load, capacity)))
-        else:
-            recipe = _Recipe([blocks[i] for i in idx])
-            parts.append(client.submit(_read_and_sum_group, kernel, kwargs, len(args), *args,
-                                       recipe, key=key, resources=resources))
+    parts = [client.submit(_read_and_sum_group, kernel, kwargs, len(args), *args,
+                           _Recipe([blocks[i] for i in idx]), key=f"{name}-group-{token}-{g}",
+                           resources=resources)
+             for g, idx in enumerate(ranges)]
     # Every future of the pass stays referenced until the total has arrived: a group partial
     # the client had let go of cannot be recomputed when the worker holding it dies before
     # the tree consumed it ("already forgotten"). The partials are freed together at the end.
@@ -271,8 +218,12 @@ def run_pass(client, blocks, kernel, *args, split_every: int = 4, resources=None
                  for i in range(0, len(parts), split_every)]
         held_futures += parts
         level += 1
+    total = parts[0]
     try:
-        return parts[0].result()
+        wait(total)
+        if total.status == "error":
+            total.result()  # raises the pass's error
     finally:
-        for future in held_futures:
+        for future in held_futures[:-1] if held_futures[-1] is total else held_futures:
             future.release()
+    return total

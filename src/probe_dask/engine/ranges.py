@@ -1,33 +1,39 @@
-"""Latent ranges: a persisted shard cut by latent, each range's solver state kept on its worker.
+"""Latent ranges: the fit's data and solver state cut by latent, each range stepped on its worker.
 
-When the training blocks fit in the workers' memory, the fit cuts them by latent as well
-as by row: range ``r`` is every row's events of the latents ``bounds[r]`` (one
-``LatentBlock``, rows in shard order; :func:`persist_ranges`), kept on one worker thread's
-worker, and beside it a :class:`RangeFit`: the range's label sums, constants and solver
-state. A pass is one task per range (:func:`advance_range`): the kernel sums the range's
-active pairs over its events and the trust-region step updates them, where both are held.
-Nothing of size P crosses the network: the driver receives the step's statistics of each
-range (a few numbers) and, at the end, the fitted parameters.
+Every fit cuts the latents into ranges, one per worker thread, about equal in non-zeros
+(:func:`range_bounds` of the per-latent counts). Range ``r``'s events are every row's
+events of its latents, rows in shard order, either kept in a worker's memory (one
+``LatentBlock``, :func:`persist_ranges`) or read from the shard's latent-major layout on
+disk every pass (a ``range_data.DiskRange``, :func:`disk_ranges`). Beside them, on the same
+worker, a :class:`RangeFit`: the range's label sums, constants and solver state. A pass is
+one task per range (:func:`advance_range`): the kernel sums the range's active pairs over
+its events and the trust-region step updates them, where both are. Nothing of size P
+crosses the network: the driver receives the step's statistics of each range (a few
+numbers) and, at the end, the fitted parameters. The first pass, every pair at ``w = 0``,
+reads no event (``range_data.sums_at_zero``).
 
 The ranges are independent problems: a pair's sums are its latent's events in row order,
-as in a one-block pass, so the result does not depend on the number of ranges, of row
-blocks or of workers (the same bits).
+as in a one-block pass, so the result does not depend on the layout or on the number of
+ranges, row blocks or workers (the same bits).
 
 Faults. A pass returns a new ``RangeFit`` and leaves the previous one as it was, so a range
 lost with its worker is recomputed by the scheduler from its lineage: from its start (the
 fit's first state, or the checkpoint it resumed from) through every pass made so far, for
-that range only. A resumed range whose checkpoint has been replaced since raises
+that range only (from disk, its events are read again; in memory, cut again from the
+blocks). A resumed range whose checkpoint has been replaced since raises
 ``checkpoint.CheckpointMoved``, and the fit starts every range again from the file. The
 survivor that recomputed a lost worker's ranges holds more ranges than it has threads;
-before each pass :func:`place_ranges` moves the extra ones (events and state, once) to the
-workers with threads to spare, such as the lost worker's replacement.
+before each pass :func:`place_ranges` moves the extra ones (events or offsets, and state,
+once) to the workers with threads to spare, such as the lost worker's replacement.
 
-Memory per process. A worker holds, per range it owns, the range's events (``8 nnz_r +
-8 L_r + n_rows`` bytes), its label sums and constants (``32 L_r C``), two states while a
-pass runs or while the driver streams the previous pass's checkpoint (91 bytes a pair each),
-the active pairs (28 bytes a pair) and the ``(6, P_r)`` float64 sums; while the layout is
-built, row blocks being sliced, the slices, and a range's slices plus their join. The
-driver holds futures, and one field of one range while a checkpoint streams.
+Memory per process. A worker holds, per range it owns, the range's events in memory
+(``8 nnz_r + 8 L_r + n_rows`` bytes) or, from disk, its offsets (``8 L_r``) and, while a
+pass reads, two chunks (``range_data``); its label sums and constants (``32 L_r C``); two
+states while a pass runs or while the driver streams the previous pass's checkpoint (91
+bytes a pair each); the active pairs (28 bytes a pair) and the ``(6, P_r)`` float64 sums;
+while ranges are cut in memory, row blocks being sliced, the slices, and a range's slices
+plus their join. The driver holds futures, the per-latent counts while it balances the
+ranges (``8 L``), and one field of one range while a checkpoint streams.
 """
 
 from __future__ import annotations
@@ -38,17 +44,20 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from distributed import wait
+from distributed import as_completed, wait
 
 from probe_dask import kernels
 from probe_dask.core.blocks import LabelSums
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.state import TrustRegionState, init_state
 from probe_dask.engine.checkpoint import load_range
+from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums,
+                                          range_label_sums, sums_at_zero)
 from probe_dask.engine.workers import worker_slots, worker_table
 from probe_dask.kernels.step import solver_step
 
-__all__ = ["RangeFit", "range_bounds", "persist_ranges", "start_range", "advance_range",
+__all__ = ["RangeFit", "RANGE_BYTES_PER_PAIR", "resident_bytes", "keeps_in_memory",
+           "range_bounds", "persist_ranges", "disk_ranges", "start_range", "advance_range",
            "range_stats", "range_field", "range_params",
            "place_ranges", "where_held", "read_ranges", "field_reader", "gather_rows"]
 
@@ -104,6 +113,33 @@ def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, i
     return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
 
 
+#: Worker bytes per pair of a fit on latent ranges besides the events: two states (91 bytes
+#: each: while a pass runs, or while the last one streams to the checkpoint) and the label
+#: sums the constants share (32).
+RANGE_BYTES_PER_PAIR = 2 * 91 + 32
+
+
+def resident_bytes(nnz: int, n_rows: int, n_latents: int, n_classes: int,
+                   n_ranges: int) -> int:
+    """Worker bytes of a fit whose ranges keep their events in memory: every range's
+    ``LatentBlock`` (values and rows, latent pointers, labels) and the solver state."""
+    events = int(nnz) * 8 + int(n_ranges) * int(n_rows) + (int(n_latents) + int(n_ranges)) * 8
+    return events + RANGE_BYTES_PER_PAIR * int(n_latents) * int(n_classes)
+
+
+def keeps_in_memory(persist, need: int, have: int, fraction: float) -> bool:
+    """Whether a fit keeps its ranges' events in worker memory: ``persist`` when it is a
+    bool, else (``"auto"``) when they take at most ``fraction`` of the workers' ``have``
+    bytes."""
+    if isinstance(persist, str):  # "auto", the only string accepted
+        return int(need) <= float(fraction) * int(have)
+    return bool(persist)
+
+
+def _latent_counts(block) -> np.ndarray:
+    return np.diff(block.latent_ptr)
+
+
 def _slice(block, start, stop):
     return block.latent_slice(start, stop)
 
@@ -112,16 +148,26 @@ def _join(*parts):
     return kernels.LatentBlock.concat(parts)
 
 
-def persist_ranges(client, blocks, bounds) -> list:
+def persist_ranges(client, blocks, bounds=None, n_ranges=1) -> tuple[list, list]:
     """One future per range: the events of its latents in every block, joined in row order,
     placed on one worker thread's worker each (a preference: the scheduler moves a range
-    whose worker is gone, recomputing it from the blocks).
+    whose worker is gone, recomputing it from the blocks). Returns ``(futures, bounds)``.
 
-    Every block is read once; its slices are cut where it was read and only they travel.
+    Without ``bounds``, ``n_ranges`` ranges about equal in non-zeros (``range_bounds`` of
+    the blocks' per-latent counts, summed on the driver as the blocks are read). Every block
+    is read once; its slices are cut where it was read and only they travel.
     """
     slots = worker_slots(client)
     token = uuid.uuid4().hex
     block_futures = client.compute(list(blocks))
+    if bounds is None:
+        count = None
+        for future in as_completed([client.submit(_latent_counts, f, pure=False)
+                                    for f in block_futures]):
+            part = future.result()
+            count = part if count is None else count + part
+            future.release()
+        bounds = range_bounds(len(count), n_ranges, count)
     out = []
     for r, (a, z) in enumerate(bounds):
         parts = [client.submit(_slice, f, a, z, key=f"latent-range-part-{token}-{r}-{i}")
@@ -131,7 +177,21 @@ def persist_ranges(client, blocks, bounds) -> list:
         out.append(client.submit(_join, *parts, key=f"latent-range-{token}-{r}", **placement))
         del parts  # the scheduler keeps them until the join has run, then lets them go
     del block_futures
-    return out
+    return out, list(bounds)
+
+
+def disk_ranges(client, layout, n_ranges, chunk_nnz=None) -> tuple[list, list]:
+    """``(futures, bounds)``: ``n_ranges`` ranges of a latent-major ``layout`` about equal
+    in non-zeros, each a ``range_data.DiskRange`` (its offsets; the events stay on disk,
+    read in chunks of ``chunk_nnz``), placed on one worker thread's worker each (a task:
+    recomputed where it is lost)."""
+    bounds = range_bounds(layout.shape[1], n_ranges, np.diff(layout.latent_ptr()))
+    slots = worker_slots(client)
+    out = [client.submit(disk_range, layout, a, z, chunk_nnz, pure=False,
+                         **({"workers": [slots[r % len(slots)]], "allow_other_workers": True}
+                            if slots else {}))
+           for r, (a, z) in enumerate(bounds)]
+    return out, bounds
 
 
 def _moved(block):
@@ -169,7 +229,7 @@ def start_range(data, n_classes, ridge, start, stop, resume=None) -> RangeFit:
     """A range's first ``RangeFit``: its label sums and constants from its own events, and
     every pair at its prior, or, with ``resume = (path, identity, n_iter)``, the stored
     state of its latents (``checkpoint.load_range``)."""
-    label_sums = kernels.label_sums(data, n_classes)
+    label_sums = range_label_sums(data, n_classes)
     constants = ProblemConstants.from_label_sums(label_sums, ridge=ridge)
     if resume is None:
         state = init_state(constants)
@@ -184,11 +244,15 @@ def advance_range(data, fit: RangeFit, device=None, backend="auto", resident=Fal
     be streaming it to the checkpoint)."""
     pairs = fit.state.active_pairs()
     work_units = int(np.diff(pairs.latent_ptr) @ fit.label_sums.count)
-    sums = kernels.fit_sums(data, pairs, device, backend=backend, resident=resident)
+    if pairs.w.any():
+        sums = range_fit_sums(data, pairs, device, backend=backend, resident=resident)
+        read = bytes_read(data, pairs)
+    else:  # the first pass (every pair at w = 0): closed forms, no event read
+        sums, read = sums_at_zero(fit.label_sums, pairs, device, backend), 0
     del pairs
     state = fit.state.copy()
     stats = solver_step(fit.constants, state, sums)
-    stats["work_units"] = work_units
+    stats["work_units"], stats["bytes_read"] = work_units, read
     return dataclasses.replace(fit, state=state, stats=stats)
 
 
@@ -227,15 +291,18 @@ def read_ranges(client, futures, func, *args) -> list:
 
 
 def field_reader(client, fits):
-    """``read(name)``: the state field ``name`` of every range, in latent order, fetched
-    one range at a time (what a checkpoint streams), each where it is held."""
+    """``read(name)``: the state field ``name`` of every range, in latent order (what a
+    checkpoint streams). The reads of a field are submitted together, each where its range
+    is held, so their round trips overlap; the driver takes them one range at a time."""
     places = where_held(client, fits)
 
     def read(name):
-        for fit, where in zip(fits, places):
-            future = client.submit(range_field, fit, name, pure=False, **where)
-            yield future.result()
-            future.release()
+        futures = [client.submit(range_field, fit, name, pure=False, **where)
+                   for fit, where in zip(fits, places)]
+        for i in range(len(futures)):
+            yield futures[i].result()
+            futures[i].release()
+            futures[i] = None  # the driver holds one range's field at a time
     return read
 
 

@@ -16,7 +16,7 @@ from probe_dask.errors import InputError
 
 __all__ = ["closest_existing", "require_dir", "require_file", "missing_hint", "inference_dir",
            "activations_path", "ACTIVATIONS_NAME", "METRICS_NAME",
-           "CLASSES_NAME", "CHECKPOINT_NAME"]
+           "CLASSES_NAME", "CHECKPOINT_NAME", "LATENT_MAJOR_NAME"]
 
 #: The SAE activations of a shard, inside ``<run>/inference/<shard_id>/``.
 ACTIVATIONS_NAME = "token_acts.npz"
@@ -26,6 +26,8 @@ METRICS_NAME = "probe1d_metrics.npz"
 CLASSES_NAME = "probe1d_classes.json"
 #: The solver's state after each pass, in the train split's folder until the results exist.
 CHECKPOINT_NAME = ".probe1d_checkpoint.npz"
+#: The latent-major layout of a train shard, inside its store (``io.latent_major``).
+LATENT_MAJOR_NAME = "latent-major"
 
 
 def inference_dir(run_dir, shard_id) -> Path:

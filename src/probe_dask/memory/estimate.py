@@ -8,9 +8,11 @@ run here (``probe-dask.memory.ns-per-unit.{c,triton,torch}``). :func:`estimate_t
 it into seconds per pass and per job on the plan's workers, under an assumption it states:
 ``probe-dask.memory.estimate`` passes, the first ``full-passes`` of them with every pair
 active, the work then shrinking by ``decay`` a pass (pairs converge), plus one evaluation
-pass per split over every pair. Kernel time only: the pass's structure (scattering pairs,
-summing partials, the driver's step) and the label passes (one unit per non-zero) are not
-counted, so the figure is a floor of what a run with that throughput takes.
+pass per split over every pair. The first pass is free (closed forms at ``w = 0``). Kernel
+time only, plus, for ranges read from disk, the layout's one-time build and each pass's
+reads at ``probe-dask.memory.disk-bytes-per-s``: the label sums (one unit per non-zero) and
+the tasks' overheads are not counted, so the figure is a floor of what a run with that
+throughput takes.
 
 Memory per process: the measurement's synthetic block (``2**17`` non-zeros, its
 ``LatentBlock`` and ``(6, 2048 C)`` sums: about 20 MB at 151 classes) while it runs; an estimate is a few numbers.
@@ -26,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from probe_dask import config, kernels
+from probe_dask.engine.layout import layout_tasks
 from probe_dask.kernels import ckernel
 from probe_dask.memory.report import REPORT_WIDTH
 
@@ -98,10 +101,18 @@ class TimeEstimate:
     eval_units: int
     eval_seconds: float
     test: bool
+    #: The latent-major layout (ranges read from disk): its build's tasks, bytes moved
+    #: (CSR read, parts written and read back, the layout written) and seconds at
+    #: ``disk_bytes_per_s``; 0 when the ranges are in memory. Also a pass's reads.
+    layout_tasks: int = 0
+    layout_bytes: int = 0
+    layout_seconds: float = 0.0
+    read_seconds_per_pass: float = 0.0
+    disk_bytes_per_s: float = 0.0
 
     @property
     def total_seconds(self) -> float:
-        return self.fit_seconds + self.eval_seconds
+        return self.fit_seconds + self.eval_seconds + self.layout_seconds
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "total_seconds": self.total_seconds}
@@ -131,11 +142,26 @@ def estimate_time(plan, ns_per_unit: float, source: str = "given") -> TimeEstima
 
     units = int(plan.train.nnz) * C
     eval_units = units + (int(plan.test.nnz) * C if plan.test is not None else 0)
+    disk = {}
+    read = 0.0
+    if not plan.persist:
+        rate = float(config.get("probe-dask.memory.disk-bytes-per-s"))
+        nnz = int(plan.train.nnz)
+        moved = 12 * nnz + 3 * 8 * nnz  # CSR read; parts written and read; layout written
+        read = 8 * nnz / rate  # a pass with every latent active
+        disk = dict(layout_tasks=layout_tasks(plan.n_blocks["train"], nnz,
+                                              plan.n_workers * plan.threads, plan.block_nnz),
+                    layout_bytes=moved, layout_seconds=moved / rate,
+                    read_seconds_per_pass=read, disk_bytes_per_s=rate)
+    # the first pass reads nothing and costs no kernel time (closed forms at w = 0)
+    fit_passes = max(equivalents - 1.0, 0.0)
     return TimeEstimate(
         ns_per_unit=float(ns_per_unit), source=source, parallel=parallel, parallel_what=what,
-        units_per_pass=units, pass_seconds=seconds(units), passes=passes, full_passes=full,
-        decay=decay, full_pass_equivalents=equivalents, fit_seconds=seconds(units) * equivalents,
-        eval_units=eval_units, eval_seconds=seconds(eval_units), test=plan.test is not None)
+        units_per_pass=units, pass_seconds=seconds(units) + read, passes=passes,
+        full_passes=full, decay=decay, full_pass_equivalents=equivalents,
+        fit_seconds=(seconds(units) + read) * fit_passes,
+        eval_units=eval_units, eval_seconds=seconds(eval_units) + read,
+        test=plan.test is not None, **disk)
 
 
 def _duration(s: float) -> str:
@@ -151,14 +177,21 @@ def format_estimate(e: TimeEstimate) -> str:
     lines = [
         f"time (kernel only): {e.ns_per_unit:.2f} ns per (non-zero x pair) unit, {e.source}",
         (f"  a pass with every pair active: {e.units_per_pass:.3g} units / {e.parallel_what} = "
-         f"{_duration(e.pass_seconds)}"),
+         f"{_duration(e.pass_seconds - e.read_seconds_per_pass)}"
+         + (f", plus {_duration(e.read_seconds_per_pass)} reading the layout"
+            if e.layout_tasks else "")),
         (f"  fit: assuming {e.passes} passes, every pair active in the first {e.full_passes} and "
-         f"the work then x{e.decay:g} a pass (= {e.full_pass_equivalents:.1f} full passes): "
-         f"{_duration(e.fit_seconds)}"),
+         f"the work then x{e.decay:g} a pass (= {e.full_pass_equivalents:.1f} full passes, the "
+         f"first free: closed forms at w = 0): {_duration(e.fit_seconds)}"),
         (f"  evaluation ({'train + test' if e.test else 'train; no test shard given'}, every "
          f"pair): {e.eval_units:.3g} units = {_duration(e.eval_seconds)}"),
-        (f"  whole job: about {_duration(e.total_seconds)} of kernel time; scattering pairs, "
-         "summing partials, the driver's step and the label passes come on top"),
+        (f"  whole job: about {_duration(e.total_seconds)}; the label sums and the tasks' "
+         "overheads come on top"),
     ]
+    if e.layout_tasks:
+        lines.insert(1, f"  writing the latent-major layout (once per input): {e.layout_tasks:,} "
+                        f"tasks, {e.layout_bytes / 1e9:.1f} GB moved at "
+                        f"{e.disk_bytes_per_s / 1e6:.0f} MB/s (probe-dask.memory.disk-bytes-per-s)"
+                        f" = {_duration(e.layout_seconds)}")
     return "\n".join(textwrap.fill(ln, REPORT_WIDTH, subsequent_indent="    ",
                                    break_on_hyphens=False) for ln in lines)

@@ -18,7 +18,7 @@ from distributed.system import MEMORY_LIMIT
 
 from probe_dask.engine.shard import csr_block_array, label_block_array
 from probe_dask.engine.workers import gpu_resources, worker_table
-from probe_dask.errors import ProbeDaskError
+from probe_dask.errors import PlanDoesNotFit, ProbeDaskError
 from probe_dask.memory.report import format_size
 from probe_dask.memory.search import plan_run
 
@@ -48,9 +48,9 @@ def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs)
 
     Raises
     ------
-    ProbeDaskError
-        When the workers' memory limit cannot hold one block (names the limit, the block
-        size and the setting to change).
+    PlanDoesNotFit
+        (a ProbeDaskError; the CLI exits 4) When the workers' memory limit cannot hold one
+        block (names the limit, the block size and the setting to change).
     """
     workers = worker_table(client)
     if not workers:
@@ -67,7 +67,7 @@ def plan_job(client, inputs, *, device=None, persist="auto", log=None, **kwargs)
                     threads=threads, device=device, n_classes=inputs.n_classes, block_nnz=fixed,
                     persist=persist, **kwargs)
     if not plan.fits:
-        raise ProbeDaskError(plan.message)
+        raise PlanDoesNotFit(plan.message)
     if log is not None:
         log(f"memory plan: blocks of {plan.block_nnz:,} non-zeros, worker peak "
             f"{format_size(plan.worker_peak)} of a {format_size(plan.memory_limit)} limit, driver peak "

@@ -27,6 +27,7 @@ import dask
 
 from probe_dask.core.state import TrustRegionState
 from probe_dask.core.tuning import CHUNK_PAIRS
+from probe_dask.engine.layout import layout_tasks
 from probe_dask.stages import DRIVER_STAGES
 
 __all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
@@ -168,7 +169,7 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
         ]
         worker.append(Buffer("worker", "host copy of the kernel output", "48 P (fit) / 24 P (eval)",
                              48 * P, T, GPU_STAGES))
-    driver = _driver(cfg, nb, persist)
+    driver = _driver(cfg, nb, block_nnz, persist)
     worker = [b for b in worker if b.stages]  # e.g. no separate block when persisted
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
@@ -236,39 +237,38 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
     ]
     for name in nb:  # blocks streamed from disk, per shard and stage
         sn, sr = bnz[name], brows[name]
-        live = ("label_train",) + (() if persist else ("fit", "eval_train")) if name == "train" \
-            else ("label_test", "eval_test")
+        # train blocks are read once, to cut the ranges or write the layout
+        live = ("label_train",) if name == "train" else ("label_test", "eval_test")
         worker += [
             W(f"CSR row block read ({name}, largest)", f"8 nnz_b + 12 (rows_b + 1); {k} per worker "
               "(converting + running/queued reads)", 8 * sn + 12 * (sr + 1), k, live),
             W(f"labels of a block ({name})", "rows_b (uint8)", sr, k, live),
             W(f"LatentBlock being used ({name})", "8 nnz_b + 8 (L + 1) + rows_b; one per thread",
-              8 * sn + 8 * (L + 1) + sr, T,
-              () if persist and name == "train" else live),  # persisted: it is a resident one
-            W(f"label_sums scratch ({name})", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; one per thread",
-              LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T, (f"label_{name}",)),
+              8 * sn + 8 * (L + 1) + sr, T, live),
         ]
-    parts, why = partials_per_worker(cfg, max(nb.values()))
+        if name == "test":
+            worker.append(W("label_sums scratch (test)", f"{LABEL_SCRATCH_PER_NNZ} nnz_b + 24 L C; "
+                            "one per thread", LABEL_SCRATCH_PER_NNZ * sn + 24 * LC, T,
+                            ("label_test",)))
     ranges_test = persist and "test" in nb and cfg.test.nnz <= cfg.train.nnz
-    row_stages = ("label_test", "eval_test") if persist else \
-        ("label_train", "fit", "eval_train", "label_test", "eval_test")
-    worker += [
-        W("label partials (LabelSums) of the pass", f"16 L C + 16 L + 8 C; {why}",
-          16 * LC + 16 * L + 8 * C, parts,
-          tuple(st for st in ("label_train", "label_test") if st in row_stages)),
-        W("active pairs, scattered (fit)", "20 P + 8 (L + 1); one copy per worker",
-          20 * P + 8 * (L + 1), 1, tuple(st for st in ("fit",) if st in row_stages)),
-        W("fit partials (6 x P float64) of the pass", f"48 P; {why}", 48 * P, parts,
-          tuple(st for st in ("fit",) if st in row_stages)),
-        W("all pairs, scattered (evaluation)", "20 L C + 8 (L + 1); one copy per worker",
-          20 * LC + 8 * (L + 1), 1, tuple(st for st in ("eval_train", "eval_test")
-                                          if st in row_stages and not ranges_test)),
-        W("eval partials (3 x P float64) of the pass", f"24 L C; {why}", 24 * LC, parts,
-          tuple(st for st in ("eval_train", "eval_test")
-                if st in row_stages and not ranges_test)),
-    ]
-    if persist:
-        worker += _worker_ranges(cfg, nb, bnz, brows, ranges_test)
+    if not persist:  # the layout's build: part tasks (the blocks above), then merges
+        worker.append(W("merging a segment of the latent-major layout (engine.layout)",
+                        f"16 nnz_s + 8 (L + 1), nnz_s = the block size {n:,}; one per thread",
+                        16 * min(n, cfg.train.nnz) + 8 * (L + 1), T, ("label_train",)))
+    if "test" in nb and not ranges_test:  # the test split: one pass over its row blocks
+        parts, why = partials_per_worker(cfg, nb["test"])
+        worker += [
+            W("label partials (LabelSums) of the test pass", f"16 L C + 16 L + 8 C; {why}",
+              16 * LC + 16 * L + 8 * C, parts, ("label_test", "eval_test")),
+            W("all pairs, scattered (test evaluation)", "20 L C + 8 (L + 1); one copy per "
+              "worker", 20 * LC + 8 * (L + 1), 1, ("eval_test",)),
+            W("eval partials (3 x P float64) of the test pass", f"24 L C; {why}", 24 * LC,
+              parts, ("eval_test",)),
+            W("the test split's summed pass and its split_metrics (on one worker, while the "
+              "driver reads them)", f"16 L C + 24 L C + {SPLIT_METRICS_PEAK_PER_PAIR} L C",
+              (40 + SPLIT_METRICS_PEAK_PER_PAIR) * LC, 1, ("eval_test",)),
+        ]
+    worker += _worker_ranges(cfg, nb, bnz, brows, persist, ranges_test, n)
     if cfg.backend == "torch" and cfg.device == "cpu":
         worker.append(W("torch chunk temporaries (CPU)", f"{TORCH_ELEMENT_BYTES} x 2 work_chunk "
                         f"(work_chunk = {work_chunk}) + 8 nnz_b copies; one per thread",
@@ -279,39 +279,49 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
     return worker
 
 
-def _worker_ranges(cfg, nb, bnz, brows, ranges_test) -> list:
-    """A worker's buffers of a fit on persisted latent ranges (``engine.ranges``: one range
-    per worker thread, ``T`` per worker), and of their evaluation."""
+def _worker_ranges(cfg, nb, bnz, brows, persist, ranges_test, chunk_nnz) -> list:
+    """A worker's buffers of a fit on latent ranges (``engine.ranges``: one range per worker
+    thread, ``T`` per worker), their events in memory (``persist``) or read from the layout
+    on disk in chunks of ``chunk_nnz`` events, the block size (``engine.range_data``), and
+    of their evaluation."""
     L, C, T = cfg.L, cfg.C, cfg.threads
     R = max(1, cfg.n_workers * T)
-    lat = -(-L // R)  # latents of a range (equal latents: bounds made before the counts)
+    lat = -(-L // R)  # latents of a range, at most (they are balanced by non-zeros)
     LCr = lat * C
     W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
+    # a range's events follow its latents' frequencies: an equal share of the non-zeros
+    # plus the largest block's, as a margin
+    nnz_r = -(-int(cfg.train.nnz) // R) + bnz["train"]
     out = []
     for name, live, keep in (("train", ("label_train",), ("label_train", "fit", "eval_train")),
                              ("test", ("label_test",), ("label_test", "eval_test"))):
-        if name not in nb or (name == "test" and not ranges_test):
+        if not persist or name not in nb or (name == "test" and not ranges_test):
             continue
         shard = cfg.train if name == "train" else cfg.test
-        # a range's events follow its latents' frequencies: an equal share of the non-zeros
-        # plus the largest block's, as a margin
-        nnz_r = -(-int(shard.nnz) // R) + bnz[name]
-        each = 8 * nnz_r + 8 * (lat + 1) + int(shard.n_rows)
+        nnz_s = -(-int(shard.nnz) // R) + bnz[name]
+        each = 8 * nnz_s + 8 * (lat + 1) + int(shard.n_rows)
         out += [
-            W(f"{name} latent ranges (persisted: a range's events, every row's label)",
+            W(f"{name} latent ranges (in memory: a range's events, every row's label)",
               f"8 nnz_r + 8 (L_r + 1) + rows, nnz_r = nnz / {R} ranges + nnz_b, "
               f"L_r = {lat}; one per thread", each, T, keep),
             W(f"cutting {name} ranges: a block's slices, a range's slices and their join",
               "2 (8 nnz_b + rows_b) + 2 x the range; one per thread",
               2 * (8 * bnz[name] + brows[name]) + 2 * each, T, live),
         ]
+    if not persist:
+        chunk = min(int(chunk_nnz), nnz_r)
+        out.append(W("chunks of a range read from disk (the one computing, the one being read) "
+                     "and every row's label", f"2 (8 chunk_nnz + 8 L_r) + rows, chunk_nnz = "
+                     f"{chunk:,}; one per thread", 2 * (8 * chunk + 8 * lat)
+                     + int(cfg.train.n_rows), T, ("label_train", "fit", "eval_train")))
     out += [
         W("range label sums and constants (pos, vpos, count, qx, n0)", "32 L_r C + 32 L_r; one "
           "per thread", 32 * LCr + 32 * lat, T,
           ("label_train", "fit", "eval_train", "label_test", "eval_test")),
-        W("label_sums scratch (a range)", f"{LABEL_SCRATCH_PER_NNZ} nnz_r + 24 L_r C; one per "
-          "thread", LABEL_SCRATCH_PER_NNZ * (-(-int(cfg.train.nnz) // R) + bnz["train"])
-          + 24 * LCr, T, ("label_train",) + (("label_test",) if ranges_test else ())),
+        W("label_sums scratch (a range, or a chunk of it)", f"{LABEL_SCRATCH_PER_NNZ} nnz_r + "
+          "24 L_r C; one per thread", LABEL_SCRATCH_PER_NNZ * (nnz_r if persist else chunk_nnz)
+          + 24 * LCr, T,
+          ("label_train",) + (("label_test",) if ranges_test else ())),
         W("range solver states (two: a pass's copy, or the last pass streaming to the "
           "checkpoint)", f"2 x {_STATE_PER_PAIR} L_r C; one range per thread",
           2 * _STATE_PER_PAIR * LCr, T, ("fit",)),
@@ -320,6 +330,10 @@ def _worker_ranges(cfg, nb, bnz, brows, ranges_test) -> list:
           ("label_train", "eval_train", "label_test", "eval_test")),
         W("a range's active pairs and fit sums (6 x P_r float64)", "28 P_r + 48 P_r; one per "
           "thread", 76 * LCr, T, ("fit",)),
+        W("the step's scratch (chunks of core.tuning.CHUNK_PAIRS pairs), or init_state's",
+          f"max({STEP_SCRATCH_PER_PAIR} min(P_r, {CHUNK_PAIRS}), {INIT_SCRATCH_PER_PAIR} P_r); "
+          "one per thread", max(STEP_SCRATCH_PER_PAIR * min(LCr, CHUNK_PAIRS),
+                                INIT_SCRATCH_PER_PAIR * LCr), T, ("label_train", "fit")),
         W("range evaluation: all pairs, sums (3 x P_r), split_metrics and its result",
           f"20 + 24 + {SPLIT_METRICS_PEAK_PER_PAIR} + 40 per pair of a range; one per thread",
           (84 + SPLIT_METRICS_PEAK_PER_PAIR) * LCr, T,
@@ -328,27 +342,26 @@ def _worker_ranges(cfg, nb, bnz, brows, ranges_test) -> list:
     return out
 
 
-def _driver(cfg, nb, persist=False) -> list:
-    """The driver's buffers: baseline, scheduler, solver state, sums, metrics, validation.
+def _driver(cfg, nb, block_nnz, persist=False) -> list:
+    """The driver's buffers: baseline, scheduler, results, metrics, validation.
 
-    Persisted (a fit on latent ranges, ``engine.ranges``), the solver state, the pairs and
-    the sums stay on the workers: the driver receives statistics, then the results."""
+    The solver state, the pairs and the sums stay with the ranges on the workers
+    (``engine.ranges``): the driver receives statistics, one field of one range at a time,
+    then the results."""
     L, C = cfg.L, cfg.C
-    LC, P = L * C, L * C
+    LC = L * C
     train, test = cfg.train, cfg.test
-    state_pp = 8 * len(TrustRegionState.FLOAT_FIELDS) + len(TrustRegionState.BOOL_FIELDS)
+    R = max(1, cfg.n_workers * cfg.threads)  # latent ranges: one per worker thread
     n_tasks = 5 * max(nb.values()) + 2
+    if not persist:  # the layout's build submits its part and merge tasks at once
+        n_tasks = max(n_tasks, layout_tasks(nb["train"], train.nnz, R, block_nnz))
     D = lambda *a, **kw: Buffer("driver", *a, **kw)  # noqa: E731
     after_open = DRIVER_STAGES[2:]
     rows = max(train.n_rows, test.n_rows if test is not None else 0)
     csr = max(train.csr_bytes, test.csr_bytes if test is not None else 0)
-    R = max(1, cfg.n_workers * cfg.threads)  # latent ranges: one per worker thread
     ranges_test = persist and test is not None and test.nnz <= train.nnz
 
-    def rows_only(*stages):  # held by the driver only when it steps the pairs itself
-        return () if persist else stages
-
-    def rows_eval(*stages):  # the test split evaluated by row groups
+    def rows_eval(*stages):  # the test split evaluated by row groups (finished on a worker)
         return () if ranges_test else stages
 
     return [
@@ -356,42 +369,21 @@ def _driver(cfg, nb, persist=False) -> list:
           cfg.driver_baseline),
         D("freed memory the allocator keeps (measured, not growing with P)", "64 MiB",
           DRIVER_ALLOCATOR_SLACK, 1, after_open),
-        D("scheduler state of one pass", f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
+        D("scheduler state of one pass (or of the layout's build)",
+          f"{SCHEDULER_TASK_BYTES // 1024} KB x {n_tasks} tasks",
           SCHEDULER_TASK_BYTES * n_tasks, 1, after_open),
-        D("train LabelSums (pos, vpos)", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1,
-          rows_only(*after_open)),
-        D("solver state", f"{state_pp} L C ({len(TrustRegionState.FLOAT_FIELDS)} float64 + "
-          f"{len(TrustRegionState.BOOL_FIELDS)} bool per pair)", state_pp * LC, 1,
-          rows_only("fit_start", "iteration")),
+        D("the layout's per-latent counts and offsets (engine.layout)", "16 (L + 1)",
+          16 * (L + 1), 1, () if persist else ("plan", "fit_start")),
         # the job's fit keeps only its results (ProbeFitter(keep_state=False))
         D("fitted b, w, converged", "17 L C", 17 * LC, 1, ("evaluate", "write")),
-        D("init_state scratch", f"{INIT_SCRATCH_PER_PAIR} L C", INIT_SCRATCH_PER_PAIR * LC, 1,
-          rows_only("fit_start")),
-        D("active pairs of an iteration (ActivePairs + the step's int64 index)", "28 P", 28 * P,
-          1, rows_only("iteration")),
-        # the fit lets go of a pass's sums before the next arrive; counted twice for the
-        # buffers of the receipt (the comm's frames) while the array is deserialized
-        D("summed fit sums (6 x P float64), and the frames it is received in", "48 P x 2",
-          48 * P, 2, rows_only("iteration")),
-        D("solver.step scratch (chunks of core.tuning.CHUNK_PAIRS pairs)",
-          f"{STEP_SCRATCH_PER_PAIR} x min(P, {CHUNK_PAIRS})",
-          STEP_SCRATCH_PER_PAIR * min(P, CHUNK_PAIRS), 1, rows_only("iteration")),
         D("a range's state field streamed to the checkpoint, and its frames",
-          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2,
-          ("iteration",) if persist else ()),
+          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2, ("iteration",)),
         D("one field of a range's metrics, received, and its frames",
-          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2, ("evaluate",) if persist else ()),
+          f"8 L C / {R} ranges x 2", 8 * -(-L // R) * C, 2, ("evaluate",)),
         D("train SplitMetrics (loss, tp, fp, tn, fn)", "40 L C", 40 * LC, 1, ("evaluate", "write")),
-        D("test LabelSums", "16 L C + 16 L + 8 C", 16 * LC + 16 * L + 8 * C, 1,
-          rows_eval("evaluate")),
-        D("all pairs + summed eval sums (3 x P)", "4 L C + 8 L + 24 L C", 28 * LC + 8 * L, 1,
-          rows_eval("evaluate")),
-        # its pages stay with the allocator through the write (RSS measured at the write
-        # equal to the evaluation's: 624 MB at 4096 x 151, 782 blocks read from disk)
-        D("split_metrics scratch", f"{SPLIT_METRICS_PEAK_PER_PAIR} L C",
-          SPLIT_METRICS_PEAK_PER_PAIR * LC, 1, rows_eval("evaluate", "write")),
-        D("test SplitMetrics", "40 L C", 40 * LC, 1,
-          ("evaluate", "write") if persist else ("write",)),
+        D("all pairs of the test split's pass (ActivePairs, scattered from here)",
+          "20 L C + 8 L", 20 * LC + 8 * L, 1, rows_eval("evaluate")),
+        D("test SplitMetrics", "40 L C", 40 * LC, 1, ("evaluate", "write")),
         D("one float32 array being written to probe1d_metrics.npz + class table", "4 L C + 8 L C",
           12 * LC, 1, ("write",)),
         D("validating (and ingesting, when compressed) token_acts.npz",

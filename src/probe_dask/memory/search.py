@@ -26,6 +26,7 @@ from distributed.system import MEMORY_LIMIT
 
 from probe_dask import config
 from probe_dask.errors import InputError
+from probe_dask.engine.parameters import persist_setting
 from probe_dask.kernels import ckernel
 from probe_dask.kernels.torch_backend import CPU_WORK_CHUNK, CUDA_WORK_CHUNK
 from probe_dask.memory.model import (DRIVER_BASELINE, WORKER_BASELINE, WORKER_BASELINE_NO_TORCH,
@@ -119,7 +120,7 @@ def _first_fit(build, fits, sizes, chunks, persist):
 
 def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, threads=1,
              device="cpu", n_classes=None, block_nnz=None, work_chunk=None,
-             target_fraction=None, split_every=4, persist="auto", gpu_memory=None,
+             target_fraction=None, split_every=4, persist=None, gpu_memory=None,
              backend="auto", worker_baseline=None, driver_baseline=None,
              chunk_bytes=64 * 2**20) -> Plan:
     """Plan the memory of a run, and choose its block size.
@@ -143,8 +144,10 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         Fix the block size / torch work chunk instead of choosing them.
     target_fraction : float
         Every worker's predicted peak must stay under this share of its limit.
-    persist : {"auto", True, False}
-        Keep the train blocks in worker memory; "auto": when they fit too.
+    persist : {"auto", True, False}, optional
+        Keep the train ranges' events in worker memory, else read them from the shard's
+        latent-major layout every pass; "auto": in memory when that fits too. Default:
+        ``probe-dask.engine.persist`` (configuration).
     gpu_memory : int or str, optional
         Device memory of one GPU (default: the driver's first GPU, when it has one).
 
@@ -154,6 +157,8 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
         ``fits`` False means no setting keeps the workers under the target; ``message``
         says why and ``min_memory_limit`` which limit would.
     """
+    if persist is None:
+        persist = persist_setting()
     tr, tr_labels = shard_info(train, run)
     te, te_labels = shard_info(test, run)
     if te is not None and te.n_cols != tr.n_cols:
