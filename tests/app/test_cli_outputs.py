@@ -89,7 +89,7 @@ def test_plan_fits_100_columns_and_reads_a_slurm_profile(tiny_run):
     proc = run_cli("plan", *data, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert max(map(len, proc.stdout.splitlines())) <= 100
-    assert "solver state" in proc.stdout and "91 L C" in proc.stdout  # formulas not cut
+    assert "range solver states" in proc.stdout and "91 L_r C" in proc.stdout  # formulas not cut
     proc = run_cli("plan", *data, "--cluster", "slurm:gpu", "--jobs", 3, "--gpu-memory", "80GB",
                    timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,6 +1,7 @@
 """A fault campaign on a realistic fit (2 M non-zeros, 151 classes): a worker SIGKILLed at
 5 random moments, each in a different solver pass, then the driver SIGTERMed and the
-command rerun; every result is bitwise that of an undisturbed run."""
+command rerun; every result is bitwise that of an undisturbed run. Twice: the ranges' events
+kept in worker memory, and read every pass from the latent-major layout on disk."""
 
 import os
 import random
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import dask
 import psutil
 import pytest
 from distributed import Client, LocalCluster
@@ -37,7 +39,11 @@ def _job(client, run, out, callbacks=None):
 
 
 @pytest.mark.slow
-def test_fault_campaign_same_results(run, tmp_path, capsys):
+@pytest.mark.parametrize("persist", [True, False], ids=["in-memory", "from-disk"])
+def test_fault_campaign_same_results(run, tmp_path, capsys, persist, monkeypatch):
+    # the job here and the CLI's processes below: the same layout of the ranges
+    monkeypatch.setenv("DASK_PROBE_DASK__ENGINE__PERSIST", str(persist).lower())
+    monkeypatch.setitem(dask.config.config["probe-dask"]["engine"], "persist", persist)
     t_start = time.perf_counter()
     rng = random.Random(13)
     report = []
@@ -81,6 +87,7 @@ def test_fault_campaign_same_results(run, tmp_path, capsys):
         assert all(not psutil.pid_exists(k.pid) or psutil.Process(k.pid).status() ==
                    psutil.STATUS_ZOMBIE for k in landed)
         assert got.n_iter == ref.n_iter
+        assert got.fitter.persisted_ is ref.fitter.persisted_ is persist
         ref_dirs = [tmp_path / "ref" / s for s in ("train", "test")]
         assert_same_results(ref_dirs, [tmp_path / "got" / s for s in ("train", "test")])
 

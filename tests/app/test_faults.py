@@ -1,8 +1,9 @@
 """Faults injected for real: workers and the driver SIGKILLed mid-fit, a read-only output.
 
-- A worker process of a LocalCluster is SIGKILLed while it runs a block of a solver pass:
-  the nanny restarts it, the scheduler recomputes the persisted blocks it held, and the
-  fit ends with exactly the results of an undisturbed run.
+- A worker process of a LocalCluster is SIGKILLed while it runs a range of a solver pass:
+  the nanny restarts it, the scheduler recomputes the ranges it held (their events kept in
+  memory, or read from the latent-major layout on disk), and the fit ends with exactly the
+  results of an undisturbed run.
 - ``probe-dask fit`` (a subprocess, with its LocalCluster) is SIGKILLed after its second
   checkpoint: no result file exists; the same command resumes from the checkpoint and
   ends with exactly the results of an undisturbed run; ``--restart`` ignores a checkpoint;
@@ -19,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import psutil
 import pytest
@@ -57,8 +59,9 @@ def _job(client, run, out, callbacks=None):
     return run_job(client, inputs, max_iter=MAX_ITER, callbacks=callbacks, log=lambda m: None)
 
 
-def test_worker_sigkill_mid_pass_same_results(run, tmp_path, capsys):
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+@pytest.mark.parametrize("persist", [True, False], ids=["in-memory", "from-disk"])
+def test_worker_sigkill_mid_pass_same_results(run, tmp_path, capsys, persist):
+    with dask.config.set({"probe-dask.engine.persist": persist}), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="2GB") as cluster, Client(cluster) as client:
         ref = _job(client, run, tmp_path / "ref")
         ref.fitter.blocks_ = None  # release its persisted blocks: the next fit starts cold
@@ -86,7 +89,8 @@ def test_worker_sigkill_mid_pass_same_results(run, tmp_path, capsys):
             print(f"\nworker {address} (pid {pid}) SIGKILLed while running "
                   f"{killer.info['keys'][0]!r}; fit went on for {passes_after_kill} more passes; "
                   f"{seconds:.1f} s (undisturbed {sum(ref.seconds.get(k, 0) for k in ('fit', 'evaluate')):.1f} s fit+evaluate)")
-    assert got.fitter.persisted_ and ref.fitter.persisted_  # blocks were lost, then recomputed
+    # ranges were lost, then recomputed
+    assert got.fitter.persisted_ is ref.fitter.persisted_ is persist
     assert got.n_iter == ref.n_iter and passes_after_kill >= 1
     np.testing.assert_array_equal(got.fitter.coef_, ref.fitter.coef_)
     np.testing.assert_array_equal(got.fitter.intercept_, ref.fitter.intercept_)
@@ -135,7 +139,10 @@ def no_results(r) -> None:
 
 
 @pytest.mark.slow
-def test_driver_sigkill_resume_restart_and_stale_checkpoint(run, tmp_path, capsys):
+@pytest.mark.parametrize("persist", ["true", "false"], ids=["in-memory", "from-disk"])
+def test_driver_sigkill_resume_restart_and_stale_checkpoint(run, tmp_path, capsys, persist,
+                                                            monkeypatch):
+    monkeypatch.setenv("DASK_PROBE_DASK__ENGINE__PERSIST", persist)  # the CLI's processes
     report = []
     # 1. SIGKILL the driver (and its cluster) once its checkpoint holds pass 2 or later
     b = copy_run(run, tmp_path / "b")

@@ -16,7 +16,8 @@ from probe_dask.engine.fit import ProbeFitter
 from probe_dask.engine.shard import open_shard
 from probe_dask.errors import ConvergenceWarning, InvalidParameterError
 
-ALL_PARAMS = {"ridge", "max_iter", "device", "backend", "persist", "layout_dir", "resources",
+ALL_PARAMS = {"ridge", "max_iter", "device", "backend", "persist", "chunk_nnz", "layout_dir",
+              "resources",
               "checkpoint", "identity", "progress", "callbacks", "client", "keep_state"}
 
 
