@@ -36,9 +36,9 @@ def test_user_settings_win_over_the_defaults():
     with dask.config.set({"probe-dask.slurm.partition": "gpu"}):
         assert config.get("probe-dask.slurm.partition") == "gpu"
     # DASK_* variables (collected again on refresh), underscores or dashes alike
-    dask.config.refresh(env={"DASK_PROBE_DASK__KERNELS__CACHE_DIR": "/scratch/pd",
+    dask.config.refresh(env={"DASK_PROBE_DASK__KERNELS__GPU_RESIDENT_FRACTION": "0.25",
                              "DASK_PROBE_DASK__SLURM__INTERFACE": "ib0"})
-    assert config.get("probe-dask.kernels.cache-dir") == "/scratch/pd"
+    assert config.get("probe-dask.kernels.gpu-resident-fraction") == 0.25
     assert config.get("probe-dask.slurm.interface") == "ib0"
     assert config.get("probe-dask.cluster.wait-timeout") == "300s"  # defaults survive refresh
 

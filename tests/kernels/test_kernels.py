@@ -8,11 +8,6 @@ at |eta| = 1). Counts are exact: the data keep every ``eta`` at least 1e-6 away
 from 0. Block additivity and event order are checked at 1e-12 relative.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -300,10 +295,7 @@ def test_cuda_matches_cpu():
 
 def test_c_portable_variant_matches_dense():
     ckernel = pytest.importorskip("probe_dask.kernels.ckernel")
-    try:
-        lib = ckernel.load_variant([])  # no -march: the generic C path on x86-64
-    except RuntimeError as exc:
-        pytest.skip(f"portable build failed: {exc}")
+    lib = ckernel.load_variant("generic")  # the baseline C path on x86-64, no AVX2; built at install
     for seed, big in ((1, True), (2, False)):
         X, labels, b, w = make_data(seed, big=big)
         pairs = ActivePairs.all_pairs(b, w)
@@ -321,69 +313,3 @@ def test_c_library_keeps_fp_environment():
     _need("c")
     tiny32, tiny64 = np.float32(1e-40), np.float64(5e-324)
     assert tiny32 * np.float32(1.0) != 0 and tiny64 * 1.0 != 0
-
-
-def _py(code, env_extra, tmp_path):
-    env = dict(os.environ)
-    env.pop("DASK_PROBE_DASK__KERNELS__CKERNEL", None)
-    env.update(DASK_PROBE_DASK__KERNELS__CACHE_DIR=str(tmp_path / "cache"), **env_extra)
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-
-
-def test_c_compile_concurrent_and_cached(tmp_path):
-    _need("c")
-    code = """
-        from probe_dask.kernels import ckernel
-        print(ckernel.available(), ckernel.library_path())
-    """
-    procs = [_py(code, {}, tmp_path) for _ in range(3)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    lines = {o[0].strip() for o in outs}
-    assert len(lines) == 1 and lines.pop().startswith("True "), outs
-    files = sorted(os.listdir(tmp_path / "cache" / "ckernel"))
-    assert len(files) == 1 and files[0].startswith("fused-") and files[0].endswith(".so"), files
-
-
-def test_c_fallbacks(tmp_path):
-    _need("c")
-    # -march=native refused: the portable variant is built instead
-    cc = tmp_path / "cc-no-native"
-    cc.write_text('#!/bin/sh\ncase "$*" in *-march=native*) exit 1;; esac\nexec gcc "$@"\n')
-    cc.chmod(0o755)
-    code = """
-        from probe_dask.kernels import ckernel
-        assert ckernel.available(), ckernel.unavailable_reason()
-        assert "-march=native" not in ckernel.library_flags()
-    """
-    # no working compiler: unavailable, with a reason; auto falls back to torch, 'c' raises
-    code_broken = """
-        import numpy as np, scipy.sparse as sp
-        from probe_dask.kernels import ckernel
-        from probe_dask import kernels as K
-        assert not ckernel.available() and "false" in ckernel.unavailable_reason()
-        blk = K.LatentBlock.from_csr(sp.csr_matrix(np.eye(3, dtype=np.float32)), np.zeros(3, np.uint8))
-        pairs = K.ActivePairs.all_pairs(np.zeros((3, 2)), np.ones((3, 2)))
-        assert K.fit_sums(blk, pairs, "cpu").shape == (6, 6)
-        try:
-            K.fit_sums(blk, pairs, "cpu", backend="c")
-        except RuntimeError as exc:
-            assert "unavailable" in str(exc)
-        else:
-            raise AssertionError("backend='c' did not raise")
-    """
-    code_off = """
-        from probe_dask.kernels import ckernel
-        assert not ckernel.available() and "probe-dask.kernels.ckernel" in ckernel.unavailable_reason()
-    """
-    procs = [
-        _py(code, {"CC": str(cc)}, tmp_path),
-        _py(code_broken, {"CC": "false"}, tmp_path / "b"),
-        _py(code_off, {"DASK_PROBE_DASK__KERNELS__CKERNEL": "False"}, tmp_path / "c"),
-    ]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err

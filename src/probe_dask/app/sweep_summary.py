@@ -144,7 +144,11 @@ def load_sweep_summary(folder, which: str = "summary"):
     -------
     pandas.DataFrame
     """
-    import pandas as pd  # optional dependency: only this function needs it
+    try:
+        import pandas as pd  # optional dependency: only this function needs it
+    except ImportError as exc:
+        raise ImportError("load_sweep_summary needs pandas, which is not installed "
+                          "(pip install 'probe-dask[analysis]')") from exc
 
     name = {"summary": SUMMARY_NAME, "best": BEST_NAME}[which]
     return pd.read_csv(Path(folder) / name, index_col="index" if which == "summary" else "class")

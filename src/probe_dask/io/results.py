@@ -158,7 +158,11 @@ def load_results(run=None, shard=None, *, results_dir=None):
     names = class_names_for(n_classes, summary.get("class_names"))
     # xarray and pandas (~100 MB) are imported here, not with the package: every Dask worker
     # imports probe_dask, and only a user reading results needs them.
-    import xarray as xr
+    try:
+        import xarray as xr
+    except ImportError as exc:
+        raise ImportError("load_results needs xarray, which is not installed "
+                          "(pip install 'probe-dask[analysis]')") from exc
 
     ds = xr.Dataset(
         {var: (("latent", "class"), arrays[var]) for var in VARIABLES},
@@ -181,7 +185,11 @@ def load_class_table(run=None, shard=None, *, results_dir=None):
     if "classes" not in doc:
         raise InputError(folder / CLASSES_FILE, "classes", "no such key",
                          "the per-class table of a finished `probe-dask fit`")
-    import pandas as pd  # lazy, as in load_results
+    try:
+        import pandas as pd  # lazy, as in load_results
+    except ImportError as exc:
+        raise ImportError("load_class_table needs pandas, which is not installed "
+                          "(pip install 'probe-dask[analysis]')") from exc
 
     table = pd.DataFrame(doc["classes"]).set_index("class")
     table.insert(0, "name", class_names_for(len(table), doc.get("summary", {}).get("class_names")))

@@ -8,13 +8,14 @@ without pairs are skipped.
 
 Three backends compute :func:`fit_sums` and :func:`eval_sums` (:func:`choose_backend`):
 
-- ``'c'``: a fused CPU kernel (:mod:`probe_dask.kernels.ckernel`), compiled on first use and
-  used by default on CPU when it is available (about 1.7 ns per non-zero x pair for the fit
+- ``'c'``: a fused CPU kernel (:mod:`probe_dask.kernels.ckernel`), built when the package
+  is installed (its AVX2/FMA variant where the CPU has both) and used by default on CPU (about 1.7 ns per non-zero x pair for the fit
   pass on one AVX2 core, 1.3 ns for eval).
 - ``'triton'``: fused Triton kernels (:mod:`probe_dask.kernels.triton_backend`), the default
   on CUDA; on CPU only under ``TRITON_INTERPRET=1`` (the tests).
 - ``'torch'``: chunked torch ops, on CPU or CUDA: the slow fallback (about 20 to 30 ns per
-  element on CPU).
+  element on CPU). torch and triton come with the ``[gpu]`` extra; a CPU fit on the C
+  kernel never imports them.
 
 Numerics (every backend): ``eta = b + w v`` is formed in float64 (``v`` promoted), the
 transcendental part (``exp(-|eta|)``, ``log1p``) is float32, every accumulation is
@@ -225,15 +226,25 @@ def choose_backend(device=None, backend="auto") -> tuple[str, str]:
         return "c", "cpu"
     dev_type = device_type(device)
     if backend == "torch":
-        return "torch", dev_type
+        return _torch_fallback(dev_type, "")
     if backend == "triton" or (dev_type == "cuda" and backend == "auto"):
         why = triton_reason(dev_type)
         if not why:
             return "triton", dev_type
         if backend == "triton":
             raise RuntimeError(f"Triton kernels unavailable: {why}")
-        return "torch", dev_type
-    return ("c" if ckernel.available() else "torch"), dev_type
+        return _torch_fallback(dev_type, f"Triton kernels unavailable: {why}")
+    if ckernel.available():
+        return "c", dev_type
+    return _torch_fallback(dev_type, f"C kernel unavailable: {ckernel.unavailable_reason()}")
+
+
+def _torch_fallback(dev_type: str, why: str) -> tuple[str, str]:
+    # Asked without importing torch (hundreds of MB): only whether it is installed.
+    if importlib.util.find_spec("torch") is None:
+        raise RuntimeError(("; ".join(filter(None, [why, "the torch fallback needs torch"])))
+                           + ", which is not installed (pip install 'probe-dask[gpu]')")
+    return "torch", dev_type
 
 
 def stream_blocks(blocks, device=None, backend="auto"):

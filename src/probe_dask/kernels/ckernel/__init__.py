@@ -1,50 +1,33 @@
-"""The fused CPU kernels (``fused.c``, the block sums; ``step.c``, the solver step),
-compiled on first use into one library and loaded with ctypes.
+"""The fused CPU kernels (``fused.c``, the block sums; ``step.c``, the solver step), built
+when the package is installed and loaded with ctypes.
 
-The sources ship with the package. On first use it is compiled with the system C
-compiler (``$CC``, else ``cc``, else ``gcc``) into a cache folder (``<cache-dir>/ckernel``,
-``cache-dir`` being the config key ``probe-dask.kernels.cache-dir``, by default
-``~/.cache/probe-dask``), under a name keyed by a hash of the source, the
-compiler's version, the flags and the machine (architecture and CPU model/flags, since
-``-march=native`` code from one node may not run on another node that shares the home
-folder). The library is written under a temporary name and renamed, so several worker
-processes may compile at once and none ever loads a half-written file.
+``setup.py`` compiles both sources into one shared library per variant, beside this file:
 
-The key is a hash of public inputs, so anyone who can write into the cache folder could
-plant a library under the next key and have every worker load it. A library is therefore
-loaded only from a folder owned by the user, not writable by group or others, whose
-ancestors are owned by the user or root and not writable by others unless sticky
-(:func:`trusted_folder`), and only when the file itself is a regular file owned by the
-user and not writable by group or others. Builds are private (0700 folder, 0700 file):
-there is no group-shared cache. When the configured folder fails the check, the kernel is
-built into a fresh private folder instead (:func:`cache_note` says why, once, in the log).
-If
-``-march=native`` fails a portable build is tried; if no build works,
-:func:`available` is False, :func:`unavailable_reason` says why, and
-:mod:`probe_dask.kernels` falls back to torch. Set the config key
-``probe-dask.kernels.ckernel`` to False (environment: ``DASK_PROBE_DASK__KERNELS__CKERNEL=False``)
-to disable the kernel.
+- ``_fused_generic``: the architecture's baseline, runs on any CPU of it;
+- ``_fused_avx2`` (x86-64 only): built with ``-mavx2 -mfma``.
+
+On first use the generic library is loaded and asked whether this CPU (and its OS) runs
+AVX2 and FMA (``__builtin_cpu_supports``); if so the AVX2 library is loaded instead. No
+compiler is needed where the package runs, and nothing is loaded from outside the
+installed package. The config key ``probe-dask.kernels.ckernel`` (environment:
+``DASK_PROBE_DASK__KERNELS__CKERNEL``) is ``true`` (the best variant for this CPU),
+``false`` (never load the kernel: torch is used instead) or a variant's name (``generic``,
+``avx2``). When no variant loads, :func:`available` is False, :func:`unavailable_reason`
+says why, and :mod:`probe_dask.kernels` falls back to torch.
 
 ctypes releases the GIL during a call, so threads (``threads=`` here, or dask worker
 threads) run the kernel in parallel.
 
-Memory per process: the loaded library, plus about 40 KB of stack tile buffers per
-calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials (or the sums are
-added into a given ``out``), and inputs are used in place (copied only if not contiguous or of another dtype).
+Memory per process: the loaded library (about 100 KB), plus about 40 KB of stack tile
+buffers per calling thread; outputs are the ``(6, P)`` / ``(3, P)`` float64 partials (or
+the sums are added into a given ``out``), and inputs are used in place (copied only if not
+contiguous or of another dtype).
 """
 
 from __future__ import annotations
 
-import atexit
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import stat
-import subprocess
-import tempfile
+import importlib.util
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,181 +37,46 @@ import numpy as np
 from probe_dask import config
 
 __all__ = [
+    "VARIANTS",
     "available",
     "unavailable_reason",
     "library",
     "library_path",
+    "library_variant",
     "library_flags",
+    "variant_path",
     "load_variant",
-    "library_name",
-    "trusted_folder",
-    "cache_note",
     "fit_sums",
     "eval_sums",
 ]
 
 ABI_VERSION = 1
-SOURCES = [Path(__file__).with_name("fused.c"), Path(__file__).with_name("step.c")]
-BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
-# Tried in order: tuned for this CPU, then portable (the baseline of the architecture).
-VARIANTS = [["-march=native"], []]
+#: Build variants, fastest first; each is ``_fused_<name>`` in this package.
+VARIANTS = ("avx2", "generic")
 
 _lock = threading.Lock()
 _state: dict = {}
-logger = logging.getLogger(__name__)
 
 
-def _compiler() -> str | None:
-    for cand in (os.environ.get("CC"), "cc", "gcc"):
-        if cand and shutil.which(cand.split()[0]):
-            return cand
-    return None
-
-
-def _configured_cache_dir() -> Path:
-    root = config.get("probe-dask.kernels.cache-dir")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "probe-dask"
-    return base / "ckernel"
-
-
-def trusted_folder(folder: Path) -> str:
-    """Why nobody but the user (and root) may plant a file in ``folder``; '' when trusted.
-
-    ``folder`` must be a real folder (not a link) owned by the user and not writable by
-    group or others; each ancestor must be owned by the user or root and not writable by
-    others unless sticky (``/tmp``): otherwise someone could rename the folder away and
-    put their own in its place.
-    """
-    uid = os.getuid()
-    try:
-        st = os.lstat(folder)
-    except OSError as exc:
-        return f"{folder}: {exc.strerror}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{folder}: not a folder"
-    if st.st_uid != uid or st.st_mode & 0o022:
-        return (f"{folder}: owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o} "
-                "(others could plant a library; expected yours and not group/world-writable)")
-    for parent in Path(os.path.abspath(folder)).parents:
-        try:
-            pst = os.stat(parent)
-        except OSError as exc:
-            return f"{parent}: {exc.strerror}"
-        if pst.st_uid not in (uid, 0) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
-            return (f"{parent}: owned by uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o} "
-                    "(others could replace the cache folder inside it)")
-    return ""
-
-
-def _trusted_file(path: Path) -> str:
-    """'' when ``path`` is a regular file of the user's, not writable by group or others."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return (f"{path}: not a regular file of yours that only you can write "
-                f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
-    return ""
-
-
-def _cache_dir() -> Path:
-    """The configured cache folder when it is (or can be made) trusted, else a private one."""
-    if "cache" in _state:
-        return _state["cache"]
-    folder = _configured_cache_dir()
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        why = trusted_folder(folder)
-    except OSError as exc:
-        why = f"{folder}: {exc.strerror}"
-    if why:
-        # A fresh folder per process: nothing planted can be there, at the cost of a build.
-        private = Path(tempfile.mkdtemp(prefix="probe-dask-ckernel-"))
-        atexit.register(shutil.rmtree, private, True)
-        _state["note"] = f"C kernel cache not used: {why}; building in {private} instead"
-        logger.warning(_state["note"])
-        folder = private
-    _state["cache"] = folder
-    return folder
-
-
-def cache_note() -> str:
-    """Why the configured kernel cache was not used ('' when it was)."""
-    _cache_dir()
-    return _state.get("note", "")
-
-
-def _machine_id() -> str:
-    ident = [platform.machine(), platform.system()]
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags", "Features", "CPU part"):
-                    ident.append(line.strip())
-                if line.strip() == "":  # the first processor is enough
-                    break
-    except OSError:
-        ident.append(platform.processor())
-    return "\n".join(ident)
-
-
-def _compiler_version(cc: str) -> str:
-    try:
-        res = subprocess.run(cc.split() + ["--version"], capture_output=True, text=True, timeout=60)
-        return res.stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return repr(exc)
-
-
-def library_name(cc: str, flags: list[str]) -> str:
-    """File name of one build variant: ``fused-<key>.so``, the key a hash of public inputs."""
-    key = hashlib.sha256(
-        b"\0".join(
-            [*(src.read_bytes() for src in SOURCES), cc.encode(), _compiler_version(cc).encode(), " ".join(flags).encode(),
-             _machine_id().encode()]
-        )
-    ).hexdigest()[:24]
-    return f"fused-{key}.so"
-
-
-def _build(cc: str, flags: list[str], cache: Path) -> tuple[Path | None, str]:
-    """Compile (or reuse) one variant; returns (path or None, error text)."""
-    name = library_name(cc, flags)
-    target = cache / name
-    why = trusted_folder(cache) if cache.exists() else ""
-    if why:
-        return None, f"C kernel cache not used: {why}"
-    if target.exists() or target.is_symlink():
-        why = _trusted_file(target)
-        if not why:
-            return target, ""
-        logger.warning("C kernel %s not loaded: %s; rebuilding it", target, why)
-    tmp = None
-    try:
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name[:-3]}-", suffix=".so", dir=cache)
-        os.close(fd)
-        cmd = cc.split() + flags + ["-o", tmp] + [str(src) for src in SOURCES] + ["-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            return None, f"{' '.join(cmd)}: {res.stderr.strip()[-2000:]}"
-        # The linker may recreate its output under the umask: make it the user's alone.
-        os.chmod(tmp, 0o700)
-        os.replace(tmp, target)  # atomic: readers see the old name absent or complete
-        return target, ""
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, repr(exc)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+def variant_path(name: str) -> Path | None:
+    """The installed library of variant ``name``, or None when it was not built here."""
+    if name not in VARIANTS:
+        raise ValueError(f"C kernel variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    # find_spec locates the file (in place or through an editable install's finder)
+    # without loading it: it is a plain shared library, not a Python module.
+    spec = importlib.util.find_spec(f"{__name__}._fused_{name}")
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, p = ctypes.c_int64, ctypes.c_void_p
     lib.pd_abi_version.restype = ctypes.c_int
     lib.pd_abi_version.argtypes = []
+    for name in ("pd_variant", "pd_flags"):
+        getattr(lib, name).restype = ctypes.c_char_p
+        getattr(lib, name).argtypes = []
+    lib.pd_cpu_avx2_fma.restype = ctypes.c_int
+    lib.pd_cpu_avx2_fma.argtypes = []
     lib.pd_fit_sums.restype = ctypes.c_int
     lib.pd_fit_sums.argtypes = [i64, i64, p, p, p, p, p, i64, p]
     lib.pd_eval_sums.restype = ctypes.c_int
@@ -237,66 +85,84 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pd_step.argtypes = [i64, i64, i64, i64] + [p] * 14
 
 
-def _open(path: Path) -> ctypes.CDLL:
-    why = _trusted_file(path)
-    if why:  # checked again right before loading: the folder is the user's alone
-        raise OSError(f"C kernel not loaded: {why}")
-    lib = ctypes.CDLL(str(path))
-    _declare(lib)
+def load_variant(name: str) -> ctypes.CDLL:
+    """Load the installed library of variant ``name`` (e.g. ``'generic'``).
+
+    For tests and benchmarks; the kernels use the variant :func:`library` chose. Raises
+    RuntimeError when that variant was not built or does not load, or this CPU lacks
+    the features it was built for.
+    """
+    path = variant_path(name)
+    if path is None:
+        raise RuntimeError(
+            f"C kernel variant {name!r} not built (no {__name__}._fused_{name} library in "
+            f"{Path(__file__).parent}); install the package with `pip install .` "
+            "(or `pip install -e .` in a checkout) on a machine with a C compiler")
+    if name == "avx2" and not _cpu_avx2_fma():
+        raise RuntimeError("C kernel variant 'avx2': this CPU does not report both AVX2 and FMA")
+    try:
+        lib = ctypes.CDLL(str(path))
+        _declare(lib)
+    except (OSError, AttributeError) as exc:
+        raise RuntimeError(f"C kernel {path} not loaded: {exc}") from None
     if lib.pd_abi_version() != ABI_VERSION:
-        raise OSError(f"{path}: ABI {lib.pd_abi_version()} != {ABI_VERSION}")
+        raise RuntimeError(f"C kernel {path}: ABI {lib.pd_abi_version()}, expected {ABI_VERSION} "
+                           "(a stale build: reinstall the package)")
     return lib
 
 
-def load_variant(extra_flags: list[str], cache_dir: Path | None = None) -> ctypes.CDLL:
-    """Compile (or reuse) and load one build variant, e.g. ``[]`` for the portable one.
-
-    For tests and benchmarks; the kernels use the first variant of :data:`VARIANTS` that
-    builds. Raises RuntimeError when it does not build.
-    """
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found ($CC, cc, gcc)")
-    path, err = _build(cc, BASE_FLAGS + list(extra_flags), cache_dir or _cache_dir())
-    if path is None:
-        raise RuntimeError(err)
-    return _open(path)
+def _cpu_avx2_fma() -> bool:
+    # The generic build answers: it runs everywhere, and the compiler's own CPU check
+    # also asks the OS whether it saves the AVX registers, which /proc/cpuinfo does not say.
+    if "avx2_fma" not in _state:
+        try:
+            _state["avx2_fma"] = bool(load_variant("generic").pd_cpu_avx2_fma())
+        except RuntimeError:
+            _state["avx2_fma"] = False
+    return _state["avx2_fma"]
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded library (compiled on the first call), or None when unavailable."""
-    return _load()
+def _wanted() -> tuple[list[str], str]:
+    """The variants to try, in order, and why there are none."""
+    setting = config.get("probe-dask.kernels.ckernel")
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"  # an environment variable arrives as text
+    if setting is False:
+        return [], "disabled by the config key probe-dask.kernels.ckernel"
+    if setting is True or setting is None:
+        return list(VARIANTS), ""
+    if setting in VARIANTS:
+        return [setting], ""
+    return [], (f"config key probe-dask.kernels.ckernel is {setting!r}; expected true, false "
+                f"or one of {', '.join(VARIANTS)}")
 
 
 def _load() -> ctypes.CDLL | None:
     with _lock:
         if "lib" in _state:
             return _state["lib"]
-        lib, errors = None, []
-        if not config.get("probe-dask.kernels.ckernel"):
-            errors.append("disabled by the config key probe-dask.kernels.ckernel")
-        elif (cc := _compiler()) is None:
-            errors.append("no C compiler found ($CC, cc, gcc)")
-        else:
-            for extra in VARIANTS:
-                flags = BASE_FLAGS + extra
-                path, err = _build(cc, flags, _cache_dir())
-                if path is None:
-                    errors.append(err)
-                    continue
-                try:
-                    lib = _open(path)
-                except (OSError, AttributeError) as exc:
-                    errors.append(repr(exc))
-                    continue
-                _state["path"], _state["flags"] = path, flags
-                break
+        lib = None
+        names, why = _wanted()
+        errors = [why] if why else []
+        for name in names:
+            try:
+                lib = load_variant(name)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+                continue
+            _state["path"], _state["variant"] = variant_path(name), name
+            break
         _state["lib"], _state["reason"] = lib, "; ".join(errors)
         return lib
 
 
+def library() -> ctypes.CDLL | None:
+    """The loaded library (loaded on the first call), or None when unavailable."""
+    return _load()
+
+
 def available() -> bool:
-    """Whether the C kernel compiled and loaded (compiles on the first call)."""
+    """Whether the C kernel loaded (loads it on the first call)."""
     return _load() is not None
 
 
@@ -308,12 +174,18 @@ def unavailable_reason() -> str:
 
 def library_path() -> Path | None:
     """Path of the loaded shared library, or None."""
-    return _state.get("path") if _load() is not None else None
+    return _state["path"] if _load() is not None else None
+
+
+def library_variant() -> str | None:
+    """Name of the loaded variant (one of :data:`VARIANTS`), or None."""
+    return _state["variant"] if _load() is not None else None
 
 
 def library_flags() -> list[str] | None:
-    """Compiler flags of the loaded library, or None."""
-    return list(_state["flags"]) if _load() is not None else None
+    """Compiler flags the loaded library was built with (as it reports them), or None."""
+    lib = _load()
+    return lib.pd_flags().decode().split() if lib is not None else None
 
 
 def _ptr(a: np.ndarray, dtype) -> tuple[np.ndarray, int]:

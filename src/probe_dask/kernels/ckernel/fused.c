@@ -1,4 +1,4 @@
-/* Fused per-block sums of probe-dask (see probe_dask/kernels.py for the contract).
+/* Fused per-block sums of probe-dask (see probe_dask/kernels/dispatch.py for the contract).
  *
  * For each latent l and each active pair p of l, over the non-zero events of l:
  *   eta = b[p] + w[p] * v                                   (float64)
@@ -27,6 +27,27 @@
 #define TILE 512 /* events per tile: 4 KB of float64 values + 10 KB of stage buffers */
 
 int pd_abi_version(void) { return PD_ABI; }
+
+/* What this build is, set by setup.py; defaults for a build by hand. */
+#ifndef PD_VARIANT
+#define PD_VARIANT "unknown"
+#endif
+#ifndef PD_FLAGS
+#define PD_FLAGS ""
+#endif
+const char *pd_variant(void) { return PD_VARIANT; }
+const char *pd_flags(void) { return PD_FLAGS; }
+
+/* Whether this CPU (and the OS, which must save the AVX registers) runs the AVX2/FMA
+ * build: asked of the generic build before the other is loaded. */
+int pd_cpu_avx2_fma(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
 
 /* exp(-a) for a >= 0 (float32): 2^n * p(f), f = -a - n ln2 in [-ln2/2, ln2/2].
  * Below 2^-126 the result is flushed to 0 (n clamped so the exponent field is 0). */
