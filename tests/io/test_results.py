@@ -40,8 +40,8 @@ def test_dataset_is_exactly_the_npz_with_ade20k_names(tmp_path):
     folder = tmp_path / "run" / "inference" / "a1b2"
     arrays, converged = _write(folder, 33, 151)
     ds = probe_dask.load_results(tmp_path / "run", tmp_path / "shards" / "a1b2")
-    assert dict(ds.sizes) == {"latent": 33, "class": 151}
-    assert ds["weight"].dims == ("latent", "class")
+    assert dict(ds.sizes) == {"latent": 33, "class_id": 151}
+    assert ds["weight"].dims == ("latent", "class_id")
     with np.load(folder / "probe1d_metrics.npz") as f:
         for var, key in [("loss", "loss"), ("weight", "weights"), ("bias", "biases"),
                          ("tp", "tp"), ("fp", "fp"), ("tn", "tn"), ("fn", "fn"),
@@ -60,6 +60,31 @@ def test_dataset_is_exactly_the_npz_with_ade20k_names(tmp_path):
     assert list(table.index) == list(range(151)) and table.loc[13, "name"] == "person"
     assert table["test_probe_r"].isna().all() and (table["train_probe_r"] == 0.2).all()
     assert table.loc[5, "best_latent"] == int(np.argmin(arrays["loss"][:, 5]))
+
+
+def test_class_dimension_is_a_keyword_and_every_variable_is_described(tmp_path):
+    folder = tmp_path / "out" / "s1"
+    arrays, converged = _write(folder, 6, 5, class_names=list("abcde"))
+    ds = load_results(results_dir=folder)
+    # the dimension works as a keyword argument (``class`` would be a SyntaxError)
+    three = ds.sel(class_id=3)
+    assert three["class_name"].item() == "d"
+    np.testing.assert_array_equal(three["loss"].to_numpy(), arrays["loss"][:, 3])
+    np.testing.assert_array_equal(ds.isel(class_id=slice(1, 3))["converged"].to_numpy(),
+                                  converged[:, 1:3])
+    assert ds["loss"].sel(class_id=3, latent=4).item() == arrays["loss"][4, 3]
+    assert "class" not in ds.dims and "class" not in ds.coords
+    # every variable and coordinate says what it is; units where they apply
+    for name in [*ds.data_vars, *ds.coords]:
+        attrs = ds[name].attrs
+        assert attrs.get("long_name") and attrs.get("description"), name
+    units = {name: ds[name].attrs.get("units") for name in ds.data_vars}
+    assert units == {"loss": "nats", "weight": "logit per unit of SAE activation",
+                     "bias": "logit", "tp": "rows", "fp": "rows", "tn": "rows", "fn": "rows",
+                     "converged": None}
+    # attributes are per Dataset: changing one does not change the next one loaded
+    ds["loss"].attrs["units"] = "bits"
+    assert load_results(results_dir=folder)["loss"].attrs["units"] == "nats"
 
 
 def test_ade20k_list_is_the_150_scene_parsing_classes():

@@ -6,8 +6,9 @@ store files (:data:`STORE_FILES`) while they are checked. An uncompressed npz is
 the same way, in place, and nothing but the manifest is written. Either way the verdict
 goes to ``store.json`` (:data:`MANIFEST`) with the source's identity, so a file, good or
 bad, is streamed once; the folder is written under a temporary name and renamed into
-place when whole (private, 0700, until then; then readable as the umask allows and never
-group- or world-writable). :mod:`probe_dask.io.store` reads the store back.
+place when whole and synced to disk (private, 0700, until then; then readable as the umask
+allows and never group- or world-writable; the parent folder synced after the rename).
+:mod:`probe_dask.io.store` reads the store back.
 
 Memory per process: at most ``chunk_bytes`` of array data at a time (a raw chunk and its
 converted copy), plus single ``indptr`` entries read back to name the row of a bad value.
@@ -23,6 +24,7 @@ import numpy as np
 
 from probe_dask.errors import InputError, MachineError
 from probe_dask.io.arrayref import ArrayRef
+from probe_dask.io.durable import fsync_dir, fsync_tree
 from probe_dask.io.npz import ARRAYS, CSRHeader, member_chunks
 from probe_dask.io.outputs import current_umask, publish_mode
 from probe_dask.io.tempfiles import remove_stale, temp_dir
@@ -79,6 +81,7 @@ def ingest(header: CSRHeader, zf, identity: dict, sdir: str, chunk_bytes: int) -
                        "fingerprint": header.fingerprint, "shape": list(header.shape),
                        "nnz": header.nnz, "validation": verdict}, f, indent=1)
         _publish(tmp)
+        fsync_tree(tmp)  # every file and the folder on disk before the rename publishes them
         _commit(tmp, sdir)
     except OSError as exc:  # disk full, quota: one line naming the store, exit 2
         raise MachineError(sdir, exc, "ingesting " + os.path.basename(header.path)
@@ -110,6 +113,7 @@ def _commit(tmp: str, sdir: str) -> None:
         os.replace(tmp, sdir)
     except OSError:
         pass  # a concurrent writer committed first; the caller reads back what is there
+    fsync_dir(os.path.dirname(sdir))  # the rename itself on disk (io/durable.py)
     if old is not None:
         if os.path.isdir(old) and not os.path.islink(old):
             shutil.rmtree(old, ignore_errors=True)

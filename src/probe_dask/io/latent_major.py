@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe_dask.io.durable import fsync_dir, fsync_path
 from probe_dask.io.tempfiles import temp_dir
 
 __all__ = ["LAYOUT_VERSION", "SEGMENT_NNZ", "LatentMajorLayout", "open_layout", "begin_layout",
@@ -163,14 +164,6 @@ def merge_segment(building, n_parts: int, start: int, stop: int, latent_ptr) -> 
     return n_out
 
 
-def _fsync_path(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit_layout(building, final, identity: dict, shape, latent_ptr) -> "LatentMajorLayout":
     """Finish a layout: its offsets and manifest written, the parts deleted, every file
     synced, the folder renamed to ``final`` (an older layout there is replaced)."""
@@ -181,14 +174,14 @@ def commit_layout(building, final, identity: dict, shape, latent_ptr) -> "Latent
                 "shape": [int(shape[0]), int(shape[1])], "nnz": int(latent_ptr[-1])}
     (building / "layout.json").write_text(json.dumps(manifest, sort_keys=True, default=str))
     for name in ("labels.u8", "latent_ptr.i64", "layout.json"):
-        _fsync_path(building / name)
-    _fsync_path(building)
+        fsync_path(building / name)
+    fsync_dir(building)
     if final.exists():
         old = Path(temp_dir(final, "old"))
         final.rename(old)
         shutil.rmtree(old, ignore_errors=True)
     building.rename(final)
-    _fsync_path(final.parent)
+    fsync_dir(final.parent)
     return LatentMajorLayout(str(final), (int(shape[0]), int(shape[1])), int(latent_ptr[-1]))
 
 

@@ -1,7 +1,8 @@
 """Writing results atomically: ``probe1d_metrics.npz`` and the per-class table.
 
-Every file is written under a temporary name in its final folder and renamed into place,
-so a reader (or a killed run) never sees a half-written result. Files get the mode a plain
+Every file is written under a temporary name in its final folder, synced, and renamed
+into place (its folder synced after), so a reader, a killed run or a crashed node never
+sees a half-written result. Files get the mode a plain
 ``open`` would give them under the user's umask, never group- or world-writable
 (:func:`publish_mode`), so lab-mates can read results; JSON is strict (``null`` for NaN).
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from probe_dask.errors import ProbeDaskError
 from probe_dask.io.jsonsafe import dumps_strict
-from probe_dask.io.tempfiles import temp_file
+from probe_dask.io.durable import durable_file
 
 __all__ = ["atomic_path", "write_metrics_npz", "write_json", "METRIC_KEYS", "check_writable",
            "current_umask", "publish_mode"]
@@ -56,23 +57,14 @@ def publish_mode(umask=None) -> int:
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success, durably.
 
-    The file gets :func:`publish_mode` before it is renamed. On failure the temporary file
-    is removed and ``path`` is left as it was.
+    The file gets :func:`publish_mode`, is synced, renamed, and its folder synced
+    (:func:`~probe_dask.io.durable.durable_file`). On failure the temporary file is removed
+    and ``path`` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named with host and PID (io/tempfiles.py): a later run removes it if this one dies.
-    tmp = temp_file(path)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, publish_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with durable_file(path, publish_mode()) as tmp:
+        yield tmp
 
 
 def write_metrics_npz(path, *, loss, weights, biases, tp, fp, tn, fn, converged=None) -> Path:

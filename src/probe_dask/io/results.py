@@ -2,9 +2,12 @@
 
 ``load_results(run, shard)`` opens ``probe1d_metrics.npz`` and ``probe1d_classes.json`` of
 one split (``RUN/inference/<shard_id>/``, or a folder given with ``results_dir``) and
-returns a Dataset with dims ``latent`` and ``class`` (variables ``loss``, ``weight``,
-``bias``, ``tp``, ``fp``, ``tn``, ``fn``, ``converged``, exactly the stored arrays; a
-``class_name`` coordinate; the run's provenance as attributes). ``load_class_table`` gives
+returns a Dataset with dims ``latent`` and ``class_id`` (variables ``loss``, ``weight``,
+``bias``, ``tp``, ``fp``, ``tn``, ``fn``, ``converged``, exactly the stored arrays, each
+with ``long_name``, ``description`` and, where they apply, ``units`` attributes
+(:data:`VARIABLE_ATTRS`); a ``class_name`` coordinate; the run's provenance as
+attributes). The class dimension is ``class_id``, not ``class``, so that it works as a
+keyword: ``ds.sel(class_id=3)`` (``class`` is a Python keyword). ``load_class_table`` gives
 the per-class table as a pandas DataFrame indexed by class, with names. Class names come
 from the run itself (``--class-names FILE`` is stored in ``probe1d_classes.json``), else
 the ADE20K-150 names when the run has 151 classes, else ``class <i>``.
@@ -27,7 +30,7 @@ from probe_dask.io.outputs import write_json
 
 __all__ = ["load_results", "load_class_table", "load_summary", "read_class_names",
            "check_class_names", "class_names_for", "results_dir_of", "store_class_names",
-           "VARIABLES"]
+           "VARIABLES", "VARIABLE_ATTRS", "CLASS_DIM"]
 
 METRICS_FILE = "probe1d_metrics.npz"
 CLASSES_FILE = "probe1d_classes.json"
@@ -35,6 +38,47 @@ CLASSES_FILE = "probe1d_classes.json"
 #: Dataset variable <- npz key (the notebooks' key names stay in the npz).
 VARIABLES = {"loss": "loss", "weight": "weights", "bias": "biases", "tp": "tp", "fp": "fp",
              "tn": "tn", "fn": "fn", "converged": "converged"}
+
+#: The Dataset's class dimension: a name usable as a keyword (``ds.sel(class_id=3)``).
+CLASS_DIM = "class_id"
+
+
+def _count(kind: str, predicted: bool, labelled: bool) -> dict:
+    says = "predicts" if predicted else "does not predict"
+    has = "has" if labelled else "does not have"
+    return {"long_name": kind,
+            "description": f"number of the split's rows (patches) where the probe, at "
+                           f"threshold 0.5, {says} the class and the row {has} its label",
+            "units": "rows"}
+
+
+#: Attributes of each variable and coordinate (CF-style ``long_name`` and ``units``).
+VARIABLE_ATTRS = {
+    "loss": {"long_name": "probe loss",
+             "description": "mean negative log-likelihood (binary cross-entropy) of the "
+                            "pair's probe p = sigmoid(bias + weight * activation) over the "
+                            "split's rows, without the ridge term",
+             "units": "nats"},
+    "weight": {"long_name": "probe weight",
+               "description": "w of p = sigmoid(b + w * activation), fitted on train "
+                              "(the same in the train and the test results)",
+               "units": "logit per unit of SAE activation"},
+    "bias": {"long_name": "probe bias",
+             "description": "b of p = sigmoid(b + w * activation), fitted on train "
+                            "(the same in the train and the test results)",
+             "units": "logit"},
+    "tp": _count("true positives", True, True),
+    "fp": _count("false positives", True, False),
+    "tn": _count("true negatives", False, False),
+    "fn": _count("false negatives", False, True),
+    "converged": {"long_name": "converged",
+                  "description": "whether the pair's fit met the solver's stopping rule "
+                                 "(all False in results written before it was stored)"},
+    "latent": {"long_name": "SAE latent", "description": "index of the latent (column of "
+                                                        "token_acts.npz)"},
+    CLASS_DIM: {"long_name": "class label", "description": "integer class label (0 first)"},
+    "class_name": {"long_name": "class name", "description": "name of each class label"},
+}
 
 
 def read_class_names(path) -> list[str]:
@@ -118,7 +162,7 @@ def _attrs(summary: dict) -> dict:
 
 
 def load_results(run=None, shard=None, *, results_dir=None):
-    """One split's results as an ``xarray.Dataset`` (dims ``latent``, ``class``).
+    """One split's results as an ``xarray.Dataset`` (dims ``latent``, ``class_id``).
 
     Parameters
     ----------
@@ -134,14 +178,16 @@ def load_results(run=None, shard=None, *, results_dir=None):
     xarray.Dataset
         ``loss``, ``weight``, ``bias``, ``tp``, ``fp``, ``tn``, ``fn`` (float32) and
         ``converged`` (bool; all False in results written before it existed, with attribute
-        ``converged_stored = 0``), as stored; coordinates ``latent``, ``class`` and
+        ``converged_stored = 0``), as stored, each with the attributes of
+        :data:`VARIABLE_ATTRS` (``long_name``, ``description``, ``units``); coordinates
+        ``latent``, ``class_id`` (the class label: ``ds.sel(class_id=3)``) and
         ``class_name``; ``attrs``: the summary of ``probe1d_classes.json`` (version, command,
         device, kernel, dates, passes, converged pairs...).
 
     Examples
     --------
     >>> ds = load_results("RUN", "SHARDS/a1b2c3d4")          # doctest: +SKIP
-    >>> ds.loss.sel({"class": 13}).argmin("latent")            # doctest: +SKIP
+    >>> ds.loss.sel(class_id=13).argmin("latent")              # doctest: +SKIP
     """
     folder = _folder(run, shard, results_dir)
     summary = load_summary(results_dir=folder).get("summary", {})
@@ -164,10 +210,12 @@ def load_results(run=None, shard=None, *, results_dir=None):
         raise ImportError("load_results needs xarray, which is not installed "
                           "(pip install 'probe-dask[analysis]')") from exc
 
+    dims = ("latent", CLASS_DIM)
     ds = xr.Dataset(
-        {var: (("latent", "class"), arrays[var]) for var in VARIABLES},
-        coords={"latent": np.arange(n_latents), "class": np.arange(n_classes),
-                "class_name": ("class", names)},
+        {var: (dims, arrays[var], dict(VARIABLE_ATTRS[var])) for var in VARIABLES},
+        coords={"latent": ("latent", np.arange(n_latents), dict(VARIABLE_ATTRS["latent"])),
+                CLASS_DIM: (CLASS_DIM, np.arange(n_classes), dict(VARIABLE_ATTRS[CLASS_DIM])),
+                "class_name": (CLASS_DIM, names, dict(VARIABLE_ATTRS["class_name"]))},
         attrs={**_attrs(summary), "results_dir": str(folder), "converged_stored": int(stored)},
     )
     return ds

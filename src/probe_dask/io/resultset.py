@@ -3,7 +3,8 @@
 A job writes several files into two folders (each split's ``probe1d_metrics.npz`` and
 ``probe1d_classes.json``). Each file is first written whole under a private temporary
 name in its final folder (:func:`~probe_dask.io.tempfiles.temp_file`); only when every
-file of the set is written does :meth:`ResultSet.commit` rename them into place, keeping
+file of the set is written (and synced to disk) does :meth:`ResultSet.commit` rename them
+into place (each folder synced after its renames, :mod:`probe_dask.io.durable`), keeping
 each previous file under a backup name (a hard link, so the target never goes missing)
 until the last rename has succeeded. If any write or rename fails, or the run is stopped
 (SIGTERM raises in the driver) before the commit ends, the renamed files are put back
@@ -26,6 +27,7 @@ import stat
 from pathlib import Path
 
 from probe_dask.errors import MachineError, ProbeDaskError
+from probe_dask.io.durable import fsync_dir, fsync_path
 from probe_dask.io.tempfiles import temp_file
 
 __all__ = ["ResultSet", "check_targets"]
@@ -104,6 +106,7 @@ class ResultSet:
             write(tmp)
             if not tmp.exists():
                 raise RuntimeError(f"{write!r} wrote nothing at {tmp}")
+            fsync_path(tmp)  # its bytes on disk before the commit's rename publishes it
         except OSError as err:
             _unlink(tmp)
             raise MachineError(target, err, "writing the results") from None
@@ -142,6 +145,9 @@ class ResultSet:
                         os.replace(backup, target)  # renamed aside: put it back
                     raise
                 done.append((target, backup))
+            # the renames on disk before the old set goes: a crash now keeps the new set
+            for folder in dict.fromkeys(t.parent for t, _ in done):
+                fsync_dir(folder)
         except BaseException as exc:
             failed = target
             self._rollback(done)

@@ -5,6 +5,9 @@ driver: the sampled RSS, the managed and spilled bytes, the peak since the previ
 (crosses), the memory limit, the plan's target and predicted peak, and a vertical line at
 each stage of :data:`MARKED_STAGES`.
 
+Drawn on a ``matplotlib.figure.Figure`` with its own Agg canvas: no ``matplotlib.use`` and
+no pyplot, so the caller's backend (a notebook's) is left as it was.
+
 Memory per process: the driver holds one matplotlib figure while it draws (freed after).
 """
 
@@ -66,16 +69,17 @@ def _driver_panel(ax, timeline, plan) -> None:
 def plot_memory(path, timeline: Timeline, roster: Roster, plan=None) -> Path:
     """Draw ``timeline`` to ``path`` (PNG); ``plan`` adds the target and the planned peaks."""
     # Lazy: importing matplotlib costs about a second and tens of MB, and only the end of a
-    # run with telemetry draws (the CLI imports this package for every command).
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # run with telemetry draws (the CLI imports this package for every command). A Figure
+    # on its own Agg canvas, never pyplot or matplotlib.use(): the caller's backend (a
+    # notebook's) and pyplot's figures are left as they were.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = sorted({n for s in timeline.samples for n in s.workers}, key=str)
     panels = (names if len(names) <= 16 else ["all workers"]) + ["driver"]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 * len(panels) + 0.6),
-                             sharex=True, squeeze=False)
+    fig = Figure(figsize=(10, 2.2 * len(panels) + 0.6))
+    FigureCanvasAgg(fig)  # attaches itself as the figure's canvas
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     markers = stage_markers(timeline)
     for ax, panel in zip(axes[:, 0], panels):
         if panel == "driver":
@@ -91,6 +95,5 @@ def plot_memory(path, timeline: Timeline, roster: Roster, plan=None) -> Path:
     axes[-1, 0].set_xlabel("seconds since start")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=90)  # nothing to close: no pyplot holds the figure
     return path
