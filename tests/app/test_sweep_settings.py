@@ -46,6 +46,7 @@ def test_two_ridges_on_one_run(one_run, local_client, tmp_path):
     assert [int(r["max_iter"]) for r in rows] == [8, 8]
     assert {"block_nnz", "device", "name", "out"} <= set(rows[0])
     assert [r["device"] for r in rows] == ["auto", "auto"]
+    assert [r["kernel"] for r in rows] == ["c on cpu x2"] * 2  # 2 CPU workers, C kernel
     for k, ridge in enumerate(RIDGES):
         folder = out / "results" / f"{Path(run.run_dir).name}__ridge={ridge}__max_iter=8"
         assert rows[k]["out"] == str(folder) and rows[k]["status"] == "finished"
@@ -66,3 +67,13 @@ def test_two_ridges_on_one_run(one_run, local_client, tmp_path):
     w = [metrics(out / "results" / f"{Path(run.run_dir).name}__ridge={r}__max_iter=8"
                  / run.train_id)["weights"] for r in RIDGES]
     assert not np.allclose(w[0], w[1])
+
+
+def test_require_converged_is_exit_3_naming_the_run(one_run):
+    root, run, cfg = one_run
+    sweep = write_json_sweep(root, [{**cfg, "max_iter": 1}], name="one-pass.json")
+    proc = run_cli("sweep", sweep, *CLUSTER, "--out", root / "one-pass", "--require-converged",
+                   timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "1 of 1 runs left pairs unconverged" in line and "run 0 (" in line, line

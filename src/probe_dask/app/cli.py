@@ -347,8 +347,7 @@ def _cmd_sweep(args):
 
 def _sweep_status(args, entries) -> int:
     """0, or :data:`UNCONVERGED_STATUS` when ``--require-converged`` and a run left pairs."""
-    left = [e for e in entries if getattr(e, "result", None) is not None
-            and e.result.n_converged < e.result.n_pairs]
+    left = [e for e in entries if e.status == "finished" and e.unconverged]
     if left and args.require_converged:
         logger.error("probe-dask: error: %d of %d runs left pairs unconverged "
                      "(--require-converged): %s; results were written", len(left), len(entries),

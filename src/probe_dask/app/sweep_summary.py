@@ -6,7 +6,8 @@ are summarised the same way. Two CSV files, each written atomically:
 
 - ``sweep_summary.csv``: index, run id, name (the run id and its explicit settings),
   the settings (ridge, max_iter, block_nnz, device: as fitted where the run's result or
-  settings file says, else as the sweep asks; block_nnz blank: the memory plan's), status,
+  settings file says, else as the sweep asks; block_nnz blank: the memory plan's), the
+  kernel the workers ran (``c on cpu x2``: what device auto became), status,
   latents, classes, solver passes, converged share, mean and best (over classes) probe R of
   each class's best latent on train and test, seconds, run folder, results folder.
 - ``sweep_best.csv``: per class, the run and latent whose test probe R is highest over every
@@ -38,7 +39,7 @@ BEST_NAME = "sweep_best.csv"
 #: A run's resolved settings (``probe1d_settings.json``), beside its train results.
 SETTINGS_NAME = "probe1d_settings.json"
 SUMMARY_COLUMNS = ("index", "run_id", "name", *SETTING_KEYS, "status", "latents", "classes",
-                   "passes", "converged_share", "mean_train_r", "best_train_r", "mean_test_r",
+                   "kernel", "passes", "converged_share", "mean_train_r", "best_train_r", "mean_test_r",
                    "best_test_r", "seconds", "run", "out", "error")
 BEST_COLUMNS = ("class", "run_id", "index", "latent", "test_probe_r", "train_probe_r")
 
@@ -79,6 +80,8 @@ def run_row(run, out_dirs, status, error="") -> dict:
     doc = json.loads(path.read_text())
     s, classes = doc["summary"], doc["classes"]
     row.update({k: s[k] for k in ("ridge", "max_iter") if k in s})  # as fitted
+    # Which kernel ran where, e.g. "c on cpu" (every worker): what "device auto" became.
+    row["kernel"] = "; ".join(f"{k} x{n}" for k, n in (s.get("kernel") or {}).items())
     row.update(latents=s["n_latents"], classes=s["n_classes"], passes=s["solver_passes"],
                converged_share=s["converged_pairs"] / max(1, s["pairs"]),
                seconds=sum(v for v in (s.get("seconds") or {}).values() if isinstance(v, (int, float))))
