@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from probe_dask.app.sweepfile import read_sweep
+from probe_dask.app.sweepfile import parse_set, read_sweep
 from probe_dask.errors import InputError
 
 RUNS = [{"run": "runs/a", "train_shards": "/s/train", "test_shards": "/s/test", "max_iter": 5},
@@ -70,3 +70,51 @@ def test_python_errors_are_input_errors(tmp_path):
         read_sweep(py)
     with pytest.raises(InputError, match="suffix"):
         read_sweep(tmp_path / "sweep.yaml")
+
+
+def test_lists_and_set_make_the_product_in_order(tmp_path):
+    js = tmp_path / "sweep.json"
+    js.write_text(json.dumps([{**RUNS[0], "ridge": [1e-8, 1e-6]}, RUNS[1]]))
+    runs = read_sweep(js, sweeps={"max_iter": [10, 30]})
+    # Run 0: its ridge list x --set max_iter (max_iter fastest); run 1: --set only.
+    got = [(r.run_id, r.options.get("ridge"), r.options["max_iter"]) for r in runs]
+    assert got == [("a", 1e-8, 10), ("a", 1e-8, 30), ("a", 1e-6, 10), ("a", 1e-6, 30),
+                   ("b-layer6", 1e-3, 10), ("b-layer6", 1e-3, 30)]
+    assert [r.index for r in runs] == list(range(6))
+    assert runs[2].swept == {"ridge": 1e-6, "max_iter": 10}
+    assert runs[2].label == "run 2 (a, ridge=1e-06, max_iter=10)"
+    # Every swept run has a folder of its own, named by its settings, under OUT/results.
+    assert runs[2].out == tmp_path / "results" / "a__ridge=1e-06__max_iter=10"
+    assert len({r.out for r in runs}) == 6
+
+
+def test_same_run_twice_gets_two_folders_and_unswept_runs_stay_in_the_run(tmp_path):
+    js = tmp_path / "sweep.json"
+    js.write_text(json.dumps([RUNS[0], {**RUNS[0], "ridge": 1e-6}, RUNS[1]]))
+    runs = read_sweep(js, out=tmp_path / "out")
+    assert [r.out for r in runs] == [tmp_path / "out" / "results" / "a__max_iter=5",
+                                     tmp_path / "out" / "results" / "a__ridge=1e-06__max_iter=5",
+                                     None]
+    assert [r.swept for r in runs] == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("text, field", [
+    ("ridge", "no '='"), ("alpha=1", "the key 'alpha'"), ("ridge=1e-8,", "an empty value"),
+])
+def test_bad_set_is_one_line(text, field):
+    with pytest.raises(InputError) as err:
+        parse_set(text)
+    assert str(err.value).startswith(f"--set: {text}: found {field}")
+
+
+def test_set_values_are_checked_like_the_files(tmp_path):
+    assert parse_set("max-iter=3,5") == ("max_iter", [3, 5])
+    js = tmp_path / "sweep.json"
+    js.write_text(json.dumps(RUNS))
+    with pytest.raises(InputError, match=r"run 0 \(a\): max_iter: found 'x'"):
+        read_sweep(js, sweeps=dict([parse_set("max_iter=3,x")]))
+    with pytest.raises(InputError, match="both --set ridge"):
+        read_sweep(js, {"ridge": 1e-3}, {"ridge": [1e-4]})
+    js.write_text(json.dumps([{**RUNS[0], "ridge": []}]))
+    with pytest.raises(InputError, match="ridge: found an empty list"):
+        read_sweep(js)

@@ -49,7 +49,8 @@ from probe_dask.app.report_command import add_report_parser, class_names
 from probe_dask.app.requeue import after_stop, restart_applies
 from probe_dask.app.signals import Stopped, graceful_stop
 from probe_dask.app.sweep import run_sweep, validate_sweep
-from probe_dask.app.sweepfile import read_sweep
+from probe_dask.app.sweep_command import sweep_mode, task_runs
+from probe_dask.app.sweepfile import parse_set, read_sweep
 from probe_dask.cluster import INSECURE_WARNING, make_cluster, ssh_tunnel_hint
 from probe_dask.engine.workers import task_resources
 from probe_dask.errors import PlanDoesNotFit, ProbeDaskError
@@ -82,7 +83,8 @@ _HELP = {
     "plan": ("Print the memory plan of a run without fitting: every buffer per process, the "
              "block size and the kernel time. Exits 4 when the run does not fit the workers.",
              f"probe-dask plan {_RUN} --cluster slurm:gpu"),
-    "sweep": (None, "probe-dask sweep sweep.toml --cluster slurm --jobs 8 --out results/"),
+    "sweep": (None, "probe-dask sweep sweep.toml --set ridge=1e-8,1e-6 --cluster slurm --jobs 8 "
+                    "--out results/"),
     "report": ("Write an HTML page with figures of a finished run (the best latents per "
                "class, convergence, memory) from its result files; needs no cluster.",
                f"probe-dask report {_RUN} --out report.html"),
@@ -294,11 +296,19 @@ def _cmd_sweep(args):
                  "device": args.device, "debug": True if _flag(args, "debug") else None,
                  "train_shards": _abspath(args.train_shards), "test_shards": _abspath(args.test_shards),
                  "cache_dir": _abspath(args.cache_dir)}
-    runs = read_sweep(args.file, overrides)
+    summary_dir = Path(args.out) if args.out else Path(args.file).resolve().parent
+    sweeps = dict(parse_set(text) for text in args.set or ())
+    runs = read_sweep(args.file, overrides, sweeps, out=summary_dir)
+    status = sweep_mode(args, runs, summary_dir)  # --dry-run, --array, --summarize
+    if status is not None:
+        return status
+    runs = task_runs(args, runs)  # --task: one run, no summary (the array's tasks would race)
+    if args.task is not None:
+        summary_dir = None
     # Every run is checked before the cluster starts: a bad run costs seconds, exit 2.
     entries = validate_sweep(args.file, runs)
-    summary_dir = Path(args.out) if args.out else Path(args.file).resolve().parent
-    check_writable(summary_dir)
+    if summary_dir is not None:
+        check_writable(summary_dir)
     client = handle = None
     if any(e.status == "pending" for e in entries):
         handle = _open_client(args)
@@ -306,8 +316,8 @@ def _cmd_sweep(args):
         logger.info("dashboard: %s", client.dashboard_link)
     report = contextlib.nullcontext()
     if getattr(args, "performance_report", None) is not None and client is not None:
-        report = performance_report(filename=args.performance_report
-                                    or str(summary_dir / PERFORMANCE_REPORT_NAME))
+        report = performance_report(filename=args.performance_report or str(
+            (summary_dir or entries[0].out_dirs[0]) / PERFORMANCE_REPORT_NAME))
     try:
         with report:
             result = run_sweep(client, entries, summary_dir=summary_dir, restart=args.restart,
@@ -325,8 +335,8 @@ def _cmd_sweep(args):
             handle.close()
     counts = {s: sum(e.status == s for e in entries) for s in ("finished", "skipped", "failed")}
     print(f"sweep: {len(entries)} runs: {counts['finished']} fitted, {counts['skipped']} skipped, "
-          f"{counts['failed']} failed, in {result.seconds:.0f} s\nsummary:\n  {result.summary}\n"
-          f"  {result.best}")
+          f"{counts['failed']} failed, in {result.seconds:.0f} s"
+          + (f"\nsummary:\n  {result.summary}\n  {result.best}" if summary_dir is not None else ""))
     if result.failed:
         why = "; ".join(f"{e.run.label}: {e.error}" for e in result.failed)
         logger.error("probe-dask: error: sweep: %d of %d runs failed: %s", len(result.failed),
@@ -337,8 +347,7 @@ def _cmd_sweep(args):
 
 def _sweep_status(args, entries) -> int:
     """0, or :data:`UNCONVERGED_STATUS` when ``--require-converged`` and a run left pairs."""
-    left = [e for e in entries if getattr(e, "result", None) is not None
-            and e.result.n_converged < e.result.n_pairs]
+    left = [e for e in entries if e.status == "finished" and e.unconverged]
     if left and args.require_converged:
         logger.error("probe-dask: error: %d of %d runs left pairs unconverged "
                      "(--require-converged): %s; results were written", len(left), len(entries),
@@ -356,6 +365,7 @@ def main(argv=None) -> int:
     """Entry point of the ``probe-dask`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # sweep --array
     args.debug = _flag(args, "debug")
     try:
         handlers = configure_logging(_flag(args, "verbose", 0), _flag(args, "quiet"),

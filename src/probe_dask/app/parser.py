@@ -179,8 +179,10 @@ def add_sweep_parser(sub, func):
                     "your rights; run only sweep files you trust), or a .json list / .toml "
                     "[[runs]] of dicts with run, train_shards, test_shards and optionally "
                     "ridge, max_iter, block_nnz, device, cache_dir, debug, name (prefer JSON "
-                    "or TOML for sweeps that come from someone else). Flags given here win over "
-                    "the file's values. Runs whose results exist are skipped.")
+                    "or TOML for sweeps that come from someone else). A list as a ridge, "
+                    "max_iter, block_nnz or device value, or --set KEY=V1,V2, sweeps it: one run "
+                    "per value (the product for several), each in a folder of its own. Flags "
+                    "given here win over the file's values. Runs whose results exist are skipped.")
     sweep.add_argument("file", metavar="FILE", help="sweep file: .py (make_cfgs()), .json or .toml")
     sweep.add_argument("--train-shards", metavar="DIR", default=None, help="train shard of every run")
     sweep.add_argument("--test-shards", metavar="DIR", default=None, help="test shard of every run")
@@ -188,13 +190,45 @@ def add_sweep_parser(sub, func):
                        help="where compressed token_acts.npz are ingested (default: beside each file)")
     sweep.add_argument("--out", metavar="DIR", default=None,
                        help="folder of sweep_summary.csv and sweep_best.csv (default: beside FILE)")
+    sweep.add_argument("--set", action="append", metavar="KEY=V1,V2", default=None,
+                       help="sweep a setting (ridge, max_iter, block_nnz, device) over these "
+                            "values in every run, instead of the file's value; repeated: the "
+                            "product. Each (run, values) writes into OUT/results/<name>/")
     sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
     sweep.add_argument("--concurrent-runs", type=positive_int, default=None, metavar="N",
                        help="fit N runs at once (default: as many as the memory plan allows, "
                             "at most probe-dask.sweep.max-concurrent-runs; 1: one after the other)")
     require_converged_flag(sweep)
+    _add_sweep_modes(sweep)
     add_cluster_flags(sweep)
     add_fit_flags(sweep, file_defaults=True)
     add_telemetry_flags(sweep)
     # None: not given, so each run's value from the file (or the library default) applies.
-    sweep.set_defaults(func=func, max_iter=None, ridge=None, device=None)
+    # sweep_options: the array's tasks drop the array's own flags, abbreviated or not.
+    sweep.set_defaults(func=func, max_iter=None, ridge=None, device=None,
+                       sweep_options=tuple(sweep._option_string_actions))
+
+
+def _add_sweep_modes(sweep):
+    g = sweep.add_argument_group("what to do (default: fit every run on one cluster)")
+    modes = g.add_mutually_exclusive_group()
+    modes.add_argument("--dry-run", action="store_true",
+                       help="list the runs (index, settings, results folder, fit or skip) "
+                            "and run nothing")
+    modes.add_argument("--array", action="store_true",
+                       help="print an sbatch job array script: task i fits run i (the "
+                            "--dry-run index) on a cluster of its own, from these flags")
+    modes.add_argument("--task", nargs="?", const="", default=None, metavar="I",
+                       help="fit run I only and write no summary (alone: run "
+                            "$SLURM_ARRAY_TASK_ID; what each task of --array runs)")
+    modes.add_argument("--summarize", action="store_true",
+                       help="write sweep_summary.csv and sweep_best.csv from the runs' "
+                            "folders, fitting nothing (after --array); exit 1 if runs lack "
+                            "results")
+    g.add_argument("--submit", action="store_true",
+                   help="with --array: submit the script with sbatch (logs: OUT/logs/)")
+    g.add_argument("--sbatch", action="append", default=None, metavar="OPTION",
+                   help="with --array: one more #SBATCH line, e.g. --sbatch=--time=02:00:00 "
+                        "(repeatable)")
+    g.add_argument("--array-limit", type=positive_int, default=None, metavar="N",
+                   help="with --array: at most N tasks at once")

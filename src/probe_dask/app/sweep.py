@@ -27,122 +27,49 @@ for each running run (the plans are added up before runs overlap).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import dask
 import psutil
 
-from probe_dask.app.job import JobInputs, open_inputs, run_job
-from probe_dask.app.sweep_summary import write_summary
-from probe_dask.app.sweepfile import SweepRun
+from probe_dask.app.job import open_inputs, run_job
+from probe_dask.app.sweep_runs import (
+    SweepEntry,
+    SweepResult,
+    check_sweep,
+    describe,
+    is_complete,
+    named_error,
+    result_dirs,
+    summarize_sweep,
+    write_settings,
+)
+from probe_dask.app.sweep_summary import SETTINGS_NAME, write_summary
+from probe_dask.app.sweepfile import RUN_DEFAULTS
 from probe_dask import config
 from probe_dask.engine.workers import task_resources
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
-from probe_dask.io.layout import (
-    ACTIVATIONS_NAME,
-    CHECKPOINT_NAME,
-    CLASSES_NAME,
-    METRICS_NAME,
-    inference_dir,
-    require_dir,
-    require_file,
-)
 from probe_dask.memory.live import plan_job
 from probe_dask.memory.report import format_size
 from probe_dask.telemetry import Telemetry, telemetry_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SweepEntry", "SweepResult", "RUN_DEFAULTS", "result_dirs", "is_complete",
-           "validate_sweep", "run_sweep"]
-
-
-@dataclass
-class SweepEntry:
-    """One run of a sweep and what the sweep knows of it.
-
-    ``status`` is ``pending`` (to fit), ``running``, ``skipped`` (results exist),
-    ``finished``, ``failed`` (``error`` says why) or ``stopped`` (SIGTERM or Ctrl-C during it).
-    ``unconverged``: pairs a finished run left unconverged (``--require-converged``).
-    """
-
-    run: SweepRun
-    out_dirs: list
-    status: str = "pending"
-    inputs: JobInputs | None = None
-    error: str = ""
-    seconds: float = 0.0
-    unconverged: int = 0
-
-
-@dataclass
-class SweepResult:
-    """What a sweep did; ``failed`` lists the entries that failed."""
-
-    entries: list
-    summary: Path | None = None
-    best: Path | None = None
-    seconds: float = 0.0
-    failed: list = field(default_factory=list)
-
-
-def result_dirs(run: SweepRun) -> list[Path]:
-    """Where ``run`` writes: ``RUN/inference/<train_id>`` and ``RUN/inference/<test_id>``."""
-    return [inference_dir(run.run, run.train_shards.name), inference_dir(run.run, run.test_shards.name)]
-
-
-def is_complete(out_dirs) -> bool:
-    """Whether a run's result set exists: metrics and class table of both splits."""
-    return all((Path(d) / name).is_file() for d in out_dirs for name in (METRICS_NAME, CLASSES_NAME))
-
-
-def _named(sweep_file, run: SweepRun, err: Exception) -> ProbeDaskError:
-    # One line that names the sweep file, the run (index and run id) and the input at fault.
-    return ProbeDaskError(f"{sweep_file}: {run.label}: {err}")
-
-
-#: What a run fits with when neither its sweep entry nor the command line says.
-RUN_DEFAULTS = {"ridge": 1e-8, "max_iter": 30}
-
-
-def _stored_settings_differ(run: SweepRun, out_dirs) -> str:
-    """Why the result set in ``out_dirs`` is not this run's ('' when it is): a ridge other
-    than the run's, or a max_iter other than the run's while pairs were left unconverged."""
-    path = Path(out_dirs[0]) / CLASSES_NAME
-    try:
-        summary = json.loads(path.read_text()).get("summary", {})
-    except (OSError, ValueError) as exc:
-        return f"{path}: unreadable ({exc}); expected the summary of a finished run"
-    want = {k: run.options.get(k, v) for k, v in RUN_DEFAULTS.items()}
-    differ = []
-    if summary.get("ridge") != want["ridge"]:
-        differ.append(f"ridge {summary.get('ridge')} (this sweep: {want['ridge']})")
-    unconverged = summary.get("converged_pairs") != summary.get("pairs")
-    if unconverged and summary.get("max_iter", want["max_iter"]) != want["max_iter"]:
-        differ.append(f"max_iter {summary.get('max_iter')} with pairs unconverged "
-                      f"(this sweep: {want['max_iter']})")
-    if not differ:
-        return ""
-    return (f"{path}: results fitted with {', '.join(differ)}; move or delete them to refit "
-            "this run, or give it the settings they were fitted with")
+__all__ = ["SweepEntry", "SweepResult", "RUN_DEFAULTS", "SETTINGS_NAME", "result_dirs",
+           "is_complete", "write_settings", "check_sweep", "validate_sweep", "describe",
+           "summarize_sweep", "run_sweep"]
 
 
 def validate_sweep(sweep_file, runs, *, log=None) -> list[SweepEntry]:
     """Check every run before any fit; open the inputs of every run still to fit.
 
-    Runs whose result set exists are marked ``skipped`` and not opened, when the results
-    were fitted with the run's settings (ridge; max_iter where pairs were left
-    unconverged); results of other settings stop the sweep here. The others are
-    checked in two rounds: first the paths of every run (seconds for any number of runs),
-    then :func:`~probe_dask.app.job.open_inputs` for each (shapes, labels, the npz itself,
-    the output folders).
+    First :func:`check_sweep` (results that exist, the paths of every run), then
+    :func:`~probe_dask.app.job.open_inputs` for each run to fit (shapes, labels, the npz
+    itself, the output folders).
 
     ``log`` (optional) receives the one-line summary; default: this module's logger.
 
@@ -152,34 +79,17 @@ def validate_sweep(sweep_file, runs, *, log=None) -> list[SweepEntry]:
         The first bad run: ``SWEEP_FILE: run I (RUN_ID): <file>: <field>: found ...``.
     """
     log = logger.info if log is None else log
-    entries = [SweepEntry(r, result_dirs(r)) for r in runs]
-    for e in entries:
-        if is_complete(e.out_dirs) and not (e.out_dirs[0] / CHECKPOINT_NAME).exists():
-            why = _stored_settings_differ(e.run, e.out_dirs)
-            if why:
-                raise ProbeDaskError(f"{sweep_file}: {e.run.label}: {why}")
-            e.status = "skipped"
+    entries = check_sweep(sweep_file, runs)
     todo = [e for e in entries if e.status == "pending"]
-    for e in todo:  # round 1: paths only
-        r = e.run
-        try:
-            require_dir(r.run, "run folder", "an SAE run folder (inference/<shard_id>/token_acts.npz)")
-            for shard in (r.train_shards, r.test_shards):
-                require_dir(shard, "shard folder", "a saev shard folder (metadata.json, labels.bin)")
-                require_file(shard / "labels.bin", "file", "the labels.bin of a saev shard")
-                require_file(inference_dir(r.run, shard.name) / ACTIVATIONS_NAME, "file",
-                             "the token_acts.npz of this shard in the run")
-        except ProbeDaskError as err:
-            raise _named(sweep_file, r, err) from None
     t0 = time.perf_counter()
-    for e in todo:  # round 2: everything open_inputs checks
+    for e in todo:  # everything open_inputs checks
         opts = e.run.options
         try:
             e.inputs = open_inputs(e.run.run, e.run.train_shards, e.run.test_shards,
                                    out_dirs=e.out_dirs, block_nnz=opts.get("block_nnz"),
                                    cache_dir=opts.get("cache_dir"))
         except ProbeDaskError as err:
-            raise _named(sweep_file, e.run, err) from None
+            raise named_error(sweep_file, e.run, err) from None
     log(f"sweep: {len(entries)} runs checked in {time.perf_counter() - t0:.1f} s: "
         f"{len(todo)} to fit, {len(entries) - len(todo)} with results already")
     return entries
@@ -242,6 +152,8 @@ def _fit_one(client, e: SweepEntry, *, ridge, max_iter, device, backend, restart
         tele = Telemetry(interval=telemetry_interval)
         tele.open(telemetry_path(e.out_dirs[0]))
         tele.attach(client)
+    write_settings(e.run, e.out_dirs, backend=backend,
+                   defaults={"ridge": ridge, "max_iter": max_iter, "device": device or "auto"})
     callbacks = [tele] if tele is not None else []
     if stop is not None:  # in a thread: a stop of the sweep ends the run at its next stage
         def check(stage, info):

@@ -4,9 +4,12 @@ Built from the result files each run wrote (``probe1d_classes.json`` and both sp
 ``probe1d_metrics.npz``), so a run fitted now and a run skipped because its results existed
 are summarised the same way. Two CSV files, each written atomically:
 
-- ``sweep_summary.csv``: index, run id, status, latents, classes, solver passes, converged
-  share, mean and best (over classes) probe R of each class's best latent on train and test,
-  seconds, run folder.
+- ``sweep_summary.csv``: index, run id, name (the run id and its explicit settings),
+  the settings (ridge, max_iter, block_nnz, device: as fitted where the run's result or
+  settings file says, else as the sweep asks; block_nnz blank: the memory plan's), the
+  kernel the workers ran (``c on cpu x2``: what device auto became), status,
+  latents, classes, solver passes, converged share, mean and best (over classes) probe R of
+  each class's best latent on train and test, seconds, run folder, results folder.
 - ``sweep_best.csv``: per class, the run and latent whose test probe R is highest over every
   latent of every finished run (``1 - test loss / test baseline``), and that pair's train
   probe R.
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe_dask.app.sweepfile import SETTING_KEYS, resolved_settings
 from probe_dask.io.layout import CLASSES_NAME, METRICS_NAME
 from probe_dask.io.outputs import atomic_path
 
@@ -32,9 +36,11 @@ __all__ = ["SUMMARY_NAME", "BEST_NAME", "SUMMARY_COLUMNS", "BEST_COLUMNS", "run_
 
 SUMMARY_NAME = "sweep_summary.csv"
 BEST_NAME = "sweep_best.csv"
-SUMMARY_COLUMNS = ("index", "run_id", "status", "latents", "classes", "passes",
-                   "converged_share", "mean_train_r", "best_train_r", "mean_test_r",
-                   "best_test_r", "seconds", "run", "error")
+#: A run's resolved settings (``probe1d_settings.json``), beside its train results.
+SETTINGS_NAME = "probe1d_settings.json"
+SUMMARY_COLUMNS = ("index", "run_id", "name", *SETTING_KEYS, "status", "latents", "classes",
+                   "kernel", "passes", "converged_share", "mean_train_r", "best_train_r", "mean_test_r",
+                   "best_test_r", "seconds", "run", "out", "error")
 BEST_COLUMNS = ("class", "run_id", "index", "latent", "test_probe_r", "train_probe_r")
 
 
@@ -49,15 +55,33 @@ def _stats(values):
     return (float(v.mean()), float(v.max())) if v.size else (float("nan"), float("nan"))
 
 
+def _settings(run, out_dirs) -> dict:
+    """The run's settings: its ``probe1d_settings.json`` if written, else what it asks for."""
+    settings = resolved_settings(run)
+    path = Path(out_dirs[0]) / SETTINGS_NAME
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}  # a damaged file: the sweep's own values still say what was asked
+        settings.update({k: doc[k] for k in SETTING_KEYS if k in doc})
+    return settings
+
+
 def run_row(run, out_dirs, status, error="") -> dict:
-    """The summary row of one run from its ``probe1d_classes.json`` (blank if absent)."""
-    row = {"index": run.index, "run_id": run.run_id, "status": status, "run": str(run.run),
-           "error": error}
+    """The summary row of one run from its settings and ``probe1d_classes.json`` (the
+    result columns blank if absent)."""
+    row = {"index": run.index, "run_id": run.run_id, "name": run.name, "status": status,
+           "run": str(run.run), "out": str(Path(out_dirs[0]).parent), "error": error,
+           **_settings(run, out_dirs)}
     path = Path(out_dirs[0]) / CLASSES_NAME
     if status not in ("finished", "skipped") or not path.is_file():
         return row
     doc = json.loads(path.read_text())
     s, classes = doc["summary"], doc["classes"]
+    row.update({k: s[k] for k in ("ridge", "max_iter") if k in s})  # as fitted
+    # Which kernel ran where, e.g. "c on cpu" (every worker): what "device auto" became.
+    row["kernel"] = "; ".join(f"{k} x{n}" for k, n in (s.get("kernel") or {}).items())
     row.update(latents=s["n_latents"], classes=s["n_classes"], passes=s["solver_passes"],
                converged_share=s["converged_pairs"] / max(1, s["pairs"]),
                seconds=sum(v for v in (s.get("seconds") or {}).values() if isinstance(v, (int, float))))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 
 from distributed import Client, LocalCluster
 
@@ -110,8 +111,15 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
               "host": "127.0.0.1", "dashboard_address": default_dashboard(dashboard_address),
               "security": security or None}
         kw = {k: v for k, v in kw.items() if v is not None} | overrides
+        t0 = time.perf_counter()
         cluster = LocalCluster(**kw)
-        return ClusterClient(cluster, Client(cluster))
+        client = Client(cluster)
+        # The "N workers ready in S s" line of Slurm and joined clusters (cluster/spec.py),
+        # timed from the start of the cluster: LocalCluster waits for its workers to start.
+        n = len(cluster.workers)
+        client.wait_for_workers(n, timeout=timeout)
+        logger.info("%d workers ready in %.1f s", n, time.perf_counter() - t0)
+        return ClusterClient(cluster, client)
 
     if shutil.which("sbatch") is None:
         raise ProbeDaskError(f"cluster spec {spec!r}: sbatch not found on PATH; run this on a "
