@@ -157,7 +157,7 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     log : callable, optional
         Receives one-line progress messages (default: this module's logger, at INFO).
     memory_plan : bool
-        Plan memory on the client's workers first (``plan.plan_job``): blocks are cut to
+        Plan memory on the client's workers first (``memory.live.plan_job``): blocks are cut to
         the plan's size unless ``inputs.block_nnz`` was given, train blocks are persisted
         as it says, and a limit that cannot hold one block stops here (ProbeDaskError).
     backend : {"auto", "c", "triton", "torch"}

@@ -96,11 +96,11 @@ def _read_identity(path, identity: str) -> int:
         raise _unreadable(path, exc) from None
 
 
-def _read_state(path, n_iter: int, rows: slice) -> TrustRegionState:
-    """The stored state of latents ``rows`` (copies), once its identity was checked."""
+def _read_state(path, n_iter: int, latents: slice) -> TrustRegionState:
+    """The stored state of ``latents`` (copies), once its identity was checked."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            fields = {name: f[name][rows].copy()
+            fields = {name: f[name][latents].copy()
                       for name in TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS}
         return TrustRegionState(**fields, n_iter=int(n_iter))
     except Exception as exc:  # noqa: BLE001 - damaged after its header was read

@@ -28,6 +28,7 @@ import numpy as np
 
 from probe_dask import kernels
 from probe_dask.core.metrics import SplitMetrics, split_metrics
+from probe_dask.core.split import even_bounds
 from probe_dask.engine.passes import broadcast, pass_total
 from probe_dask.engine.range_data import range_eval_sums, range_label_sums
 from probe_dask.engine.ranges import where_held
@@ -97,10 +98,9 @@ def evaluate_split(client, blocks, b, w, n_classes, *, device=None, split_every=
     finally:
         pairs.release()
     n_lat = b.shape[0]
-    n = max(1, min(int(groups or 1), n_lat))
-    bounds = [(i * n_lat // n, (i + 1) * n_lat // n) for i in range(n)]
     try:
-        return _receive_metrics(client, [(metrics, a, z) for a, z in bounds],
+        return _receive_metrics(client, [(metrics, a, z)
+                                         for a, z in even_bounds(n_lat, groups or 1)],
                                 (n_lat, int(n_classes)))
     finally:
         metrics.release()

@@ -51,7 +51,7 @@ from probe_dask.engine.estimator import ProbeEstimator
 from probe_dask.engine.layout import latent_major_layout
 from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS
 from probe_dask.engine.passes import latent_blocks, worker_threads
-from probe_dask.engine.ranges import (advance_range, disk_ranges, field_reader, gather_rows,
+from probe_dask.engine.ranges import (advance_range, disk_ranges, field_reader, gather_latents,
                                       keeps_in_memory, persist_ranges, place_ranges,
                                       range_params, range_stats, read_ranges, resident_bytes,
                                       start_range)
@@ -297,7 +297,7 @@ class ProbeFitter(ProbeEstimator):
             checkpoint.save_parts(n_iter, shape, field_reader(client, fits))
         self.range_fits_ = fits
         self.n_iter_ = int(n_iter)
-        params = gather_rows(client, fits, bounds, shape, range_params,
+        params = gather_latents(client, fits, bounds, shape, range_params,
                               (np.float64, np.float64, np.bool_))
         self.intercept_, self.coef_, self.converged_ = params
         state = None
@@ -315,7 +315,7 @@ class ProbeFitter(ProbeEstimator):
         Parameters
         ----------
         X : dask.array.Array, shape (n_rows, n_latents)
-            CSR row blocks (``array.open_shard``), chunked by rows only.
+            CSR row blocks (``engine.shard.open_shard``), chunked by rows only.
         y : dask.array.Array of uint8, shape (n_rows,)
             Class of each row, same row chunks as ``X``.
         n_classes : int, optional

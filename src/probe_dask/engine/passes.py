@@ -37,6 +37,7 @@ from dask.utils import funcname
 from distributed import wait
 
 from probe_dask import kernels
+from probe_dask.core.split import even_bounds
 from probe_dask.engine.workers import worker_slots
 
 __all__ = ["latent_blocks", "worker_threads", "block_groups", "broadcast", "pass_total"]
@@ -82,9 +83,7 @@ def worker_threads(client) -> int:
 def block_groups(n_blocks: int, groups: int) -> list[range]:
     """``groups`` contiguous ranges of block indices covering ``range(n_blocks)``, sizes
     differing by at most one (blocks are cut with about equal non-zeros)."""
-    groups = max(1, min(int(groups), int(n_blocks)))
-    edges = [(g * n_blocks) // groups for g in range(groups + 1)]
-    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [range(a, b) for a, b in even_bounds(n_blocks, groups)]
 
 
 def broadcast(client, value, tries: int = 3):

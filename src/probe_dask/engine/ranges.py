@@ -49,6 +49,7 @@ from distributed import as_completed, wait
 from probe_dask import kernels
 from probe_dask.core.blocks import LabelSums
 from probe_dask.core.objective import ProblemConstants
+from probe_dask.core.split import even_bounds
 from probe_dask.core.state import TrustRegionState, init_state
 from probe_dask.engine.checkpoint import load_range
 from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums,
@@ -59,7 +60,7 @@ from probe_dask.kernels.step import solver_step
 __all__ = ["RangeFit", "RANGE_BYTES_PER_PAIR", "resident_bytes", "keeps_in_memory",
            "range_bounds", "persist_ranges", "disk_ranges", "start_range", "advance_range",
            "range_stats", "range_field", "range_params",
-           "place_ranges", "where_held", "read_ranges", "field_reader", "gather_rows"]
+           "place_ranges", "where_held", "read_ranges", "field_reader", "gather_latents"]
 
 
 @dataclass
@@ -103,13 +104,12 @@ def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, i
     n_latents = int(n_latents)
     n = max(1, min(int(n_ranges), n_latents))
     if count is None:
-        edges = [(r * n_latents) // n for r in range(n + 1)]
-    else:
-        count = np.asarray(count, dtype=np.float64)
-        # every latent also costs its pairs' step, whatever its events
-        cum = np.cumsum(count + max(1.0, float(count.mean())))
-        inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
-        edges = sorted({0, n_latents, *(int(e) for e in np.clip(inner, 1, n_latents - 1))})
+        return even_bounds(n_latents, n)
+    count = np.asarray(count, dtype=np.float64)
+    # every latent also costs its pairs' step, whatever its events
+    cum = np.cumsum(count + max(1.0, float(count.mean())))
+    inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
+    edges = sorted({0, n_latents, *(int(e) for e in np.clip(inner, 1, n_latents - 1))})
     return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
 
 
@@ -306,9 +306,10 @@ def field_reader(client, fits):
     return read
 
 
-def gather_rows(client, fits, bounds, shape, task, dtypes) -> tuple:
-    """``(L, C)`` arrays filled range by range from ``task(fit)`` (a tuple of the ranges'
-    rows), one range's result at a time, each computed where the range is held."""
+def gather_latents(client, fits, bounds, shape, task, dtypes) -> tuple:
+    """``(L, C)`` arrays filled range by range from ``task(fit)`` (a tuple of ``(L_r, C)``
+    arrays of the range's latents), one range's result at a time, each computed where the
+    range is held."""
     out = tuple(np.empty(shape, dtype=d) for d in dtypes)
     for fit, (a, z), where in zip(fits, bounds, where_held(client, fits)):
         future = client.submit(task, fit, pure=False, **where)
