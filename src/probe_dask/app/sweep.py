@@ -233,7 +233,7 @@ def _fit_entry(client, e, progress, fit_kw, result, fail_fast, stop=None) -> boo
 
 
 def _run_overlapping(client, todo, progress, fit_kw, result, fail_fast) -> None:
-    """Fit ``todo`` in ``progress.width`` threads; a stop or --fail-fast lets the running
+    """Fit ``todo`` in as many threads as ``progress`` is wide; a stop or --fail-fast lets the running
     runs reach their next stage and starts no other."""
     stop = threading.Event()
     queue = list(todo)

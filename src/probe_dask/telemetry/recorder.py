@@ -11,7 +11,7 @@ samples in the background, and at the end a summary and the memory plot.
   ``VmHWM`` since the previous reading: it is restarted at each one) and ``peak_rss`` (the
   largest so far); for workers also the managed / unmanaged / spilled bytes and status the
   scheduler holds, and the GPU's peak allocated bytes where torch has used CUDA there;
-- ``iteration``: the solver's statistics of each pass (``fit.history_``), with the names of
+- ``iteration``: the solver's statistics of each pass (``engine.fit.ProbeFitter.history_``), with the names of
   the issue (``passes``, ``active_pairs``, ``max_gradient``, ``max_scaled_step``,
   ``mean_damping``, ``mean_loss``, ``pass_seconds``);
 - ``sample``: every ``interval`` seconds, from a background thread, the RSS / managed /
