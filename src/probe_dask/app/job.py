@@ -157,20 +157,18 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     log : callable, optional
         Receives one-line progress messages (default: this module's logger, at INFO).
     memory_plan : bool
-        Plan memory on the client's workers first (``memory.live.plan_job``): blocks are cut to
-        the plan's size unless ``inputs.block_nnz`` was given, train blocks are persisted
-        as it says, and a limit that cannot hold one block stops here (ProbeDaskError).
+        Plan memory on the client's workers first (``memory.live.plan_job``): blocks cut to
+        its size unless ``inputs.block_nnz`` was given, ranges in memory or read from disk
+        as it says; a limit that cannot hold one block stops here (``PlanDoesNotFit``).
     backend : {"auto", "c", "triton", "torch"}
         The block kernel. Every worker is asked first which kernel it runs on ``device``
-        (logged in one line); one that cannot (``--device cuda`` without CUDA) stops the job
-        here, before the first pass (ProbeDaskError naming the worker).
+        (one log line); one that cannot stops the job here (ProbeDaskError naming it).
     class_names : list of str, optional
-        One name per class (``--class-names FILE``), stored in ``probe1d_classes.json``
-        for ``load_results`` and ``probe-dask report``.
+        One name per class (``--class-names FILE``), kept in ``probe1d_classes.json``.
     capture_warnings : bool
-        Catch the fit's ``ConvergenceWarning`` (pairs left unconverged are logged as one
-        line either way). Warning filters are process-wide and not thread-safe: a caller
-        running jobs in threads (``app.sweep``) passes False and filters them once itself.
+        Catch the fit's ``ConvergenceWarning`` (logged as one line either way). Warning
+        filters are process-wide: a caller running jobs in threads (``app.sweep``) passes
+        False and filters them once itself.
 
     Returns
     -------
@@ -184,116 +182,152 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     if memory_plan:
         inputs, plan = plan_job(client, inputs, device=device, persist=persist, log=log)
         emit(callbacks, Stage.PLAN, plan=plan)
-    train, test, n_classes, out_dirs = inputs.train, inputs.test, inputs.n_classes, inputs.out_dirs
-    run_dir = inputs.run_dir
-    seconds = {"open": inputs.open_seconds}
-    log(f"train {train.shard_id}: {train.n_rows:,} rows x {train.n_latents:,} latents, "
-        f"{train.nnz:,} non-zeros in {len(train.row_blocks)} blocks; test {test.shard_id}: "
-        f"{test.n_rows:,} rows, {test.nnz:,} non-zeros; {n_classes} classes")
-
-    checkpoint = out_dirs[0] / CHECKPOINT_NAME
+    _log_inputs(inputs, log)
+    checkpoint = inputs.out_dirs[0] / CHECKPOINT_NAME
     if restart:
         checkpoint.unlink(missing_ok=True)
-    labels_stat = Path(train.labels.path).stat()
-    identity = {"train": train.source.identity, "train_fingerprint": train.source.fingerprint,
-                "train_labels": str(train.labels.path),
-                "train_labels_file": [labels_stat.st_size, labels_stat.st_mtime_ns],
-                "n_rows": train.n_rows, "n_latents": train.n_latents}
-
-    def _log_resume(stage, info):
-        if stage == Stage.RESUMED:
-            log(f"resuming from checkpoint at pass {info['n_iter']} ({info['path']}); "
-                "--restart ignores it")
-
+    seconds = {"open": inputs.open_seconds}
     fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
                          resources=resources,
                          persist=plan.persist if plan is not None else persist,
-                         layout_dir=layout_dir(train),
+                         layout_dir=layout_dir(inputs.train),
                          chunk_nnz=plan.block_nnz if plan is not None else None,
-                         checkpoint=checkpoint, identity=identity, progress=progress,
-                         callbacks=[_log_resume, *(callbacks or ())], client=client,
-                         keep_state=False)
+                         checkpoint=checkpoint, identity=train_identity(inputs.train),
+                         progress=progress, callbacks=[_resume_logger(log), *(callbacks or ())],
+                         client=client, keep_state=False)
     t1 = time.perf_counter()
-    if capture_warnings:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
-        for caught_warning in caught:  # ConvergenceWarning: the log line below says it
-            if not issubclass(caught_warning.category, ConvergenceWarning):
-                warnings.warn_explicit(caught_warning.message, caught_warning.category,
-                                       caught_warning.filename, caught_warning.lineno)
-    else:
-        fitter.fit(train.X, train.y, n_classes=n_classes, nnz=train.nnz)
-    if not fitter.converged_.all():  # max_iter reached: one loud line, the job goes on
-        (logger.warning if log == logger.info else log)(unconverged_warning(fitter))
-    seconds["fit"] = time.perf_counter() - t1
-    b, w = fitter.intercept_, fitter.coef_
-
+    _fit(fitter, inputs, capture_warnings, log)
     t2 = time.perf_counter()
-    emit(callbacks, Stage.EVALUATE_TRAIN_START)
-    # the train split is evaluated where its ranges are (in memory or read from disk)
-    options = dict(device=device, resources=resources, backend=backend)
-    train_metrics = evaluate_ranges(client, fitter.blocks_, fitter.range_fits_, fitter.ranges_,
-                                    n_classes, resident=True, **options)
-    emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t2)
-    fitter.blocks_ = None  # the train events go before the test split's take their place
-    test_blocks = latent_blocks(test.X, test.y)
-    if fitter.persisted_ and test.nnz <= train.nnz:  # no more than the workers just held
-        test_data, _ = persist_ranges(client, test_blocks, fitter.ranges_)
-        test_metrics = evaluate_ranges(client, test_data, fitter.range_fits_, fitter.ranges_,
-                                       n_classes, own_labels=True, **options)
-        del test_data
-    else:  # not laid out by latent: one pass over its row blocks
-        test_metrics = evaluate_split(client, test_blocks, b, w, n_classes,
-                                      groups=fitter.worker_threads_, **options)
-    # the job keeps results only: the workers' memory is free for the next job (a sweep)
-    fitter.range_fits_ = None
-    seconds["evaluate"] = time.perf_counter() - t2
+    train_metrics, test_metrics = _evaluate(client, fitter, inputs, callbacks, device=device,
+                                            resources=resources, backend=backend)
+    seconds.update(fit=t2 - t1, evaluate=time.perf_counter() - t2)
     emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
-
     t3 = time.perf_counter()
     table = class_table(train_metrics, test_metrics)
-    for row in table:  # allowed input: a class of the run that the train shard lacks
-        if row["train_rows"] == 0:
-            row["note"] = "not in the train shard: prior-only probe (w = 0, b = logit(1e-8))"
-            log(f"class {row['class']}: not in the train shard ({row.get('test_rows', 0)} test "
-                "rows); its probes are prior-only")
-    summary = {
-        "run": str(Path(run_dir).resolve()),
-        "train_shard": str(Path(train.labels.path).parent.resolve()),
-        "test_shard": str(Path(test.labels.path).parent.resolve()),
-        "n_latents": train.n_latents, "n_classes": n_classes,
-        "train_rows": train.n_rows, "test_rows": test.n_rows,
-        "train_nnz": train.nnz, "test_nnz": test.nnz,
-        "solver_passes": fitter.n_iter_, "ridge": ridge, "max_iter": max_iter,
-        "pairs": int(b.size), "converged_pairs": int(fitter.converged_.sum()),
-        # [pass, pairs still active after it] of the passes this process made (a resumed
-        # fit: those after the checkpoint): the report's passes-per-pair curve.
-        "active_after_pass": [[int(h["n_iter"]), int(h["active_after"])]
-                              for h in fitter.history_],
-        **({"class_names": list(class_names)} if class_names is not None else {}),
-        "seconds": seconds,
-        **provenance(client, device=device, backend=backend, started=started),
-    }
-    # Every file under a temporary name first, then renamed in one commit step: a failure
-    # (disk full, a signal) leaves the previous result set whole (io/resultset.py).
-    with ResultSet() as results:
-        paths = []
-        for split, d in zip((train_metrics, test_metrics), out_dirs):
-            paths.append(results.stage(d / METRICS_NAME, functools.partial(
-                write_metrics_npz, loss=split.loss, weights=w, biases=b, tp=split.tp,
-                fp=split.fp, tn=split.tn, fn=split.fn, converged=fitter.converged_)))
-        classes_paths = [results.stage(d / CLASSES_NAME, functools.partial(
-            write_json, obj={"summary": summary, "classes": table})) for d in out_dirs]
-        results.commit()
+    _note_missing_classes(table, log)
+    summary = {**_summary(inputs, fitter, ridge, max_iter, class_names), "seconds": seconds,
+               **provenance(client, device=device, backend=backend, started=started)}
+    paths, classes_paths = _write(inputs.out_dirs, (train_metrics, test_metrics), fitter,
+                                  summary, table)
     seconds["write"] = time.perf_counter() - t3
     emit(callbacks, Stage.WRITE_END, seconds=seconds["write"], paths=[*paths, *classes_paths])
     checkpoint.unlink(missing_ok=True)  # the results are final now
     return JobResult(
         train_metrics=paths[0], test_metrics=paths[1], classes_json=classes_paths, table=table,
-        n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()), n_pairs=int(b.size),
-        seconds=seconds, fitter=fitter,
+        n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()),
+        n_pairs=int(fitter.coef_.size), seconds=seconds, fitter=fitter,
     )
+
+
+def _log_inputs(inputs: JobInputs, log) -> None:
+    train, test = inputs.train, inputs.test
+    log(f"train {train.shard_id}: {train.n_rows:,} rows x {train.n_latents:,} latents, "
+        f"{train.nnz:,} non-zeros in {len(train.row_blocks)} blocks; test {test.shard_id}: "
+        f"{test.n_rows:,} rows, {test.nnz:,} non-zeros; {inputs.n_classes} classes")
+
+
+def train_identity(train: Shard) -> dict:
+    """What the fit's checkpoint and latent-major layout belong to: the train shard's
+    files (identity, fingerprint, labels file) and shape."""
+    labels_stat = Path(train.labels.path).stat()
+    return {"train": train.source.identity, "train_fingerprint": train.source.fingerprint,
+            "train_labels": str(train.labels.path),
+            "train_labels_file": [labels_stat.st_size, labels_stat.st_mtime_ns],
+            "n_rows": train.n_rows, "n_latents": train.n_latents}
+
+
+def _resume_logger(log):
+    def on_resume(stage, info):
+        if stage == Stage.RESUMED:
+            log(f"resuming from checkpoint at pass {info['n_iter']} ({info['path']}); "
+                "--restart ignores it")
+    return on_resume
+
+
+def _fit(fitter, inputs: JobInputs, capture_warnings: bool, log) -> None:
+    """Fit on the train shard; pairs left unconverged are one loud line (the job goes on)."""
+    train = inputs.train
+    if capture_warnings:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fitter.fit(train.X, train.y, n_classes=inputs.n_classes, nnz=train.nnz)
+        for caught_warning in caught:  # ConvergenceWarning: the log line below says it
+            if not issubclass(caught_warning.category, ConvergenceWarning):
+                warnings.warn_explicit(caught_warning.message, caught_warning.category,
+                                       caught_warning.filename, caught_warning.lineno)
+    else:
+        fitter.fit(train.X, train.y, n_classes=inputs.n_classes, nnz=train.nnz)
+    if not fitter.converged_.all():  # max_iter reached
+        (logger.warning if log == logger.info else log)(unconverged_warning(fitter))
+
+
+def _evaluate(client, fitter, inputs: JobInputs, callbacks, **options):
+    """Both splits' metrics: train where its ranges are (in memory or read from disk), test
+    cut at the same ranges when the workers just held as much, else one pass over its row
+    blocks. The fitter lets go of its ranges afterwards (a sweep's next job needs the
+    workers' memory)."""
+    train, test, n_classes = inputs.train, inputs.test, inputs.n_classes
+    t0 = time.perf_counter()
+    emit(callbacks, Stage.EVALUATE_TRAIN_START)
+    train_metrics = evaluate_ranges(client, fitter.blocks_, fitter.range_fits_, fitter.ranges_,
+                                    n_classes, resident=True, **options)
+    emit(callbacks, Stage.EVALUATE_TRAIN_END, seconds=time.perf_counter() - t0)
+    fitter.blocks_ = None  # the train events go before the test split's take their place
+    test_blocks = latent_blocks(test.X, test.y)
+    if fitter.persisted_ and test.nnz <= train.nnz:
+        test_data, _ = persist_ranges(client, test_blocks, fitter.ranges_)
+        test_metrics = evaluate_ranges(client, test_data, fitter.range_fits_, fitter.ranges_,
+                                       n_classes, own_labels=True, **options)
+        del test_data
+    else:  # not laid out by latent
+        test_metrics = evaluate_split(client, test_blocks, fitter.intercept_, fitter.coef_,
+                                      n_classes, groups=fitter.worker_threads_, **options)
+    fitter.range_fits_ = None
+    return train_metrics, test_metrics
+
+
+def _note_missing_classes(table, log) -> None:
+    for row in table:  # allowed input: a class of the run that the train shard lacks
+        if row["train_rows"] == 0:
+            row["note"] = "not in the train shard: prior-only probe (w = 0, b = logit(1e-8))"
+            log(f"class {row['class']}: not in the train shard ({row.get('test_rows', 0)} test "
+                "rows); its probes are prior-only")
+
+
+def _summary(inputs: JobInputs, fitter, ridge, max_iter, class_names) -> dict:
+    """``probe1d_classes.json``'s summary: the inputs, the fit and its passes."""
+    train, test = inputs.train, inputs.test
+    return {
+        "run": str(Path(inputs.run_dir).resolve()),
+        "train_shard": str(Path(train.labels.path).parent.resolve()),
+        "test_shard": str(Path(test.labels.path).parent.resolve()),
+        "n_latents": train.n_latents, "n_classes": inputs.n_classes,
+        "train_rows": train.n_rows, "test_rows": test.n_rows,
+        "train_nnz": train.nnz, "test_nnz": test.nnz,
+        "solver_passes": fitter.n_iter_, "ridge": ridge, "max_iter": max_iter,
+        "pairs": int(fitter.coef_.size), "converged_pairs": int(fitter.converged_.sum()),
+        # [pass, pairs still active after it] of the passes this process made (a resumed
+        # fit: those after the checkpoint): the report's passes-per-pair curve.
+        "active_after_pass": [[int(h["n_iter"]), int(h["active_after"])]
+                              for h in fitter.history_],
+        **({"class_names": list(class_names)} if class_names is not None else {}),
+    }
+
+
+def _write(out_dirs, splits, fitter, summary, table):
+    """Every result file under a temporary name first, then renamed in one commit step: a
+    failure (disk full, a signal) leaves the previous result set whole (io/resultset.py).
+    Returns the metrics files and the class tables."""
+    b, w = fitter.intercept_, fitter.coef_
+    with ResultSet() as results:
+        paths = [results.stage(d / METRICS_NAME, functools.partial(
+            write_metrics_npz, loss=split.loss, weights=w, biases=b, tp=split.tp, fp=split.fp,
+            tn=split.tn, fn=split.fn, converged=fitter.converged_))
+            for split, d in zip(splits, out_dirs)]
+        classes_paths = [results.stage(d / CLASSES_NAME, functools.partial(
+            write_json, obj={"summary": summary, "classes": table})) for d in out_dirs]
+        results.commit()
+    return paths, classes_paths
 
 
 def unconverged_warning(fitter) -> str:
