@@ -16,8 +16,8 @@ metrics at a time. A worker holds, per range task, the range's pairs (20 bytes a
 ``(3, P_r)`` sums and ``split_metrics``' temporaries (about 74 bytes a pair of the range);
 over row blocks, what ``passes`` says (two ``(3, L C)`` partials and label statistics per
 thread), the scattered pairs (``8 (L+1) + 20 L C`` bytes), and on the worker that holds
-the pass's sum, ``split_metrics`` of every pair (about 114 bytes a pair) while the driver
-reads it.
+the pass's sum (40 bytes a pair) ``split_metrics`` of one latent slice at a time (about 114
+bytes a pair of the slice).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_dask import kernels
+from probe_dask.core.blocks import LabelSums
 from probe_dask.core.metrics import SplitMetrics, split_metrics
 from probe_dask.core.split import even_bounds
 from probe_dask.engine.passes import broadcast, pass_total
@@ -67,8 +68,9 @@ def evaluate_split(client, blocks, b, w, n_classes, *, device=None, split_every=
                    resources=None, backend="auto", groups=None) -> SplitMetrics:
     """Loss and confusion counts of every pair on one split, in one pass over its blocks.
 
-    The pass's sums stay on the worker that summed them, ``split_metrics`` runs there, and
-    the driver receives the five ``(L, C)`` fields a slice of latents at a time.
+    The pass's sums stay on the worker that summed them, ``split_metrics`` runs there a
+    slice of latents at a time, and the driver receives the five ``(L, C)`` fields slice by
+    slice.
 
     Parameters
     ----------
@@ -88,28 +90,36 @@ def evaluate_split(client, blocks, b, w, n_classes, *, device=None, split_every=
     # hash=False: a unique key. Train and test scatter identical pairs; with the content hash
     # as key, releasing the train future could drop the key the test pass is about to use.
     pairs = broadcast(client, kernels.ActivePairs.all_pairs(b, w))
+    slices = []
     try:
         both = pass_total(client, blocks, label_and_eval_sums, n_classes, pairs, device=device,
                           backend=backend, split_every=split_every, resources=resources,
                           groups=groups)
-        metrics = client.submit(_finish_split, both, pairs, b.shape, pure=False,
-                                resources=resources)
+        # finished where the sums are, one slice of latents at a time: the driver receives
+        # the five (L, C) fields, never the sums or split_metrics' scratch
+        bounds = even_bounds(b.shape[0], groups or 1)
+        slices = [client.submit(_slice_metrics, both, pairs, b.shape, a, z, pure=False,
+                                resources=resources) for a, z in bounds]
         both.release()
+        return _receive_metrics(client, [(f, None, None) for f in slices],
+                                (b.shape[0], int(n_classes)), bounds)
     finally:
         pairs.release()
-    n_lat = b.shape[0]
-    try:
-        return _receive_metrics(client, [(metrics, a, z)
-                                         for a, z in even_bounds(n_lat, groups or 1)],
-                                (n_lat, int(n_classes)))
-    finally:
-        metrics.release()
+        for future in slices:
+            future.release()
 
 
-def _finish_split(both: LabelAndEvalSums, pairs, shape) -> SplitMetrics:
-    """``split_metrics`` of a split's summed pass, on the worker holding the sums."""
-    b, w = pairs.b.reshape(shape), pairs.w.reshape(shape)
-    return split_metrics(both.labels, both.totals, b, w)
+def _slice_metrics(both: LabelAndEvalSums, pairs, shape, start, stop) -> SplitMetrics:
+    """``split_metrics`` of latents ``start:stop`` of a split's summed pass, on the worker
+    holding the sums (its temporaries: about 114 bytes a pair of the slice)."""
+    n_lat, n_cls = shape
+    ls = both.labels
+    part = LabelSums(ls.n_rows, ls.class_rows, ls.count[start:stop], ls.sum_v2[start:stop],
+                     ls.pos[start:stop], ls.vpos[start:stop])
+    totals = both.totals.reshape(3, n_lat, n_cls)[:, start:stop].reshape(3, -1)
+    b = pairs.b.reshape(shape)[start:stop]
+    w = pairs.w.reshape(shape)[start:stop]
+    return split_metrics(part, totals, b, w)
 
 
 def range_metrics(data, fit, n_classes, own_labels=False, device=None, backend="auto",

@@ -264,9 +264,10 @@ def _worker(cfg, nb, bnz, brows, n, r, work_chunk, persist) -> list:
               "worker", 20 * LC + 8 * (L + 1), 1, ("eval_test",)),
             W("eval partials (3 x P float64) of the test pass", f"24 L C; {why}", 24 * LC,
               parts, ("eval_test",)),
-            W("the test split's summed pass and its split_metrics (on one worker, while the "
-              "driver reads them)", f"16 L C + 24 L C + {SPLIT_METRICS_PEAK_PER_PAIR} L C",
-              (40 + SPLIT_METRICS_PEAK_PER_PAIR) * LC, 1, ("eval_test",)),
+            W("the test split's summed pass (one worker), and split_metrics of a slice of "
+              "latents while the driver reads it", f"40 L C + {SPLIT_METRICS_PEAK_PER_PAIR + 40}"
+              f" L C / {cfg.n_workers * T} slices", 40 * LC + (SPLIT_METRICS_PEAK_PER_PAIR + 40)
+              * LC // max(1, cfg.n_workers * T), 1, ("eval_test",)),
         ]
     worker += _worker_ranges(cfg, nb, bnz, brows, persist, ranges_test, n)
     if cfg.backend == "torch" and cfg.device == "cpu":

@@ -159,14 +159,7 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     """
     if persist is None:
         persist = persist_setting()
-    tr, tr_labels = shard_info(train, run)
-    te, te_labels = shard_info(test, run)
-    if te is not None and te.n_cols != tr.n_cols:
-        raise InputError(te.path, "shape.npy (latents)", te.n_cols, f"{tr.n_cols} as in {tr.path}")
-    if n_classes is None:
-        if tr_labels is None:
-            raise ValueError("n_classes is needed when shards are given as CSR sources")
-        n_classes = 1 + max(int(x.max_label()) for x in (tr_labels, te_labels) if x is not None)
+    tr, te, n_classes = _shards(train, test, run, n_classes)
     if memory_limit is None:
         n_workers, memory_limit = _default_limit(n_workers, threads)
     elif isinstance(memory_limit, str):
@@ -175,16 +168,8 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     device = _device(device)
     backend = _backend(device, backend)
     gpu_memory = _gpu_memory(device, gpu_memory)
-    # The kernels import torch only for the torch backend (CUDA, or the CPU fallback).
-    uses_torch = backend == "torch" or device == "cuda"
-    cfg = ModelInputs(
-        train=tr, test=te, L=tr.n_cols, C=int(n_classes), threads=int(threads),
-        n_workers=int(n_workers), split_every=int(split_every), device=device, backend=backend,
-        torch=uses_torch, chunk_bytes=int(chunk_bytes),
-        gpu_resident=int(float(config.get("probe-dask.kernels.gpu-resident-fraction"))
-                         * gpu_memory) if gpu_memory else None,
-        worker_baseline=int(worker_baseline or (WORKER_BASELINE if uses_torch else WORKER_BASELINE_NO_TORCH)),
-        driver_baseline=int(driver_baseline or DRIVER_BASELINE))
+    cfg = _model_inputs(tr, te, n_classes, threads, n_workers, split_every, device, backend,
+                        chunk_bytes, gpu_memory, worker_baseline, driver_baseline)
     limit = int(memory_limit)
     if target_fraction is None:
         target_fraction = default_target_fraction()
@@ -192,14 +177,7 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     gpu_budget = target_fraction * gpu_memory if gpu_memory else math.inf
 
     chunks = _work_chunks(device, backend, work_chunk)
-    threads_total = max(1, int(n_workers) * int(threads))
-    # A GPU pass over a block is one launch: GPU workers take the largest blocks their GPU
-    # holds (max-gpu-block-nnz), the model keeps them under the GPU's budget.
-    max_key = "max-gpu-block-nnz" if device == "cuda" and backend == "triton" else "max-block-nnz"
-    cap = max(1, min(int(config.get(f"probe-dask.memory.{max_key}")), tr.nnz // (2 * threads_total)))  # >= 2 blocks per thread
-    widest = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
-    floor = max(widest, min(int(config.get("probe-dask.memory.min-block-nnz")), cap))  # rows are never split
-    auto_sizes = _block_sizes(cap, floor)
+    auto_sizes, widest = _auto_sizes(cfg)
     sizes = [int(block_nnz)] if block_nnz else auto_sizes
 
     def build(bn, wc, keep):
@@ -228,6 +206,61 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
 
     # Nothing fits: report the smallest setting and the limit that would hold it.
     worst = build(sizes[-1], chunks[-1], persist is True)
+    auto = _first_fit(build, fits, auto_sizes, chunks, persist) if block_nnz else None
+    worst.message = _no_fit_message(worst, block_nnz, auto, widest, budget, gpu_budget)
+    return _finish(worst)
+
+
+def _model_inputs(tr, te, n_classes, threads, n_workers, split_every, device, backend,
+                  chunk_bytes, gpu_memory, worker_baseline, driver_baseline) -> ModelInputs:
+    # The kernels import torch only for the torch backend (CUDA, or the CPU fallback).
+    uses_torch = backend == "torch" or device == "cuda"
+    resident = float(config.get("probe-dask.kernels.gpu-resident-fraction"))
+    return ModelInputs(
+        train=tr, test=te, L=tr.n_cols, C=int(n_classes), threads=int(threads),
+        n_workers=int(n_workers), split_every=int(split_every), device=device, backend=backend,
+        torch=uses_torch, chunk_bytes=int(chunk_bytes),
+        gpu_resident=int(resident * gpu_memory) if gpu_memory else None,
+        worker_baseline=int(worker_baseline or (WORKER_BASELINE if uses_torch
+                                                else WORKER_BASELINE_NO_TORCH)),
+        driver_baseline=int(driver_baseline or DRIVER_BASELINE))
+
+
+def _shards(train, test, run, n_classes):
+    """``(train ShardInfo, test ShardInfo or None, n_classes)``; InputError when their
+    latents differ."""
+    tr, tr_labels = shard_info(train, run)
+    te, te_labels = shard_info(test, run)
+    if te is not None and te.n_cols != tr.n_cols:
+        raise InputError(te.path, "shape.npy (latents)", te.n_cols, f"{tr.n_cols} as in {tr.path}")
+    if n_classes is None:
+        if tr_labels is None:
+            raise ValueError("n_classes is needed when shards are given as CSR sources")
+        n_classes = 1 + max(int(x.max_label()) for x in (tr_labels, te_labels) if x is not None)
+    return tr, te, n_classes
+
+
+def _auto_sizes(cfg: ModelInputs) -> tuple[list, int]:
+    """The block sizes the plan tries, largest first, and the widest row's non-zeros."""
+    tr, te = cfg.train, cfg.test
+    threads_total = max(1, cfg.n_workers * cfg.threads)
+    # A GPU pass over a block is one launch: GPU workers take the largest blocks their GPU
+    # holds (max-gpu-block-nnz), the model keeps them under the GPU's budget.
+    max_key = ("max-gpu-block-nnz" if cfg.device == "cuda" and cfg.backend == "triton"
+               else "max-block-nnz")
+    # at least 2 blocks per thread
+    cap = max(1, min(int(config.get(f"probe-dask.memory.{max_key}")),
+                     tr.nnz // (2 * threads_total)))
+    widest = max(tr.max_row_nnz, te.max_row_nnz if te else 0, 1)
+    # rows are never split
+    floor = max(widest, min(int(config.get("probe-dask.memory.min-block-nnz")), cap))
+    return _block_sizes(cap, floor), widest
+
+
+def _no_fit_message(worst: Plan, block_nnz, auto: Plan | None, widest: int, budget: float,
+                    gpu_budget: float) -> str:
+    """Why nothing fits, and what to change (sets ``worst.fits`` and ``min_memory_limit``)."""
+    target_fraction, limit = worst.target_fraction, worst.memory_limit
     worst.fits = False
     need = max(worst.worker_peak / target_fraction, 0)
     worst.min_memory_limit = int(math.ceil(need / 10**6)) * 10**6
@@ -236,24 +269,24 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     raise_to = f"raise --memory-limit to at least {worst.min_memory_limit // 10**6}MB"
     over = f"over {target_fraction:.0%} of the limit ({format_size(budget)})"
     if block_nnz:
-        # The size the plan would have chosen itself, with every other setting the same.
-        auto = _first_fit(build, fits, auto_sizes, chunks, persist)
+        # the size the plan would have chosen itself, with every other setting the same
         hint = (f"lower --block-nnz to {auto.block_nnz:,} (or leave it out: the plan picks it)"
                 if auto is not None else "lower --block-nnz")
-        worst.message = (
+        message = (
             head + f"--block-nnz {int(block_nnz):,} (largest block {worst.max_block['nnz']:,} "
             f"non-zeros) needs {format_size(worst.worker_peak)} per worker ({stage}), {over}; "
             f"{hint}, or {raise_to}")
     else:
-        worst.message = (
+        message = (
             head + f"even the smallest blocks ({worst.block_nnz:,} non-zeros; the widest row "
             f"has {widest:,}) need {format_size(worst.worker_peak)} per worker ({stage}), {over}; "
             f"{raise_to}"
             + (", or use fewer --threads per worker (each thread holds its own block)"
-               if threads > 1 else ""))
-    if gpu_memory and worst.gpu_peak > gpu_budget:
-        worst.message += f"; the GPU needs {format_size(worst.gpu_peak)} of its {format_size(gpu_memory)}"
-    return _finish(worst)
+               if worst.threads > 1 else ""))
+    if worst.gpu_memory and worst.gpu_peak > gpu_budget:
+        message += (f"; the GPU needs {format_size(worst.gpu_peak)} of its "
+                    f"{format_size(worst.gpu_memory)}")
+    return message
 
 
 def _finish(plan: Plan) -> Plan:
