@@ -12,6 +12,7 @@ same bits on every run and the slice-order sum of its slices' sums, bitwise.
 """
 
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -267,6 +268,33 @@ def test_plan_int64_offsets_and_checks():
     with pytest.raises(ValueError):
         T.to_device(bad, DEV)
     assert T.available() and T.unavailable_reason() == ""
+
+
+def test_replanning_a_pass_is_o_latents_on_the_host():
+    """After pairs stop, planning reuses the block's units and allocates O(L) host bytes,
+    not O(units): 2000 latents of up to 10**7 events (some cut), 151 pairs each."""
+    L, C = 2000, 151
+    rng = np.random.default_rng(0)
+    ev_ptr = np.concatenate([[0], np.cumsum(rng.integers(1, 10**7, L))]).astype(np.int64)
+
+    class Offsets:
+        latent_ptr = ev_ptr
+        units = T.block_units(ev_ptr, DEV, n_slices=8, split_events=5 * 10**6)
+
+    def pairs_of(n):
+        ptr = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+        return ActivePairs(ptr, np.zeros(ptr[-1], np.int32), np.zeros(ptr[-1]), np.zeros(ptr[-1]))
+
+    before, after = pairs_of(np.full(L, C)), pairs_of(rng.binomial(C, 0.95, L))
+    plan = dict(n_slices=8, split_events=5 * 10**6)
+    T.plan(Offsets, before, DEV, **plan)
+    tracemalloc.start()
+    work = T.plan(Offsets, after, DEV, **plan)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert work.block is Offsets.units and work.block.n_split > 100
+    assert work.n_units > 5 * L and peak <= 8 * (L + 1) + 4096  # np.diff of the offsets
+    assert work.pair_ptr_dev.cpu().numpy().tolist() == after.latent_ptr.tolist()
 
 
 def test_dispatch_routes_to_triton_and_keeps_c_on_cpu():
