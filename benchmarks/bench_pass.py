@@ -32,6 +32,14 @@ per latent-size bin (which code path) and the fixed per-call cost (checks, outpu
 allocation); for torch, the top ops of ``torch.profiler``; and the one-off per-block
 costs (``LatentBlock.from_csr``, ``label_sums``).
 
+Before the rows, the host's work to plan one Triton pass after 5 % of the pairs stop
+(``triton_backend.plan``, the block's units already made, as on a worker's second pass):
+``host_plan_ns_per_pass_per_latent`` (per latent with active pairs) and
+``host_plan_bytes_per_unit`` (tracemalloc's peak of numpy's allocations, per unit), on this
+block; and ``host_plan_full_size_s`` / ``host_plan_full_size_bytes``, the same at full size
+(32768 latents of power-law sizes summing to 2.26e9 events, 151 classes), timed on those
+offsets without the events. On CPU this sets ``TRITON_INTERPRET=1`` (planning needs it).
+
 Memory: the block (about 8 bytes per non-zero), ``(6, L C)`` float64 outputs, and for the
 torch backend its work-chunk temporaries (see ``probe_dask.kernels.torch_backend``).
 """
@@ -42,6 +50,7 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import scipy.sparse as sp
@@ -167,6 +176,84 @@ def device_rows(block, pairs, device, repeat, torch_repeat, no_torch):
     return rows, gap
 
 
+#: The full size the per-pass planning cost is simulated at (a run of the target job).
+FULL_LATENTS, FULL_CLASSES, FULL_NNZ = 32768, 151, 2_260_000_000
+#: Share of active pairs that stop between the two passes timed (a new pairs.latent_ptr).
+STOP_SHARE = 0.05
+
+
+class _Offsets:
+    """What planning reads of a block (its offsets, and its units once made): no events."""
+
+    def __init__(self, latent_ptr, units=None):
+        self.latent_ptr, self.units = latent_ptr, units
+
+
+class _PairOffsets:
+    """What planning reads of the pairs: offsets and lengths (broadcast arrays, no memory)."""
+
+    def __init__(self, latent_ptr):
+        self.latent_ptr = latent_ptr
+        n = int(latent_ptr[-1])
+        self.b = self.w = np.broadcast_to(0.0, (n,))
+        self.classes = np.broadcast_to(np.int32(0), (n,))
+
+
+def _stopped(pair_ptr, rng):
+    """Pair offsets after ``STOP_SHARE`` of the pairs stopped (at random, per latent)."""
+    n = rng.binomial(np.diff(pair_ptr), 1 - STOP_SHARE)
+    return np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+
+
+def _plan_cost(plan, block, pair_ptrs, repeat):
+    """Best wall time and host bytes (tracemalloc peak: numpy's allocations) of one re-plan,
+    alternating between offsets that differ (so each call plans anew, as after a stop)."""
+    work = plan(block, _PairOffsets(pair_ptrs[0]))  # the block's units, made once
+    best, peak = float("inf"), 0
+    for i in range(max(2, repeat) * 2):
+        pairs = _PairOffsets(pair_ptrs[i % 2])
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        work = plan(block, pairs)
+        best = min(best, time.perf_counter() - t0)
+        peak = max(peak, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return best, peak, work
+
+
+def host_plan(block, pairs, device, repeat, seed=0):
+    """Host work of planning one pass of the Triton kernels (``triton_backend.plan``) after
+    ``STOP_SHARE`` of the pairs stopped: on this block, and simulated at full size
+    (``FULL_LATENTS`` latents of power-law sizes summing to ``FULL_NNZ`` events,
+    ``FULL_CLASSES`` pairs each), timing the plan on offsets only."""
+    from probe_dask.kernels import triton_backend as tb  # imports triton: after TRITON_INTERPRET
+
+    rng = np.random.default_rng(seed)
+    dev = "cuda" if device == "cuda" else "cpu"
+    plan = lambda blk, prs: tb.plan(blk, prs, dev)  # noqa: E731
+    db = tb.to_device(block, dev)
+    ptrs = [_stopped(pairs.latent_ptr, rng) for _ in range(2)]
+    t, peak, work = _plan_cost(plan, db, ptrs, repeat)
+    active = int((np.diff(ptrs[1]) > 0).sum())
+    out = {"host_plan_ns_per_pass_per_latent": t / max(active, 1) * 1e9,
+           "host_plan_bytes_per_unit": peak / max(work.n_units, 1),
+           "host_plan_block_units": work.n_units, "host_plan_block_latents": active}
+    size = (np.arange(1, FULL_LATENTS + 1) ** -1.0)[rng.permutation(FULL_LATENTS)]
+    ev = np.floor(size / size.sum() * FULL_NNZ).astype(np.int64)
+    ev[np.argmax(ev)] += FULL_NNZ - int(ev.sum())
+    ev_ptr = np.concatenate([[0], np.cumsum(ev)]).astype(np.int64)
+    t0 = time.perf_counter()
+    full = _Offsets(ev_ptr, tb.block_units(ev_ptr, dev))
+    t_units = time.perf_counter() - t0
+    full_pairs = np.arange(FULL_LATENTS + 1, dtype=np.int64) * FULL_CLASSES
+    t, peak, work = _plan_cost(plan, full, [_stopped(full_pairs, rng) for _ in range(2)], repeat)
+    out.update(host_plan_full_size_s=t, host_plan_full_size_bytes=peak,
+               host_plan_full_size_units=work.n_units,
+               host_plan_full_size_cut_latents=work.block.n_split,
+               host_plan_full_size_block_units_once_s=t_units)
+    return out
+
+
 def pair_elements(block, pairs):
     return int(np.dot(np.diff(block.latent_ptr), np.diff(pairs.latent_ptr)))
 
@@ -233,8 +320,9 @@ def main(argv=None):
         print("bench_pass: --device cuda: no CUDA device here; GPU numbers are not measured",
               file=sys.stderr)
         return 2
-    if args.triton and args.device == "cpu":
-        # triton reads it when probe_dask's kernels are decorated, i.e. at their first import
+    if args.device == "cpu":
+        # triton reads it when probe_dask's kernels are decorated, i.e. at their first import;
+        # planning the Triton passes (host_plan) runs on CPU only under the interpreter.
         os.environ["TRITON_INTERPRET"] = "1"
 
     default_threads = torch.get_num_threads()
@@ -263,6 +351,17 @@ def main(argv=None):
 
     results = {"n_elements": n_elem, "nnz": block.nnz, "pairs": pairs.n_pairs, "rows": [],
                "device": args.device}
+    plan_cost = host_plan(block, pairs, args.device, args.repeat)
+    results.update(plan_cost)
+    print(f"Triton planning per pass after {STOP_SHARE:.0%} of the pairs stop (host): "
+          f"{plan_cost['host_plan_ns_per_pass_per_latent']:.1f} ns per latent with active pairs, "
+          f"{plan_cost['host_plan_bytes_per_unit']:.1f} bytes per unit "
+          f"({plan_cost['host_plan_block_units']} units); at full size ({FULL_LATENTS} latents, "
+          f"{FULL_CLASSES} classes, {FULL_NNZ:.3g} nnz; "
+          f"{plan_cost['host_plan_full_size_units']} units, "
+          f"{plan_cost['host_plan_full_size_cut_latents']} latents cut): "
+          f"{plan_cost['host_plan_full_size_s'] * 1e3:.2f} ms, "
+          f"{plan_cost['host_plan_full_size_bytes'] / 1e6:.2f} MB")
     print(f"\n{'what':<28} {'threads':>7} {'ns/element':>11} {'G elem/s':>9} {'vs sigmoid':>10}")
     if args.device == "cuda" or args.triton:
         rows, gap = device_rows(block, pairs, args.device, args.repeat, args.torch_repeat,

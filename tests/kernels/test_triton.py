@@ -7,10 +7,12 @@ events only). Tolerances, as in test_kernels: each float32 term may be off by a 
 within the first bound), plus ``1e-37 (1 + v**2)`` per term for float32 terms that flush
 to 0 below about 1e-38 (as in the C kernel). Counts are exact: the data keep every ``eta`` at least 1e-6 from 0.
 Sums over sub-blocks equal the whole block's to 1e-9 relative, and tile shapes change
-results only by float64 summation order (1e-12 relative).
+results only by float64 summation order (1e-12 relative). A latent cut into slices gives the
+same bits on every run and the slice-order sum of its slices' sums, bitwise.
 """
 
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.triton
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 F32 = 2.0**-24
-SMALL_TILES = ((4, 2),)  # cuts latents' events (atomics) and pair lists (ragged tiles)
+SMALL_TILE = (4, 2)  # several event steps per latent, ragged pair tiles
 
 
 def make_data(seed=0, n_rows=120, n_lat=8, n_cls=5, big=False):
@@ -91,12 +93,12 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b) / scale)) if a.size else 0.0
 
 
-def check_all(X, labels, pairs, tiles=T.DEFAULT_TILES):
+def check_all(X, labels, pairs, tile=T.DEFAULT_TILE):
     """Triton fit/eval sums vs float64 and (when it builds) the C kernel; returns them."""
     block = LatentBlock.from_csr(X, labels)
     fit, ftol, ev, etol = reference(X, labels, pairs)
-    got_f = T.fit_sums(block, pairs, DEV, tiles=tiles)
-    got_e = T.eval_sums(block, pairs, DEV, tiles=tiles)
+    got_f = T.fit_sums(block, pairs, DEV, tile=tile)
+    got_e = T.eval_sums(block, pairs, DEV, tile=tile)
     assert got_f.shape == (6, pairs.n_pairs) and got_f.dtype == np.float64
     assert got_e.shape == (3, pairs.n_pairs) and got_e.dtype == np.float64
     check_close(got_f, fit, ftol)
@@ -137,21 +139,59 @@ def test_single_event_no_pairs_and_empty_block():
     assert np.all(T.fit_sums(empty, pairs, DEV) == 0) and T.eval_sums(empty, pairs, DEV).shape == (3, 6)
 
 
-def test_tiles_cut_events_and_ragged_pairs():
+def test_tiles_loop_over_events_and_ragged_pairs():
     X, labels, b, w = make_data(3, n_rows=60, n_lat=5, big=True)
     pairs = ActivePairs.all_pairs(b, w)
     block = LatentBlock.from_csr(X, labels)
-    work = T.plan(block, pairs, DEV, tiles=SMALL_TILES).groups[0][2].cpu().numpy()
-    assert np.any(work[:, 4] > 0)  # some latent's events span several tiles: atomic adds
-    assert np.any(work[:, 3] > 0)  # and some latent fits one tile: plain stores
-    assert set(work[:, 3] + work[:, 4]) == {1, 2}  # 5 pairs in tiles of 2: a ragged last tile
-    small_f, small_e = check_all(X, labels, pairs, tiles=SMALL_TILES)
-    # two shapes; the single-event latent goes to the first, the others to the second
-    mixed = T.plan(block, pairs, DEV, tiles=((1, 8), (8, 4)))
-    assert [g[:2] for g in mixed.groups] == [(1, 8), (8, 4)] and mixed.groups[0][2].shape[0] == 1
+    work = T.plan(block, pairs, DEV, tile=SMALL_TILE)
+    # one unit per latent with events (none cut at the default split), 5 pairs in tiles of 2
+    assert np.diff(block.latent_ptr).max() > 4 and work.block.n_split == 0
+    assert work.n_pair_tiles == 3 and work.n_units == 3 * int((np.diff(block.latent_ptr) > 0).sum())
+    small_f, small_e = check_all(X, labels, pairs, tile=SMALL_TILE)
     for fn, small in ((T.fit_sums, small_f), (T.eval_sums, small_e)):
-        assert rel_err(fn(block, pairs, DEV, work=mixed), small) <= 1e-12
+        assert rel_err(fn(block, pairs, DEV, tile=(1, 8)), small) <= 1e-12
         assert rel_err(fn(block, pairs, DEV), small) <= 1e-12
+
+
+def slices_of(block, latent, n_slices, e_tile):
+    """Event bounds of the kernel's slices of ``latent``: whole event tiles, the last shorter."""
+    lo, hi = int(block.latent_ptr[latent]), int(block.latent_ptr[latent + 1])
+    chunk = -(-(-(-(hi - lo) // n_slices)) // e_tile) * e_tile
+    return [(min(lo + s * chunk, hi), min(lo + (s + 1) * chunk, hi)) for s in range(n_slices)]
+
+
+def test_cut_latent_same_bits_and_slice_order_sum():
+    """A latent cut into 5 slices: the same bits on two runs, and bitwise the sum, in slice
+    order, of each slice's sums computed uncut (each slice alone in a block of its own)."""
+    X, labels, b, w = make_data(8, n_rows=120, n_lat=4, big=True)
+    X = X.tolil()
+    X[:, 2] = 0
+    X[:110, 2] = np.linspace(-3, 3, 110, dtype=np.float32)[:, None]  # latent 2: 110 events
+    X = sp.csr_matrix(X, dtype=np.float32)
+    block, pairs = LatentBlock.from_csr(X, labels), ActivePairs.all_pairs(b, w)
+    cut = dict(tile=SMALL_TILE, n_slices=5, split_events=100)
+    work = T.plan(block, pairs, DEV, **cut)
+    assert work.block.split_latents.tolist() == [2] and work.n_units == 3 * (2 + 5)
+    bounds = slices_of(block, 2, 5, SMALL_TILE[0])
+    assert len({z - a for a, z in bounds}) > 1  # a shorter last slice
+    mine = slice(int(pairs.latent_ptr[2]), int(pairs.latent_ptr[3]))
+    for fn, n_out in ((T.fit_sums, 6), (T.eval_sums, 3)):
+        one, two = fn(block, pairs, DEV, work=work), fn(block, pairs, DEV, work=work)
+        np.testing.assert_array_equal(one, two)
+        want = np.zeros((n_out, mine.stop - mine.start))
+        for k, (a, z) in enumerate(bounds):
+            alone = LatentBlock(np.array([0, z - a], np.int64), block.rows[a:z],
+                                block.values[a:z], block.labels)
+            part = fn(alone, ActivePairs.all_pairs(b[2:3], w[2:3]), DEV, tile=SMALL_TILE)
+            want = part if k == 0 else want + part  # float64 adds in slice order
+        np.testing.assert_array_equal(one[:, mine], want)
+        # the other latents are uncut: their sums are those of the uncut run
+        uncut = fn(block, pairs, DEV, tile=SMALL_TILE)
+        rest = np.ones(pairs.n_pairs, bool)
+        rest[mine] = False
+        np.testing.assert_array_equal(one[:, rest], uncut[:, rest])
+        assert rel_err(one, uncut) <= 1e-12
+    check_all(X, labels, pairs, tile=SMALL_TILE)  # to the C kernel and float64 references
 
 
 def test_block_split_invariance():
@@ -160,8 +200,8 @@ def test_block_split_invariance():
     whole = LatentBlock.from_csr(X, labels)
     halves = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in ((0, 37), (37, 100))]
     for fn in (T.fit_sums, T.eval_sums):
-        one = fn(whole, pairs, DEV, tiles=((8, 4),))
-        split = sum(fn(h, pairs, DEV, tiles=((8, 4),)) for h in halves)
+        one = fn(whole, pairs, DEV, tile=(8, 4))
+        split = sum(fn(h, pairs, DEV, tile=(8, 4)) for h in halves)
         assert np.any(one != 0) and rel_err(one, split) <= 1e-9
 
 
@@ -206,27 +246,55 @@ def test_label_sums_match_kernels():
 
 def test_plan_int64_offsets_and_checks():
     # Plan only reads offsets: a block of 2**31 + 5 events, the second latent's events
-    # start beyond int32 (not run: that would need 18 GB).
+    # start beyond int32 (not run: that would need 18 GB); it is cut into 3 slices.
     class Offsets:
         latent_ptr = np.array([0, 2**31 - 3, 2**31 + 5], np.int64)
 
     pairs = ActivePairs(np.array([0, 0, 3], np.int64), np.arange(3, dtype=np.int32),
                         np.zeros(3), np.ones(3))
-    (e_tile, p_tile, units), = T.plan(Offsets, pairs, DEV, tiles=((4, 2),)).groups
-    got = units.cpu().numpy()
-    assert got.dtype == np.int64 and got[:, 0].min() == 2**31 - 3 and got[:, 0].max() == 2**31 + 1
-    np.testing.assert_array_equal(got[:, 1], [4, 4, 4, 4])
-    np.testing.assert_array_equal(got[:, 4], [2, 1, 2, 1])  # cut: atomic, ragged pairs
+    work = T.plan(Offsets, pairs, DEV, tile=(4, 2), n_slices=3, split_events=2**20)
+    got = work.block.units.cpu().numpy()
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, [[0, 0, 0], [0, 1, 0], [0, 2, 0], [1, 0, -1]])
+    assert work.block.event_ptr.cpu().numpy()[-1] == 2**31 + 5
+    assert (work.max_pairs, work.n_pair_tiles, work.n_units) == (3, 2, 8)
     X, labels, b, w = make_data(7)
     block = LatentBlock.from_csr(X, labels)
     with pytest.raises(ValueError):
         T.plan(block, ActivePairs.all_pairs(b[:-1], w[:-1]), DEV)
     with pytest.raises(ValueError):
-        T.plan(block, ActivePairs.all_pairs(b, w), DEV, tiles=((3, 2),))
+        T.plan(block, ActivePairs.all_pairs(b, w), DEV, tile=(3, 2))
     bad = LatentBlock(block.latent_ptr, block.rows + 1000, block.values, block.labels)
     with pytest.raises(ValueError):
         T.to_device(bad, DEV)
     assert T.available() and T.unavailable_reason() == ""
+
+
+def test_replanning_a_pass_is_o_latents_on_the_host():
+    """After pairs stop, planning reuses the block's units and allocates O(L) host bytes,
+    not O(units): 2000 latents of up to 10**7 events (some cut), 151 pairs each."""
+    L, C = 2000, 151
+    rng = np.random.default_rng(0)
+    ev_ptr = np.concatenate([[0], np.cumsum(rng.integers(1, 10**7, L))]).astype(np.int64)
+
+    class Offsets:
+        latent_ptr = ev_ptr
+        units = T.block_units(ev_ptr, DEV, n_slices=8, split_events=5 * 10**6)
+
+    def pairs_of(n):
+        ptr = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+        return ActivePairs(ptr, np.zeros(ptr[-1], np.int32), np.zeros(ptr[-1]), np.zeros(ptr[-1]))
+
+    before, after = pairs_of(np.full(L, C)), pairs_of(rng.binomial(C, 0.95, L))
+    plan = dict(n_slices=8, split_events=5 * 10**6)
+    T.plan(Offsets, before, DEV, **plan)
+    tracemalloc.start()
+    work = T.plan(Offsets, after, DEV, **plan)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert work.block is Offsets.units and work.block.n_split > 100
+    assert work.n_units > 5 * L and peak <= 8 * (L + 1) + 4096  # np.diff of the offsets
+    assert work.pair_ptr_dev.cpu().numpy().tolist() == after.latent_ptr.tolist()
 
 
 def test_dispatch_routes_to_triton_and_keeps_c_on_cpu():

@@ -1,9 +1,11 @@
 """Blocks resident on the GPU: a worker's device copies of its persisted blocks, kept between passes.
 
 A persisted block is the same host ``LatentBlock`` object in every pass, so the device copy
-(:func:`probe_dask.kernels.triton_backend.to_device`) and the work list of its last pairs
+(:func:`probe_dask.kernels.triton_backend.to_device`, which keeps the block's work units
+once planned) and the work list of its last pairs
 (:func:`~probe_dask.kernels.triton_backend.plan`) are cached per process, keyed by the
-identity of the host block. A ``weakref.finalize`` on the host block drops its entry when
+identity of the host block. Re-planning when pairs stop is O(L) host work (the units are
+the block's; the kernel reads the pairs' offsets), so it is done whenever they change. A ``weakref.finalize`` on the host block drops its entry when
 the block is dropped (a released persisted block frees its device copy), and the cache is
 bounded by a share of the device's memory (``probe-dask.kernels.gpu-resident-fraction``),
 least recently used first out. A pass over resident blocks then moves only the active
@@ -12,8 +14,8 @@ not cached: they are copied for the call and freed (``resident=False``).
 
 Memory per process: the cached device copies, at most ``gpu-resident-fraction`` of the
 device's memory (``8 nnz + n_rows`` bytes each, plus ``8 (L + 1)`` host bytes of offsets
-and ``40 U`` device bytes of work list, see ``triton_backend``); a few hundred bytes of
-bookkeeping per entry.
+and ``24 U + 8 S + 16 (L + 1)`` device bytes of units and pairs' offsets, see
+``triton_backend``); a few hundred bytes of bookkeeping per entry.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def device_memory(device: torch.device) -> int:
 
 
 def _work_bytes(work) -> int:
-    return 0 if work is None else sum(t.numel() * t.element_size() for _, _, t in work.groups)
+    return 0 if work is None else work.nbytes
 
 
 class _Entry:
@@ -125,7 +127,8 @@ class DeviceBlockCache:
 
     def work(self, block, db: tb.DeviceBlock, pairs) -> tb.WorkList:
         """The work list of ``(db, pairs)``: the cached one when the pairs per latent are those
-        of the last call on this block (O(L) check), else planned and cached."""
+        of the last call on this block (O(L) check), else planned (O(L): the units are kept
+        on ``db``) and cached."""
         key = (id(block), str(db.device))
         with self._lock:
             entry = self._entries.get(key)
@@ -133,7 +136,7 @@ class DeviceBlockCache:
             return entry.work
         work = tb.plan(db, pairs)
         if entry is not None:
-            with self._lock:  # the bound counts the list too (40 bytes a unit)
+            with self._lock:  # the bound counts the units and offsets too (WorkList.nbytes)
                 entry.nbytes += _work_bytes(work) - _work_bytes(entry.work)
                 entry.work = work
         return work

@@ -6,91 +6,67 @@ kernel, ``kernels/ckernel/fused.c``, is the reference): ``eta = b + w v`` in flo
 transcendental part (``exp(-|eta|)``, ``log1p``) in float32, every sum accumulated in
 float64, and the decisions ``eta > 0`` taken on the float64 ``eta``.
 
-This module imports nothing from ``probe_dask``: blocks and pairs are duck-typed (a block
+This module imports nothing from ``probe_dask`` but its kernel (``triton_jit``): blocks and pairs are duck-typed (a block
 has ``latent_ptr`` int64 (L+1,), ``rows`` int32 (nnz,), ``values`` float32 (nnz,),
 ``labels`` uint8 (n_rows,); pairs have ``latent_ptr`` int64 (L+1,), ``classes`` int32
 (P,), ``b`` and ``w`` float64 (P,)). It imports without triton; :func:`available` says
 whether the kernels can run (triton importable, and a CUDA device or ``TRITON_INTERPRET=1``,
 which must be set before this module is imported: triton reads it when it decorates).
 
-Design: events stay grouped by latent. A *unit* of work is a tile of ``E`` events of one
-latent x a tile of ``P`` of that latent's active pairs; one Triton program computes the
-``(E, P)`` matrix of ``eta`` in registers, reduces it over the events to per-pair float64
-sums, and stores each pair's sums once -- or adds them atomically (float64) when the
-latent's events are cut across several event tiles (so on a GPU such sums are reproducible
-to float64 rounding, not bitwise). The list of units is built once per
-(block, pairs) with vectorised numpy (:func:`plan`), copied to the device in one transfer,
-and run as a single launch per tile shape: no host work, copies or synchronisation per
-chunk. Latents with few events use a tile shape with more pairs (see ``DEFAULT_TILES``).
+Design: events stay grouped by latent. A *unit* of work is one latent with events (or,
+for a giant latent of more than ``split_events`` events, one of ``n_slices`` slices of its
+events); one Triton program runs a unit x a tile of ``P`` of its active pairs, looping over
+the unit's events ``E`` at a time, and reduces every sum in float64 registers. No atomics:
+an uncut latent's program stores its pairs' sums once into the output; a slice stores its
+partial once into its own row of a scratch array, and the slices of each cut latent are
+added in slice order after the kernel (:func:`_combine`, a few torch ops). Results are the
+same bits on every run, by construction. The units depend on the block only
+(:func:`block_units`, a few torch ops on the device, made once per DeviceBlock and kept
+on it); each program finds its pairs from the pairs' offsets, so planning a pass
+(:func:`plan`) is O(L) host work and an O(L) copy, however many pairs stop.
 
-Memory per process, per call (``U`` = units of the work list, at most about
-``(nnz / E + L) * ceil(max pairs per latent / P)``; ``P`` = pairs, ``L`` = latents):
+Memory per process, per call (``U`` = units, at most ``L + S (n_slices - 1)`` with ``S``
+cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
 
 - :func:`to_device`: device ``8 nnz + n_rows`` bytes (float32 value + int32 row per event,
   a label byte per row), held by the returned :class:`DeviceBlock` until it is dropped;
-  host ``8 (L + 1)`` (its latent offsets, kept on the host for planning), plus a transient
-  host copy of an array that is read-only or not contiguous.
-- :func:`plan`: host ``40 U`` bytes of work list and about ``48 U`` bytes of numpy
-  temporaries; device ``40 U`` (the list's copy) while the :class:`WorkList` lives.
+  host ``8 (L + 1)`` (its latent offsets); plus a transient host copy of an array that is
+  read-only or not contiguous. Its units, once planned: device ``24 U + 8 S + 8 (L + 1)``.
+- :func:`plan`: host ``8 L`` bytes of temporaries; device ``8 (L + 1)`` (the pairs'
+  offsets) while the :class:`WorkList` lives.
 - :func:`fit_sums` / :func:`eval_sums`: device ``16 P`` (b, w; plus ``4 P`` classes for
-  eval) and the ``48 P`` (fit) or ``24 P`` (eval) float64 output, plus the block's device
-  copy when a host block is passed (freed on return) and the work list when none is
-  passed; host: the returned ``48 P`` / ``24 P`` bytes. Each program holds its tile's
-  ``E x P`` elements in registers only: no device temporaries of size ``nnz x P``.
+  eval), the ``48 P`` (fit) or ``24 P`` (eval) float64 output, and ``8 S n_slices M``
+  times 6 (fit) or 3 (eval) bytes of scratch for the cut latents, plus the block's device
+  copy when a host block is passed (freed on return); host: the returned ``48 P`` /
+  ``24 P`` bytes. Each program holds its tile's ``E x P`` elements in registers only.
 - :func:`label_sums_arrays`: device about ``41 nnz + 16 L C`` bytes of temporaries and
   outputs; host the outputs, ``16 L C + 16 L + 8 C`` bytes.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-try:  # the module imports without triton: available() then says why not
-    import triton
-    import triton.language as tl
+from probe_dask.kernels.triton_jit import INTERPRETED as _INTERPRETED
+from probe_dask.kernels.triton_jit import available, unavailable_reason
+from probe_dask.kernels.triton_jit import sums_kernel as _sums_kernel
 
-    _IMPORT_ERROR = ""
-except Exception as exc:  # noqa: BLE001 -- any import failure means "unavailable"
-    triton = tl = None
-    _IMPORT_ERROR = f"triton not importable: {exc!r}"
+__all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "BlockUnits",
+           "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "label_sums_arrays",
+           "DEFAULT_TILE", "DEFAULT_SLICES", "DEFAULT_SPLIT_EVENTS"]
 
-__all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "WorkList", "plan",
-           "fit_sums", "eval_sums", "label_sums_arrays", "DEFAULT_TILES"]
-
-#: ``(event_tile, pair_tile)`` shapes, ascending in ``event_tile``; a latent uses the first
-#: shape whose event tile holds all its events, else the last. Powers of two (tl.arange).
-#: Both hold 1024 (event x pair) elements per program; untuned (no GPU measurements yet).
-DEFAULT_TILES = ((16, 64), (64, 16))
-_WORK_COLS = 5  # e0, n_events, p0, n_store, n_atomic
-_MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# triton reads TRITON_INTERPRET when it decorates the kernels below, i.e. at this import.
-_INTERPRETED = _interpreting()
-
-
-def unavailable_reason() -> str:
-    """Why the kernels cannot run here ('' when they can)."""
-    if _IMPORT_ERROR:
-        return _IMPORT_ERROR
-    if not (torch.cuda.is_available() or _INTERPRETED):
-        if _interpreting():
-            return "TRITON_INTERPRET=1 was set after probe_dask's Triton kernels were imported"
-        return "no CUDA device (set TRITON_INTERPRET=1 before import to run on CPU)"
-    return ""
-
-
-def available() -> bool:
-    """Whether triton imports and can run (a CUDA device, or ``TRITON_INTERPRET=1``)."""
-    return unavailable_reason() == ""
+#: ``(event_tile, pair_tile)`` of a program, powers of two (tl.arange): 2048 (event x pair)
+#: elements per loop step; pair tiles of 32 cut 151 classes into 5. Untuned (no GPU yet).
+DEFAULT_TILE = (64, 32)
+#: Slices of a giant latent, and the events above which a latent is one: a latent of the
+#: power-law head would otherwise be one program per pair tile, holding up the whole pass.
+DEFAULT_SLICES = 8
+DEFAULT_SPLIT_EVENTS = 2**16
+_MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
+_MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension (pair tiles)
 
 
 def _device(device) -> torch.device:
@@ -127,12 +103,15 @@ class DeviceBlock:
     values : Tensor of float32, shape (nnz,)
     rows : Tensor of int32, shape (nnz,)
     labels : Tensor of uint8, shape (n_rows,)
+    units : BlockUnits, optional
+        Its work units, made by the first :func:`plan` on it and kept for later passes.
     """
 
     latent_ptr: np.ndarray
     values: torch.Tensor
     rows: torch.Tensor
     labels: torch.Tensor
+    units: object = None
 
     @property
     def device(self) -> torch.device:
@@ -156,7 +135,8 @@ class DeviceBlock:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes held (``8 nnz + n_rows``)."""
+        """Device bytes of the block's data (``8 nnz + n_rows``; its units are counted by
+        :attr:`WorkList.nbytes`)."""
         return sum(t.numel() * t.element_size() for t in (self.values, self.rows, self.labels))
 
 
@@ -187,15 +167,89 @@ def to_device(block, device=None, *, pinned: bool = False) -> DeviceBlock:
 
 
 @dataclass
-class WorkList:
-    """Units of one (block, pairs): per tile shape, an int64 ``(U, 5)`` device tensor.
+class BlockUnits:
+    """The (latent, event slice) units of a block's offsets: planned once per block.
 
-    Columns: first event, events in the tile, first pair, pairs to store, pairs to add
-    atomically (one of the last two is 0: atomics only when the latent's events span
-    several tiles).
+    A latent with events is one unit, or ``n_slices`` units when it has more than
+    ``split_events`` events (a giant latent, cut so that one program does not hold up the
+    pass). Which of its pairs are active is not part of it: the kernel reads that per pass
+    from the pairs' offsets, so the list holds while pairs stop.
+
+    Attributes
+    ----------
+    units : Tensor of int64, shape (U, 3), on the device
+        Per unit: latent, slice (0 for an uncut latent), rank of the latent among the cut
+        ones (-1 when uncut; where its slices' partial sums go in the scratch array).
+    split_latents : Tensor of int64, shape (S,), on the device
+        The cut latents, in rank order.
+    event_ptr : Tensor of int64, shape (L + 1,), on the device
+    n_slices, split_events : int
+        The rule the list was made with.
     """
 
-    groups: list  # [(event_tile, pair_tile, Tensor (U, 5))]
+    units: torch.Tensor
+    split_latents: torch.Tensor
+    event_ptr: torch.Tensor
+    n_slices: int
+    split_events: int
+
+    @property
+    def n_split(self) -> int:
+        """Cut latents ``S``."""
+        return int(self.split_latents.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held (``24 U + 8 S + 8 (L + 1)``)."""
+        return sum(t.numel() * t.element_size()
+                   for t in (self.units, self.split_latents, self.event_ptr))
+
+
+def block_units(latent_ptr, device=None, *, n_slices: int = DEFAULT_SLICES,
+                split_events: int = DEFAULT_SPLIT_EVENTS) -> BlockUnits:
+    """The :class:`BlockUnits` of a block's event offsets, with a few torch ops on ``device``.
+
+    Parameters
+    ----------
+    latent_ptr : array-like of int64, shape (L + 1,)
+        The block's event offsets (only these are read: no events are needed).
+    device : str or torch.device, optional
+    n_slices : int
+        Slices of a giant latent (at least 1).
+    split_events : int
+        A latent with more events than this is cut into ``n_slices`` slices.
+    """
+    if n_slices < 1 or split_events < 1:
+        raise ValueError(f"n_slices {n_slices}, split_events {split_events}: expected >= 1")
+    dev = _device(device)
+    ptr = torch.from_numpy(np.ascontiguousarray(latent_ptr, dtype=np.int64)).to(dev)
+    n_ev = ptr[1:] - ptr[:-1]
+    lat = torch.nonzero(n_ev > 0).flatten()  # latents without events have no unit
+    cut = n_ev[lat] > split_events if n_slices > 1 else torch.zeros_like(lat, dtype=torch.bool)
+    per = torch.where(cut, n_slices, 1)
+    rank = torch.where(cut, torch.cumsum(cut, 0) - 1, -1)
+    first = torch.cumsum(per, 0) - per
+    units = torch.stack([torch.repeat_interleave(lat, per),
+                         torch.arange(int(per.sum()), device=dev) - torch.repeat_interleave(first, per),
+                         torch.repeat_interleave(rank, per)], dim=1).contiguous()
+    return BlockUnits(units, lat[cut].contiguous(), ptr, int(n_slices), int(split_events))
+
+
+@dataclass
+class WorkList:
+    """What one pass of (block, pairs) runs: the block's units and the pairs' offsets.
+
+    Planning a pass is O(L) on the host (the pairs' offsets are checked, their largest
+    count per latent taken, and the array copied to the device): the units themselves come
+    from the block (:class:`BlockUnits`, made once per block) and each program finds its
+    pairs from the offsets, so pairs that stop change nothing of size O(units).
+    """
+
+    block: BlockUnits
+    pair_ptr_dev: torch.Tensor  # (L + 1,) int64 on the device
+    n_pair_tiles: int  # programs per unit: ceil(largest pairs per latent / P)
+    max_pairs: int  # largest pairs per latent (the scratch array's width)
+    tile: tuple  # (event_tile, pair_tile)
     event_ptr: np.ndarray  # the offsets it was built for (references, not copies)
     pair_ptr: np.ndarray
 
@@ -206,150 +260,126 @@ class WorkList:
 
     @property
     def n_units(self) -> int:
-        """Programs launched per pass."""
-        return sum(int(t.shape[0]) for _, _, t in self.groups)
+        """Programs launched per pass (units x pair tiles)."""
+        return int(self.block.units.shape[0]) * self.n_pair_tiles
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held (the block's units and the pairs' offsets)."""
+        return self.block.nbytes + self.pair_ptr_dev.numel() * 8
 
 
-def plan(block, pairs, device=None, tiles=DEFAULT_TILES) -> WorkList:
-    """The work list of (block, pairs), built once with vectorised numpy and copied once.
+def _check_tile(tile) -> tuple:
+    e, p = (int(x) for x in tile)
+    if e < 1 or p < 1 or e & (e - 1) or p & (p - 1):
+        raise ValueError(f"tile {tuple(tile)}: sizes must be powers of two")
+    return e, p
+
+
+def _units_of(block, dev, n_slices, split_events) -> BlockUnits:
+    """The block's units: kept on a DeviceBlock (made on its first pass), else made now."""
+    cached = getattr(block, "units", None)
+    if cached is not None and (cached.n_slices, cached.split_events) == (n_slices, split_events):
+        return cached
+    units = block_units(block.latent_ptr, dev, n_slices=n_slices, split_events=split_events)
+    if isinstance(block, DeviceBlock):
+        block.units = units
+    return units
+
+
+def plan(block, pairs, device=None, tile=DEFAULT_TILE, *, n_slices: int = DEFAULT_SLICES,
+         split_events: int = DEFAULT_SPLIT_EVENTS) -> WorkList:
+    """The work list of (block, pairs): O(L) host work once the block's units exist.
 
     Parameters
     ----------
     block : LatentBlock-like or DeviceBlock
+        Only ``latent_ptr`` is read (and, on a DeviceBlock, its units are kept).
     pairs : ActivePairs-like
     device : str or torch.device, optional
         Where the list goes (the block's device for a DeviceBlock).
-    tiles : sequence of (int, int)
-        ``(event_tile, pair_tile)`` powers of two, ascending in ``event_tile``.
+    tile : (int, int)
+        ``(event_tile, pair_tile)``, powers of two: a program holds ``E x P`` elements and
+        loops over its latent's (or slice's) events ``E`` at a time.
+    n_slices, split_events : int
+        Latents of more than ``split_events`` events are cut into ``n_slices`` slices,
+        whose sums are added in slice order after the kernel (see :func:`block_units`).
 
     Returns
     -------
     WorkList
     """
     dev = block.device if isinstance(block, DeviceBlock) else _device(device)
+    tile = _check_tile(tile)
     ev_ptr = np.asarray(block.latent_ptr, dtype=np.int64)
     pr_ptr = np.asarray(pairs.latent_ptr, dtype=np.int64)
     n_pairs = int(np.shape(pairs.b)[0])
     if pr_ptr.shape != ev_ptr.shape:
         raise ValueError(f"pairs have {pr_ptr.size - 1} latents, block {ev_ptr.size - 1}")
-    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or np.any(np.diff(pr_ptr) < 0):
+    n_pr = np.diff(pr_ptr)
+    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or (n_pr.size and n_pr.min() < 0):
         raise ValueError(f"pairs.latent_ptr: not offsets from 0 to {n_pairs}")
     if not np.shape(pairs.w) == np.shape(pairs.classes) == (n_pairs,):
         raise ValueError("pairs: classes, b, w differ in length")
-    for e, p in tiles:
-        if e < 1 or p < 1 or e & (e - 1) or p & (p - 1):
-            raise ValueError(f"tile {(e, p)}: sizes must be powers of two")
-    if list(tiles) != sorted(tiles):
-        raise ValueError(f"tiles {tiles}: not ascending in event tile")
-    n_ev, n_pr = np.diff(ev_ptr), np.diff(pr_ptr)
-    active = np.flatnonzero((n_ev > 0) & (n_pr > 0))
-    shape_of = np.minimum(np.searchsorted([e for e, _ in tiles], n_ev[active]), len(tiles) - 1)
-    groups = []
-    for g, (e_tile, p_tile) in enumerate(tiles):
-        lat = active[shape_of == g]
-        if lat.size == 0:
-            continue
-        n_et, n_pt = -(-n_ev[lat] // e_tile), -(-n_pr[lat] // p_tile)
-        per = n_et * n_pt
-        u_lat = np.repeat(lat, per)  # latent-major: programs of a latent run together
-        j = np.arange(u_lat.size) - np.repeat(np.cumsum(per) - per, per)
-        pt = np.repeat(n_pt, per)
-        work = np.empty((u_lat.size, _WORK_COLS), dtype=np.int64)
-        work[:, 0] = ev_ptr[u_lat] + (j // pt) * e_tile
-        work[:, 1] = np.minimum(e_tile, ev_ptr[u_lat + 1] - work[:, 0])
-        work[:, 2] = pr_ptr[u_lat] + (j % pt) * p_tile
-        k = np.minimum(p_tile, pr_ptr[u_lat + 1] - work[:, 2])
-        cut = np.repeat(n_et > 1, per)
-        work[:, 3] = np.where(cut, 0, k)
-        work[:, 4] = np.where(cut, k, 0)
-        groups.append((e_tile, p_tile, torch.from_numpy(work).to(dev)))
-    return WorkList(groups, ev_ptr, pr_ptr)
+    max_pairs = int(n_pr.max()) if n_pr.size else 0
+    n_tiles = -(-max_pairs // tile[1])
+    if n_tiles > _MAX_GRID_Y:
+        raise ValueError(f"{max_pairs} pairs in one latent: more than {_MAX_GRID_Y} pair tiles")
+    units = _units_of(block, dev, n_slices, split_events)
+    pr_dev = torch.from_numpy(np.ascontiguousarray(pr_ptr)).to(dev)
+    return WorkList(units, pr_dev, n_tiles, max_pairs, tile, ev_ptr, pr_ptr)
 
 
-if triton is not None:
+def _combine(out: torch.Tensor, scratch: torch.Tensor, work: WorkList) -> None:
+    """Add each cut latent's slice partials in slice order into ``out`` (device ops, no sync).
 
-    @triton.jit
-    def _put(dst, x, store, atomic):
-        # Masks are integer compares, not a loaded bool: the interpreter rejects the latter.
-        tl.store(dst, x, mask=store)
-        tl.atomic_add(dst, x, mask=atomic)
-
-    @triton.jit
-    def _sums_kernel(work, values, rows, labels, classes, b_ptr, w_ptr, out, n_pairs,
-                     EVAL: tl.constexpr, E: tl.constexpr, P: tl.constexpr):
-        # One unit: E events of a latent x P of its pairs; int64 offsets throughout.
-        u = tl.program_id(0).to(tl.int64) * 5
-        e0, ne = tl.load(work + u), tl.load(work + u + 1)
-        p0, n_store, n_atomic = tl.load(work + u + 2), tl.load(work + u + 3), tl.load(work + u + 4)
-        ie, ip = tl.arange(0, E), tl.arange(0, P)
-        me, mp = ie < ne, ip < n_store + n_atomic
-        v = tl.load(values + e0 + ie, mask=me, other=0.0).to(tl.float64)
-        b = tl.load(b_ptr + p0 + ip, mask=mp, other=0.0)
-        w = tl.load(w_ptr + p0 + ip, mask=mp, other=0.0)
-        eta = b[None, :] + w[None, :] * v[:, None]  # (E, P) float64
-        x = eta.to(tl.float32)
-        e = tl.exp(-tl.abs(x))  # in (0, 1]: never overflows
-        # log1p(e) = 2 atanh(t), t = e / (2 + e) in [0, 1/3], as in fused.c (no libdevice)
-        t = e / (2.0 + e)
-        z = t * t
-        q = z * (1.0 / 13.0) + (1.0 / 11.0)
-        q = q * z + (1.0 / 9.0)
-        q = q * z + (1.0 / 7.0)
-        q = q * z + (1.0 / 5.0)
-        q = q * z + (1.0 / 3.0)
-        lp = 2.0 * t * (q * z + 1.0)
-        keep = me[:, None]
-        spl = tl.where(keep, tl.maximum(eta, 0.0) + lp.to(tl.float64), 0.0)
-        dst = out + p0 + ip
-        store, atomic = ip < n_store, ip < n_atomic
-        if EVAL:
-            row = tl.load(rows + e0 + ie, mask=me, other=0)
-            lab = tl.load(labels + row, mask=me, other=0).to(tl.int32)
-            cls = tl.load(classes + p0 + ip, mask=mp, other=-1)
-            pos = (eta > 0.0) & keep
-            hit = pos & (lab[:, None] == cls[None, :])
-            _put(dst, tl.sum(spl, axis=0), store, atomic)
-            _put(dst + n_pairs, tl.sum(pos.to(tl.int32), axis=0).to(tl.float64), store, atomic)
-            _put(dst + 2 * n_pairs, tl.sum(hit.to(tl.int32), axis=0).to(tl.float64), store, atomic)
-        else:
-            r = 1.0 / (1.0 + e)
-            er = e * r
-            mu = tl.where(keep, tl.where(x >= 0.0, r, er).to(tl.float64), 0.0)
-            s = tl.where(keep, (er * r).to(tl.float64), 0.0)
-            sv = s * v[:, None]
-            _put(dst, tl.sum(mu, axis=0), store, atomic)
-            _put(dst + n_pairs, tl.sum(mu * v[:, None], axis=0), store, atomic)
-            _put(dst + 2 * n_pairs, tl.sum(s, axis=0), store, atomic)
-            _put(dst + 3 * n_pairs, tl.sum(sv, axis=0), store, atomic)
-            _put(dst + 4 * n_pairs, tl.sum(sv * v[:, None], axis=0), store, atomic)
-            _put(dst + 5 * n_pairs, tl.sum(spl, axis=0), store, atomic)
+    ``out`` has one spare last column that takes the padding of latents with fewer pairs
+    than ``max_pairs``; ``scratch`` is ``(S, n_slices, n_out, max_pairs)``.
+    """
+    total = scratch[:, 0].clone()
+    for s in range(1, scratch.shape[1]):  # fixed order: the same bits on every run
+        total += scratch[:, s]
+    lat = work.block.split_latents
+    first = work.pair_ptr_dev[lat]
+    j = torch.arange(work.max_pairs, device=out.device)
+    spare = out.shape[1] - 1
+    idx = torch.where(j[None, :] < (work.pair_ptr_dev[lat + 1] - first)[:, None],
+                      first[:, None] + j[None, :], spare)  # (S, max_pairs)
+    out[:, idx.reshape(-1)] = total.permute(1, 0, 2).reshape(out.shape[0], -1)
 
 
-def _run(kind: str, block, pairs, device, tiles, work) -> np.ndarray:
+def _run(kind: str, block, pairs, device, tile, work) -> np.ndarray:
     if not available():
         raise RuntimeError(f"Triton kernels unavailable: {unavailable_reason()}")
     n_out = 6 if kind == "fit" else 3
     if work is None:
-        work = plan(block, pairs, device, tiles)
+        work = plan(block, pairs, device, tile)
     n_pairs = int(np.shape(pairs.b)[0])
     if not work.matches(block, pairs):
         raise ValueError("work list built for other pairs or another block")
     dev = block.device if isinstance(block, DeviceBlock) else _device(device)
-    out = torch.zeros((n_out, n_pairs), dtype=torch.float64, device=dev)
+    out = torch.zeros((n_out, n_pairs + 1), dtype=torch.float64, device=dev)  # + a spare column
     if work.n_units == 0:
-        return out.cpu().numpy()
+        return out[:, :n_pairs].contiguous().cpu().numpy()
     db = to_device(block, dev)  # no copy for a DeviceBlock
     b, w = _tensor(pairs.b, np.float64, dev), _tensor(pairs.w, np.float64, dev)
     classes = _tensor(pairs.classes, np.int32, dev) if kind == "eval" else b  # unused in fit
-    for e_tile, p_tile, units in work.groups:
-        for a in range(0, units.shape[0], _MAX_GRID):
-            part = units[a:a + _MAX_GRID]
-            _sums_kernel[(part.shape[0],)](part, db.values, db.rows, db.labels, classes, b, w,
-                                           out, n_pairs, EVAL=kind == "eval", E=e_tile, P=p_tile)
-    return out.cpu().numpy()  # the one synchronisation of the pass
+    units, n_sl = work.block.units, work.block.n_slices
+    scratch = torch.empty((work.block.n_split, n_sl, n_out, work.max_pairs),
+                          dtype=torch.float64, device=dev)
+    e_tile, p_tile = work.tile
+    for a in range(0, units.shape[0], _MAX_GRID):
+        part = units[a:a + _MAX_GRID]
+        _sums_kernel[(part.shape[0], work.n_pair_tiles)](
+            part, work.block.event_ptr, work.pair_ptr_dev, db.values, db.rows, db.labels,
+            classes, b, w, out, scratch, out.stride(0), n_sl, work.max_pairs,
+            EVAL=kind == "eval", E=e_tile, P=p_tile)
+    if work.block.n_split:
+        _combine(out, scratch, work)
+    return out[:, :n_pairs].contiguous().cpu().numpy()  # the one synchronisation of the pass
 
 
-def fit_sums(block, pairs, device=None, *, tiles=DEFAULT_TILES, work=None) -> np.ndarray:
+def fit_sums(block, pairs, device=None, *, tile=DEFAULT_TILE, work=None) -> np.ndarray:
     """Label-free sums of a solver iteration over one block, on the GPU.
 
     Parameters
@@ -360,8 +390,8 @@ def fit_sums(block, pairs, device=None, *, tiles=DEFAULT_TILES, work=None) -> np
         Pairs to compute, grouped by latent like the block.
     device : str or torch.device, optional
         CUDA by default (CPU only under ``TRITON_INTERPRET=1``); ignored for a DeviceBlock.
-    tiles : sequence of (int, int)
-        Tile shapes, see :func:`plan` (ignored when ``work`` is given).
+    tile : (int, int)
+        ``(event_tile, pair_tile)``, see :func:`plan` (ignored when ``work`` is given).
     work : WorkList, optional
         From :func:`plan` for the same block structure and pairs, to reuse across calls.
 
@@ -371,10 +401,10 @@ def fit_sums(block, pairs, device=None, *, tiles=DEFAULT_TILES, work=None) -> np
         Per pair, over its latent's events, ``[sum mu, sum mu v, sum s, sum s v,
         sum s v^2, sum softplus(eta)]`` with ``mu = sigmoid(eta)``, ``s = mu (1 - mu)``.
     """
-    return _run("fit", block, pairs, device, tiles, work)
+    return _run("fit", block, pairs, device, tile, work)
 
 
-def eval_sums(block, pairs, device=None, *, tiles=DEFAULT_TILES, work=None) -> np.ndarray:
+def eval_sums(block, pairs, device=None, *, tile=DEFAULT_TILE, work=None) -> np.ndarray:
     """Evaluation sums over one block, on the GPU; parameters as :func:`fit_sums`.
 
     Returns
@@ -382,7 +412,7 @@ def eval_sums(block, pairs, device=None, *, tiles=DEFAULT_TILES, work=None) -> n
     ndarray of float64, shape (3, P)
         ``[sum softplus(eta), count(eta > 0), count(eta > 0 and label == class)]``.
     """
-    return _run("eval", block, pairs, device, tiles, work)
+    return _run("eval", block, pairs, device, tile, work)
 
 
 def label_sums_arrays(block, n_classes: int, device=None) -> dict:
