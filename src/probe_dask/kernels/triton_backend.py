@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from probe_dask.kernels.triton_jit import INTERPRETED as _INTERPRETED
+from probe_dask.kernels.units import DEFAULT_SLICES, DEFAULT_SPLIT_EVENTS, DEFAULT_TILE
 from probe_dask.kernels.triton_jit import available, unavailable_reason
 from probe_dask.kernels.triton_jit import sums_kernel as _sums_kernel
 
@@ -58,13 +59,6 @@ __all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "Block
            "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "label_sums_arrays",
            "DEFAULT_TILE", "DEFAULT_SLICES", "DEFAULT_SPLIT_EVENTS"]
 
-#: ``(event_tile, pair_tile)`` of a program, powers of two (tl.arange): 2048 (event x pair)
-#: elements per loop step; pair tiles of 32 cut 151 classes into 5. Untuned (no GPU yet).
-DEFAULT_TILE = (64, 32)
-#: Slices of a giant latent, and the events above which a latent is one: a latent of the
-#: power-law head would otherwise be one program per pair tile, holding up the whole pass.
-DEFAULT_SLICES = 8
-DEFAULT_SPLIT_EVENTS = 2**16
 _MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
 _MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension (pair tiles)
 

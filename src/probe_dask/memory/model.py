@@ -28,6 +28,7 @@ import dask
 from probe_dask.core.state import TrustRegionState
 from probe_dask.core.tuning import CHUNK_PAIRS
 from probe_dask.engine.layout import layout_tasks
+from probe_dask.kernels.units import DEFAULT_SLICES, DEFAULT_SPLIT_EVENTS
 from probe_dask.stages import DRIVER_STAGES
 
 __all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
@@ -174,33 +175,44 @@ def buffers(cfg: ModelInputs, block_nnz: int, work_chunk: int, persist: bool):
     return driver, worker, gpu, nb, {"nnz": n, "rows": r}
 
 
-def _work_units(nnz_b: int, L: int, C: int) -> int:
-    """Units of a Triton work list (``triton_backend.plan``): about one per 64 events of a
-    latent x 16 of its pairs, at most ``(nnz_b / 64 + L) ceil(C / 16)``."""
-    return (nnz_b // 64 + L) * -(-C // 16)
+def _work_list_bytes(nnz_b: int, L: int) -> int:
+    """A Triton work list's bytes (``triton_backend.plan``): ``24 U + 8 S + 16 (L + 1)``, a
+    unit per latent plus ``n_slices - 1`` per giant latent (``S`` of them: more than
+    ``split_events`` events; at most ``nnz_b / split_events``)."""
+    S = min(L, nnz_b // DEFAULT_SPLIT_EVENTS)
+    return 24 * (L + (DEFAULT_SLICES - 1) * S) + 8 * S + 16 * (L + 1)
+
+
+def _slice_scratch(nnz_b: int, L: int, C: int) -> int:
+    """The float64 partials of a giant latent's slices, per call: ``8 S n_slices C x 6``."""
+    return 48 * min(L, nnz_b // DEFAULT_SPLIT_EVENTS) * DEFAULT_SLICES * C
 
 
 def _gpu_triton(cfg, nb, bnz, brows, n, r, persist) -> list:
-    """A GPU's buffers with the Triton kernels: resident train blocks (persisted, bounded by
-    the cache, ``kernels.resident``), a streamed block's copy, work lists, pairs, outputs."""
+    """A GPU's buffers with the Triton kernels: resident train ranges (in memory, bounded by
+    the cache, ``kernels.resident``), a streamed block's or chunk's copy, work lists, pairs,
+    outputs."""
     L, C, T = cfg.L, cfg.C, cfg.threads
     P = L * C
+    R = max(1, cfg.n_workers * T)
     G = lambda *a, **kw: Buffer("gpu", *a, **kw)  # noqa: E731
-    per_block = lambda nnz_b, rows_b: 8 * nnz_b + rows_b + 40 * _work_units(nnz_b, L, C)  # noqa: E731
     gpu = []
     if persist:
-        count = -(-nb["train"] // cfg.n_workers) + (1 if nb["train"] > cfg.n_workers else 0)
-        each = per_block(bnz["train"], brows["train"])
-        held = each * count if cfg.gpu_resident is None else min(each * count, cfg.gpu_resident)
-        gpu.append(G("resident train blocks + work lists (kernels.resident)",
-                     f"(8 nnz_b + rows_b + 40 U) x {count} blocks, at most gpu-resident-fraction "
+        nnz_r, lat = -(-int(cfg.train.nnz) // R) + bnz["train"], -(-L // R)
+        each = 8 * nnz_r + int(cfg.train.n_rows) + _work_list_bytes(nnz_r, lat)
+        held = each * T if cfg.gpu_resident is None else min(each * T, cfg.gpu_resident)
+        gpu.append(G("resident train ranges + work lists (kernels.resident)",
+                     f"(8 nnz_r + rows + work list) x {T} ranges, at most gpu-resident-fraction "
                      "of the GPU", held, 1, GPU_STAGES))
     streamed = ("eval_test",) if persist else GPU_STAGES
+    rows = max(r, int(cfg.train.n_rows))  # a chunk of a range carries every row's label
     gpu += [
-        G("streamed block's device copy + work list", "8 nnz_b + rows_b + 40 U, U = (nnz_b / 64 "
-          "+ L) ceil(C / 16); one per thread", per_block(n, r), T, streamed),
+        G("streamed block's or chunk's device copy + work list", "8 nnz_b + rows + 24 U + "
+          "8 S + 16 (L + 1), U = L + 7 S, S = giant latents; one per thread",
+          8 * n + rows + _work_list_bytes(n, L), T, streamed),
         G("pairs b, w and classes on the device", "20 P", 20 * P, T, GPU_STAGES),
-        G("fit output (6 x P float64)", "48 P", 48 * P, T, ("fit",)),
+        G("fit output (6 x P float64) and a giant latent's slice partials", "48 P + 384 S C",
+          48 * P + _slice_scratch(n, L, C), T, ("fit",)),
         G("eval output (3 x P float64)", "24 P", 24 * P, T, ("eval_train", "eval_test")),
     ]
     return gpu
