@@ -87,7 +87,7 @@ def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, cap
         t0 = time.perf_counter()
         plain = refused(address)  # Dask's defaults: no certificate at all
         # Speaks TLS and trusts our CA, but has no certificate: mutual authentication refuses.
-        no_cert = tls_without_certificate(address, cluster.security.tls_ca_file)
+        no_cert = tls_without_certificate(address, Path(C.job_security(cluster).tls_ca_file).read_text())
         stranger = refused(address, "stranger")  # another CA's certificate
         tcp = refused(address.replace("tls://", "tcp://"))
         with capsys.disabled():
