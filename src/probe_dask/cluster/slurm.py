@@ -33,6 +33,7 @@ from probe_dask.cluster.network import detect_interface, detect_partition, parti
 from probe_dask.cluster.profiles import config_source, slurm_profile
 from probe_dask.cluster.spec import ClusterClient, wait_for_workers
 from probe_dask.cluster.tls import release_credentials, run_credentials, watch_credentials
+from probe_dask.cluster.versions import check_versions, cluster_versions
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["slurm_cluster_kwargs", "start_slurm", "has_gpu_resource"]
@@ -205,8 +206,9 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
     Returns
     -------
     ClusterClient
-        ProbeDaskError when Slurm rejects the job script or the workers do not join in
-        time (then the cluster is closed and its jobs cancelled).
+        ProbeDaskError when Slurm rejects the job script, the workers do not join in
+        time or run other package versions than this process (then the cluster is closed
+        and its jobs cancelled).
     """
     kw = slurm_cluster_kwargs(profile, jobqueue_config=jobqueue_config, gpu=gpu, **overrides)
     processes = int(kw.get("processes") or dask.config.get("jobqueue.slurm.processes") or 1)
@@ -218,10 +220,9 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
         kw["scheduler_options"]["dashboard_address"] = default_dashboard(dashboard_address)
     folder = None
     if security is None or security is True:
-        # A fresh CA per run; dask-jobqueue writes the workers' copies (0600) into this
-        # private folder and names only their paths in the job script.
+        # A fresh CA per run, as files (0600) in a private folder: the job script names
+        # only their paths, and dask-jobqueue has nothing to copy.
         kw["security"], folder = run_credentials()
-        kw["shared_temp_directory"] = str(folder)
     elif security is not False:
         kw["security"] = security
     try:
@@ -231,7 +232,7 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if folder is not None:
-        watch_credentials(cluster, folder)
+        watch_credentials(cluster, folder, kw["security"])
     client = Client(cluster)
     try:
         _sbatch_test(cluster, slurm_profile(profile, gpu=gpu)[0])
@@ -248,6 +249,7 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
             want = jobs * processes
         if want:
             wait_for_workers(client, want, wait_timeout, lambda: _slurm_report(cluster))
+        check_versions(cluster_versions(client, check=False))  # the workers that joined
     except BaseException:
         _close_quietly(cluster, client)
         raise
