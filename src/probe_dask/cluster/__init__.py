@@ -9,6 +9,8 @@ Modules, one concern each (imports flow down the list):
 - :mod:`~probe_dask.cluster.tlsfiles`: those credentials as files for shell-started
   schedulers (``python -m``; not imported here);
 - :mod:`~probe_dask.cluster.dashboard`: the dashboard's (loopback) address, the ``ssh -L`` hint;
+- :mod:`~probe_dask.cluster.worker_config`: the worker preload laying the packaged
+  ``jobqueue.yaml`` under a Slurm worker's own config (not imported here);
 - :mod:`~probe_dask.cluster.slurm`: ``SLURMCluster`` keywords, checks, start and wait;
 - :mod:`~probe_dask.cluster.versions`: driver, scheduler and worker package versions,
   compared and recorded;

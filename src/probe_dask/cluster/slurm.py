@@ -30,7 +30,7 @@ from distributed import Client
 from probe_dask import config
 from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
 from probe_dask.cluster.network import detect_interface, detect_partition, partitions, run_command
-from probe_dask.cluster.profiles import config_source, slurm_profile
+from probe_dask.cluster.profiles import config_source, packaged_config_path, slurm_profile
 from probe_dask.cluster.spec import ClusterClient, wait_for_workers
 from probe_dask.cluster.tls import release_credentials, run_credentials, watch_credentials
 from probe_dask.cluster.versions import check_versions, cluster_versions
@@ -39,6 +39,9 @@ from probe_dask.errors import ProbeDaskError
 __all__ = ["slurm_cluster_kwargs", "start_slurm", "has_gpu_resource"]
 
 logger = logging.getLogger(__name__)
+
+#: Worker preload laying the packaged jobqueue.yaml under the worker's own Dask config.
+WORKER_PRELOAD = "probe_dask.cluster.worker_config"
 
 
 def has_gpu_resource(worker_extra_args) -> bool:
@@ -108,8 +111,11 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
         With ``queue`` (override, else ``probe-dask.slurm.partition``, else the profile's,
         else ``jobqueue.slurm.queue``, else detected) and ``interface`` (same order, or
         ``scheduler_options["interface"]`` when detected for the scheduler only) resolved,
-        and ``job_script_prologue`` exporting ``DASK_CONFIG``. Raises ProbeDaskError when
-        the worker ``--lifetime`` would outlast the walltime.
+        ``worker_extra_args`` ending in ``--preload-nanny probe_dask.cluster.worker_config``
+        (``--preload`` without a nanny: the packaged defaults under the worker's own
+        config), and ``job_script_prologue`` exporting ``DASK_CONFIG`` only for the user's
+        own file (explicit, or ``$DASK_CONFIG``). Raises ProbeDaskError when the worker
+        ``--lifetime`` would outlast the walltime.
     """
     source = config_source(jobqueue_config)
     name, kw = slurm_profile(profile, gpu=gpu)
@@ -142,8 +148,16 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
     kw["interface"] = iface or None
     kw["scheduler_options"] = sched
 
+    # The packaged defaults reach workers through a preload that lays them under the
+    # worker's own config (DASK_CONFIG would be read last and win over ~/.config/dask).
+    flag = "--preload-nanny" if kw.get("nanny", base.get("nanny", True)) else "--preload"
+    if WORKER_PRELOAD not in extra:
+        extra += [flag, WORKER_PRELOAD]
+    kw["worker_extra_args"] = extra
     prologue = list(kw.get("job_script_prologue", base.get("job-script-prologue")) or [])
-    if source and not any("DASK_CONFIG" in str(line) for line in prologue):
+    if source != str(packaged_config_path()) and \
+            not any("DASK_CONFIG" in str(line) for line in prologue):
+        # The user's own file (explicit or $DASK_CONFIG): read over the rest, as here.
         prologue.insert(0, f"export DASK_CONFIG={shlex.quote(source)}")
     kw["job_script_prologue"] = prologue
     return kw
