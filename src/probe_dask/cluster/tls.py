@@ -140,10 +140,18 @@ def release_credentials(cluster) -> None:
 def job_security(cluster):
     """The ``Security`` the cluster's job scripts use (paths to the files), or None.
 
-    The per-run credentials of :func:`run_credentials` when this module made them, else
-    the cluster's own ``security`` (public on every ``SpecCluster``).
+    The per-run credentials of :func:`run_credentials` when this module made them; else
+    the cluster's own (public) ``security`` when it requires TLS and names files, not key
+    material; else None (no TLS, or credentials only dask-jobqueue holds as files).
     """
-    return _securities.get(id(cluster), getattr(cluster, "security", None))
+    security = _securities.get(id(cluster))
+    if security is not None:
+        return security
+    security = getattr(cluster, "security", None)
+    if security is None or not security.require_encryption:
+        return None
+    tls = security.get_tls_config_for_role("worker")
+    return None if any(v and "\n" in v for v in tls.values()) else security
 
 
 def is_loopback_address(address: str) -> bool:
