@@ -7,7 +7,8 @@ it: a YAML file in ``~/.config/dask`` or ``$DASK_CONFIG``, an environment variab
 (``DASK_PROBE_DASK__SLURM__PARTITION=gpu`` sets ``probe-dask.slurm.partition``, see
 Dask's configuration docs), or ``dask.config.set({"probe-dask.kernels.ckernel": False})``.
 Settings made with ``dask.config.set`` reach LocalCluster workers (the nanny passes the
-config on); Slurm-started workers read ``DASK_CONFIG`` and the ``DASK_*`` environment.
+config on); Slurm-started workers read their own files (``~/.config/dask``, an exported
+``DASK_CONFIG``) and the ``DASK_*`` environment over these defaults.
 
 Settings Dask itself owns (the worker memory thresholds ``distributed.worker.memory.*``)
 are read from Dask, never copied here.

@@ -236,3 +236,46 @@ def test_address_joins_without_starting_anything():
 def test_address_unreachable():
     with pytest.raises(ProbeDaskError, match="nothing listening on port 9"):
         C.make_cluster("tcp://127.0.0.1:9", timeout=1)
+
+
+def test_packaged_profiles_reach_workers_by_preload_not_dask_config(fixed_slurm):
+    # No file of the user's: nothing is exported as DASK_CONFIG (it would be read over
+    # ~/.config/dask); the packaged defaults come from the preload, under the user's files.
+    kw = C.slurm_cluster_kwargs("cpu")
+    assert not any("DASK_CONFIG" in line for line in kw["job_script_prologue"])
+    assert kw["worker_extra_args"][-2:] == ["--preload-nanny", S.WORKER_PRELOAD]
+    kw.pop("scheduler_options")
+    script = SLURMJob(scheduler="tcp://127.0.0.1:8786", name="w", **kw).job_script()
+    assert "DASK_CONFIG" not in script
+    assert f"--preload-nanny {S.WORKER_PRELOAD}" in script
+    no_nanny = C.slurm_cluster_kwargs("cpu", nanny=False)["worker_extra_args"]
+    assert no_nanny[-2:] == ["--preload", S.WORKER_PRELOAD]
+    # Idempotent: a profile that already names the preload keeps one copy.
+    again = C.slurm_cluster_kwargs("cpu", worker_extra_args=kw["worker_extra_args"])
+    assert again["worker_extra_args"].count(S.WORKER_PRELOAD) == 1
+
+
+def test_worker_preload_lays_packaged_defaults_under_user_files(tmp_path):
+    # A fresh interpreter as a Slurm worker's nanny is: the user's ~/.config/dask read at
+    # import, then the preload module imported. Keys both set: the user's; others: packaged.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from probe_dask.cluster import worker_config
+
+    assert worker_config.MODULE == S.WORKER_PRELOAD
+    user = tmp_path / "home" / ".config" / "dask"
+    user.mkdir(parents=True)
+    (user / "site.yaml").write_text("distributed:\n  comm:\n    timeouts:\n      connect: 45s\n"
+                                    "probe-dask:\n  slurm-default-profile: gpu\n")
+    code = ("import dask, importlib, json; before = dask.config.get('distributed.comm.timeouts."
+            "connect'); importlib.import_module(%r); g = dask.config.get; print(json.dumps("
+            "[before, g('distributed.comm.timeouts.connect'), g('probe-dask.slurm-default-profile'),"
+            " g('probe-dask.slurm-profiles.cpu.memory')]))" % S.WORKER_PRELOAD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env["HOME"] = str(tmp_path / "home")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert json.loads(out.splitlines()[-1]) == ["45s", "45s", "gpu", "32GiB"]

@@ -72,6 +72,35 @@ def worker_view():
             os.environ.get("SLURM_JOB_ID"))
 
 
+def user_config_view():
+    return (os.environ.get("DASK_CONFIG"), dask.config.get("distributed.comm.timeouts.connect"),
+            dask.config.get("probe-dask.slurm-default-profile"),
+            dask.config.get("probe-dask.slurm-profiles.cpu.memory"))
+
+
+def test_worker_reads_users_config_over_packaged_defaults(slurm, tmp_path):
+    # The user's ~/.config/dask on the worker sets two keys that the packaged jobqueue.yaml
+    # also sets: the worker must see the user's values, and still the packaged profiles.
+    home = tmp_path / "home"
+    (home / ".config" / "dask").mkdir(parents=True)
+    (home / ".config" / "dask" / "mine.yaml").write_text(
+        "distributed:\n  comm:\n    timeouts:\n      connect: 45s\n"
+        "probe-dask:\n  slurm-default-profile: gpu\n")
+    _, prof = C.slurm_profile("cpu")  # the packaged profiles, no file of the user's
+    args = list(prof["worker_extra_args"])
+    args[args.index("--lifetime") + 1] = "8m"
+    args[args.index("--lifetime-stagger") + 1] = "1m"
+    with C.make_cluster("slurm:cpu", jobs=1, cores=1, memory="1GiB", walltime="00:10:00",
+                        worker_extra_args=args, log_directory=str(tmp_path),
+                        job_script_prologue=[*PROLOGUE, f"export HOME={home}"],
+                        scheduler_options={"dashboard_address": ":0"}) as (cluster, client):
+        assert "DASK_CONFIG" not in cluster.job_script()
+        (view,) = client.run(user_config_view).values()
+        job_ids = [str(j.job_id) for j in cluster.workers.values()]
+    assert view == (None, "45s", "gpu", "32GiB")
+    assert wait_gone(job_ids) == {}
+
+
 def test_gpu_profile_job_script_from_yaml(slurm, capsys):
     from dask_jobqueue import SLURMCluster
 

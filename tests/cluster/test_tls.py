@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from distributed import LocalCluster
 from distributed.security import Security
 
 from probe_dask import cluster as C
 from probe_dask.app.job import open_inputs, run_job
-from probe_dask.cluster.tls import address_security, is_loopback_address
+from probe_dask.cluster.tls import address_security, is_loopback_address, run_credentials
 from probe_dask.errors import ProbeDaskError
 from probe_dask.testing.runner import run_cli, stderr_lines
 from probe_dask.testing.slurm import refused
@@ -87,7 +88,7 @@ def test_default_slurm_cluster_is_tls_and_rejects_strangers(slurm, tmp_path, cap
         t0 = time.perf_counter()
         plain = refused(address)  # Dask's defaults: no certificate at all
         # Speaks TLS and trusts our CA, but has no certificate: mutual authentication refuses.
-        no_cert = tls_without_certificate(address, cluster.security.tls_ca_file)
+        no_cert = tls_without_certificate(address, Path(C.job_security(cluster).tls_ca_file).read_text())
         stranger = refused(address, "stranger")  # another CA's certificate
         tcp = refused(address.replace("tls://", "tcp://"))
         with capsys.disabled():
@@ -139,3 +140,26 @@ def test_address_security_reads_dask_tls_config(tmp_path):
     _, warning = address_security("tcp://10.1.2.3:8786")
     assert "no encryption, no authentication" in warning
     assert is_loopback_address("tcp://[::1]:1") and not is_loopback_address("tcp://node7:1")
+
+
+def test_run_credentials_are_private_files_named_by_a_security(tmp_path):
+    # What SLURMCluster gets: a Security of file paths (dask-jobqueue copies nothing).
+    import dask
+
+    dask.config.set({"probe-dask.cluster.credentials-dir": str(tmp_path / "creds")})
+    security, folder = run_credentials()
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["ca.pem", "cert.pem", "key.pem"]
+    assert all(stat.S_IMODE((folder / f).stat().st_mode) == 0o600 for f in files)
+    tls = security.get_tls_config_for_role("worker")
+    assert (tls["ca_file"], tls["cert"], tls["key"]) == tuple(
+        str(folder / f) for f in ("ca.pem", "cert.pem", "key.pem"))
+    assert security.require_encryption
+    # The files are a working credential: the key matches the certificate, the CA is it.
+    ctx = ssl.create_default_context(cafile=tls["ca_file"])
+    ctx.load_cert_chain(tls["cert"], tls["key"])
+    with LocalCluster(n_workers=0, security=security, host="127.0.0.1",
+                      dashboard_address=":0") as cluster:
+        assert C.job_security(cluster) is security  # files, TLS required: usable by jobs
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as cluster:
+        assert C.job_security(cluster) is None  # no TLS

@@ -9,7 +9,11 @@ Modules, one concern each (imports flow down the list):
 - :mod:`~probe_dask.cluster.tlsfiles`: those credentials as files for shell-started
   schedulers (``python -m``; not imported here);
 - :mod:`~probe_dask.cluster.dashboard`: the dashboard's (loopback) address, the ``ssh -L`` hint;
+- :mod:`~probe_dask.cluster.worker_config`: the worker preload laying the packaged
+  ``jobqueue.yaml`` under a Slurm worker's own config (not imported here);
 - :mod:`~probe_dask.cluster.slurm`: ``SLURMCluster`` keywords, checks, start and wait;
+- :mod:`~probe_dask.cluster.versions`: driver, scheduler and worker package versions,
+  compared and recorded;
 - :mod:`~probe_dask.cluster.start`: :func:`make_cluster`, the one entry point.
 
 Memory: nothing of its own (see the modules).
@@ -22,11 +26,12 @@ from probe_dask.cluster.slurm import slurm_cluster_kwargs
 from probe_dask.cluster.spec import ClusterClient, ClusterSpec, parse_spec
 from probe_dask.cluster.start import make_cluster
 from probe_dask.cluster.tls import INSECURE_WARNING, address_security, job_security
+from probe_dask.cluster.versions import check_versions, cluster_versions
 from probe_dask.engine.workers import gpu_resources
 
 __all__ = [
     "ClusterClient", "ClusterSpec", "parse_spec", "make_cluster", "gpu_resources",
     "load_jobqueue_config", "packaged_config_path", "slurm_profile", "slurm_cluster_kwargs",
     "detect_partition", "detect_interface", "dashboard_address", "ssh_tunnel_hint",
-    "INSECURE_WARNING", "address_security", "job_security",
+    "INSECURE_WARNING", "address_security", "job_security", "check_versions", "cluster_versions",
 ]

@@ -10,9 +10,11 @@ own settings (``~/.config/dask``, ``DASK_CONFIG``, ``DASK_*`` variables,
 kept. A file named explicitly (``jobqueue_config=``, ``--jobqueue-config``) is merged over
 the config: its values win, as the caller asked for that file.
 
-Every job script exports ``DASK_CONFIG`` pointing at the file in use (the explicit one,
-else ``$DASK_CONFIG``, else the packaged copy), so Slurm-started workers read the same
-worker settings (a notebook's ``dask.config.set`` never reaches them).
+Slurm-started workers (a notebook's ``dask.config.set`` never reaches them) get the same
+layers: the packaged copy joins their defaults through a preload
+(:mod:`probe_dask.cluster.worker_config`), under their ``~/.config/dask``; a user's file
+(the explicit one, else ``$DASK_CONFIG``) is exported as ``DASK_CONFIG`` in the job
+script, so it is read over the rest there too.
 
 Memory: the parsed packaged file (once laid into the defaults) and the paths of the
 explicit files merged so far.

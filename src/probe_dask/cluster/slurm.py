@@ -30,14 +30,18 @@ from distributed import Client
 from probe_dask import config
 from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
 from probe_dask.cluster.network import detect_interface, detect_partition, partitions, run_command
-from probe_dask.cluster.profiles import config_source, slurm_profile
+from probe_dask.cluster.profiles import config_source, packaged_config_path, slurm_profile
 from probe_dask.cluster.spec import ClusterClient, wait_for_workers
 from probe_dask.cluster.tls import release_credentials, run_credentials, watch_credentials
+from probe_dask.cluster.versions import check_versions, cluster_versions
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["slurm_cluster_kwargs", "start_slurm", "has_gpu_resource"]
 
 logger = logging.getLogger(__name__)
+
+#: Worker preload laying the packaged jobqueue.yaml under the worker's own Dask config.
+WORKER_PRELOAD = "probe_dask.cluster.worker_config"
 
 
 def has_gpu_resource(worker_extra_args) -> bool:
@@ -107,8 +111,11 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
         With ``queue`` (override, else ``probe-dask.slurm.partition``, else the profile's,
         else ``jobqueue.slurm.queue``, else detected) and ``interface`` (same order, or
         ``scheduler_options["interface"]`` when detected for the scheduler only) resolved,
-        and ``job_script_prologue`` exporting ``DASK_CONFIG``. Raises ProbeDaskError when
-        the worker ``--lifetime`` would outlast the walltime.
+        ``worker_extra_args`` ending in ``--preload-nanny probe_dask.cluster.worker_config``
+        (``--preload`` without a nanny: the packaged defaults under the worker's own
+        config), and ``job_script_prologue`` exporting ``DASK_CONFIG`` only for the user's
+        own file (explicit, or ``$DASK_CONFIG``). Raises ProbeDaskError when the worker
+        ``--lifetime`` would outlast the walltime.
     """
     source = config_source(jobqueue_config)
     name, kw = slurm_profile(profile, gpu=gpu)
@@ -141,8 +148,16 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
     kw["interface"] = iface or None
     kw["scheduler_options"] = sched
 
+    # The packaged defaults reach workers through a preload that lays them under the
+    # worker's own config (DASK_CONFIG would be read last and win over ~/.config/dask).
+    flag = "--preload-nanny" if kw.get("nanny", base.get("nanny", True)) else "--preload"
+    if WORKER_PRELOAD not in extra:
+        extra += [flag, WORKER_PRELOAD]
+    kw["worker_extra_args"] = extra
     prologue = list(kw.get("job_script_prologue", base.get("job-script-prologue")) or [])
-    if source and not any("DASK_CONFIG" in str(line) for line in prologue):
+    if source != str(packaged_config_path()) and \
+            not any("DASK_CONFIG" in str(line) for line in prologue):
+        # The user's own file (explicit or $DASK_CONFIG): read over the rest, as here.
         prologue.insert(0, f"export DASK_CONFIG={shlex.quote(source)}")
     kw["job_script_prologue"] = prologue
     return kw
@@ -205,8 +220,9 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
     Returns
     -------
     ClusterClient
-        ProbeDaskError when Slurm rejects the job script or the workers do not join in
-        time (then the cluster is closed and its jobs cancelled).
+        ProbeDaskError when Slurm rejects the job script, the workers do not join in
+        time or run other package versions than this process (then the cluster is closed
+        and its jobs cancelled).
     """
     kw = slurm_cluster_kwargs(profile, jobqueue_config=jobqueue_config, gpu=gpu, **overrides)
     processes = int(kw.get("processes") or dask.config.get("jobqueue.slurm.processes") or 1)
@@ -218,10 +234,9 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
         kw["scheduler_options"]["dashboard_address"] = default_dashboard(dashboard_address)
     folder = None
     if security is None or security is True:
-        # A fresh CA per run; dask-jobqueue writes the workers' copies (0600) into this
-        # private folder and names only their paths in the job script.
+        # A fresh CA per run, as files (0600) in a private folder: the job script names
+        # only their paths, and dask-jobqueue has nothing to copy.
         kw["security"], folder = run_credentials()
-        kw["shared_temp_directory"] = str(folder)
     elif security is not False:
         kw["security"] = security
     try:
@@ -231,7 +246,7 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if folder is not None:
-        watch_credentials(cluster, folder)
+        watch_credentials(cluster, folder, kw["security"])
     client = Client(cluster)
     try:
         _sbatch_test(cluster, slurm_profile(profile, gpu=gpu)[0])
@@ -248,6 +263,7 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
             want = jobs * processes
         if want:
             wait_for_workers(client, want, wait_timeout, lambda: _slurm_report(cluster))
+        check_versions(cluster_versions(client, check=False))  # the workers that joined
     except BaseException:
         _close_quietly(cluster, client)
         raise

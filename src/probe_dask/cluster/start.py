@@ -27,6 +27,7 @@ from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
 from probe_dask.cluster.slurm import start_slurm
 from probe_dask.cluster.spec import ClusterClient, parse_spec, wait_for_workers, wait_seconds
 from probe_dask.cluster.tls import address_security
+from probe_dask.cluster.versions import cluster_versions
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["make_cluster"]
@@ -82,7 +83,10 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
     -------
     ClusterClient
         ``(cluster, client)``; ``cluster`` is None for an address. ProbeDaskError: bad
-        spec or profile, Slurm rejecting the job script, workers not joining.
+        spec or profile, Slurm rejecting the job script, workers not joining, a Slurm or
+        address cluster's workers (or scheduler) running other package versions than this
+        process (:func:`~probe_dask.cluster.versions.check_versions`; a local cluster's
+        workers are this environment's by construction).
     """
     parsed = parse_spec(spec)
     if parsed.kind != "slurm" and any(v is not None for v in (jobs, minimum_jobs, maximum_jobs)):
@@ -99,8 +103,15 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
         # A Dask scheduler must answer there within probe-dask.cluster.connect-timeout
         # (an HTTP server or the dashboard's port is one line, not a hang or MemoryError).
         client = connect(parsed.address, **overrides)
-        if n_workers:
-            wait_for_workers(client, n_workers, timeout, lambda: f"scheduler {parsed.address}")
+        try:
+            if n_workers:
+                wait_for_workers(client, n_workers, timeout,
+                                 lambda: f"scheduler {parsed.address}")
+            # Someone else's scheduler and workers: their environment may not be ours.
+            cluster_versions(client)
+        except BaseException:
+            client.close()
+            raise
         return ClusterClient(None, client)
     if parsed.kind == "local":
         kw = {"n_workers": n_workers or (1 if gpu else None), "processes": True,

@@ -7,12 +7,14 @@ the cluster's certificate authority. probe-dask uses it wherever the scheduler i
 reachable from another host:
 
 - **Slurm** (:func:`run_credentials`): a fresh, private CA and certificate per run
-  (``Security.temporary()``: one self-signed certificate, its key in memory). The worker
-  jobs need them as files: dask-jobqueue writes them (mode 0600) into a per-run folder
-  that this module creates with mode 0700 under ``probe-dask.cluster.credentials-dir``
-  (default ``~/.cache/probe-dask/credentials``, on the home file system the compute nodes
-  share); the job script names only their paths. :func:`release_credentials` closes
-  them and removes the folder when the cluster closes (and at interpreter exit).
+  (``Security.temporary()``: one self-signed certificate). The worker jobs need them as
+  files: this module writes them (mode 0600) into a per-run folder it creates with mode
+  0700 under ``probe-dask.cluster.credentials-dir`` (default
+  ``~/.cache/probe-dask/credentials``, on the home file system the compute nodes share)
+  and hands ``SLURMCluster`` a ``Security`` of those paths, so dask-jobqueue copies
+  nothing and the job script names only the paths. :func:`release_credentials` removes
+  the folder when the cluster closes (and at interpreter exit). Only public API of
+  dask-jobqueue is used: the ``security=`` keyword.
 - **A scheduler address** (:func:`address_security`): ``tls://`` takes the user's own
   certificate files from Dask's config (``distributed.comm.tls.ca-file``,
   ``distributed.comm.tls.client.cert`` / ``.key``); ``tcp://`` to another host is allowed
@@ -40,7 +42,7 @@ from probe_dask import config
 from probe_dask.cluster.network import is_loopback_host
 from probe_dask.errors import ProbeDaskError
 
-__all__ = ["run_credentials", "watch_credentials", "release_credentials", "job_security", "address_security",
+__all__ = ["CREDENTIAL_FILES", "run_credentials", "watch_credentials", "release_credentials", "job_security", "address_security",
            "is_loopback_address", "INSECURE_WARNING"]
 
 #: The line printed (CLI) or logged (library) when TLS is turned off for a Slurm cluster.
@@ -48,6 +50,9 @@ INSECURE_WARNING = ("warning: --insecure: the scheduler listens on tcp:// withou
                     "authentication; anyone who can reach its port can run code as you")
 
 _cleanups: dict[int, weakref.finalize] = {}  # id(cluster) -> removes its credentials folder
+_securities: dict[int, Security] = {}  # id(cluster) -> the file-based Security its jobs use
+#: Credential file names in a run's folder: the CA, the certificate, the private key.
+CREDENTIAL_FILES = {"ca_file": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
 
 
 def _credentials_root() -> Path:
@@ -56,8 +61,17 @@ def _credentials_root() -> Path:
         Path.home() / ".cache" / "probe-dask" / "credentials"
 
 
+def _write_private(path: Path, text: str) -> None:
+    # O_EXCL | O_NOFOLLOW: never write through a file or link someone placed there first;
+    # fchmod: exactly 0600 whatever the umask (the umask could also leave it unreadable).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+
+
 def run_credentials(prefix: str = "run-") -> tuple[Security, Path]:
-    """A fresh CA and certificate for one run, and a private folder for their files.
+    """A fresh CA and certificate for one run, written as files into a private folder.
 
     Parameters
     ----------
@@ -67,13 +81,14 @@ def run_credentials(prefix: str = "run-") -> tuple[Security, Path]:
     Returns
     -------
     security : distributed.security.Security
-        ``Security.temporary()``: encryption required, one self-signed certificate for the
-        scheduler, workers and client.
+        Encryption required; CA, certificate and key of ``Security.temporary()`` (one
+        self-signed certificate for scheduler, workers and client) given as the paths of
+        the folder's ``ca.pem``, ``cert.pem`` and ``key.pem`` (mode 0600), so the same
+        object serves the scheduler here and the job scripts.
     folder : pathlib.Path
         A new folder of mode 0700 (checked, whatever the umask) under
-        ``probe-dask.cluster.credentials-dir``; pass it to ``SLURMCluster`` as
-        ``shared_temp_directory`` so the worker jobs' copies land there.
-        ProbeDaskError when it cannot be made private.
+        ``probe-dask.cluster.credentials-dir``. ProbeDaskError when it cannot be made
+        private.
     """
     root = _credentials_root()
     try:
@@ -88,32 +103,55 @@ def run_credentials(prefix: str = "run-") -> tuple[Security, Path]:
         shutil.rmtree(folder, ignore_errors=True)
         raise ProbeDaskError(f"{folder}: credentials folder is not private (mode "
                              f"{stat.S_IMODE(st.st_mode):o}); expected 700 and owned by you")
-    return Security.temporary(), folder
+    pem = Security.temporary().get_tls_config_for_role("worker")  # in-memory PEM text
+    paths = {key: folder / name for key, name in CREDENTIAL_FILES.items()}
+    try:
+        for key, path in paths.items():
+            _write_private(path, pem[key])
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ProbeDaskError(f"{folder}: cannot write the run's TLS credentials "
+                             f"({exc.strerror or exc})") from None
+    ca, cert, key = (str(paths[k]) for k in ("ca_file", "cert", "key"))
+    security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                        tls_scheduler_cert=cert, tls_scheduler_key=key,
+                        tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+    return security, folder
 
 
-def watch_credentials(cluster, folder: Path) -> None:
-    """Remove ``folder`` when :func:`release_credentials` is called on ``cluster``, or at exit."""
+def watch_credentials(cluster, folder: Path, security: Security | None = None) -> None:
+    """Remove ``folder`` when :func:`release_credentials` is called on ``cluster``, or at exit.
+
+    ``security`` (the one given to ``cluster``) is what :func:`job_security` returns.
+    """
     _cleanups[id(cluster)] = weakref.finalize(cluster, shutil.rmtree, str(folder), True)
+    if security is not None:
+        _securities[id(cluster)] = security
 
 
 def release_credentials(cluster) -> None:
-    """Close the credential files dask-jobqueue holds open and remove the run's folder."""
+    """Remove the run's credentials folder (its files with it)."""
+    _securities.pop(id(cluster), None)
     fin = _cleanups.pop(id(cluster), None)
-    if fin is None:
-        return
-    for key in ("ca_file", "cert", "key"):
-        handle = getattr(cluster, f"_job_{key}", None)
-        if handle is not None:
-            try:
-                handle.close()  # deletes the file; the folder goes next
-            except OSError:
-                pass
-    fin()
+    if fin is not None:
+        fin()
 
 
 def job_security(cluster):
-    """The ``Security`` the cluster's job scripts use (paths to the files), or None."""
-    return getattr(cluster, "_job_kwargs", {}).get("security")
+    """The ``Security`` the cluster's job scripts use (paths to the files), or None.
+
+    The per-run credentials of :func:`run_credentials` when this module made them; else
+    the cluster's own (public) ``security`` when it requires TLS and names files, not key
+    material; else None (no TLS, or credentials only dask-jobqueue holds as files).
+    """
+    security = _securities.get(id(cluster))
+    if security is not None:
+        return security
+    security = getattr(cluster, "security", None)
+    if security is None or not security.require_encryption:
+        return None
+    tls = security.get_tls_config_for_role("worker")
+    return None if any(v and "\n" in v for v in tls.values()) else security
 
 
 def is_loopback_address(address: str) -> bool:

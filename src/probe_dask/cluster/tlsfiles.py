@@ -17,27 +17,16 @@ Memory: the temporary certificate and key (a few KB), while writing them.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from probe_dask.cluster.tls import run_credentials
+from probe_dask.cluster.tls import CREDENTIAL_FILES, run_credentials
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["FILES", "main", "write_credentials"]
 
 #: File names in the credentials folder: the CA, the certificate, the private key.
-FILES = ("ca.pem", "cert.pem", "key.pem")
-
-
-def _write_private(path: Path, text: str) -> None:
-    # O_EXCL | O_NOFOLLOW: never write through a file or link someone placed there first;
-    # fchmod: exactly 0600 whatever the umask (the umask could also leave it unreadable).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(text)
+FILES = tuple(CREDENTIAL_FILES.values())
 
 
 def write_credentials(prefix: str = "run-") -> Path:
@@ -58,15 +47,7 @@ def write_credentials(prefix: str = "run-") -> Path:
     ProbeDaskError
         The folder cannot be made private or the files cannot be written (nothing is left).
     """
-    security, folder = run_credentials(prefix=prefix)
-    pems = (security.tls_ca_file, security.tls_scheduler_cert, security.tls_scheduler_key)
-    try:
-        for name, pem in zip(FILES, pems):
-            _write_private(folder / name, pem)
-    except OSError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ProbeDaskError(f"{folder}: cannot write the run's TLS credentials "
-                             f"({exc.strerror or exc})") from None
+    _, folder = run_credentials(prefix=prefix)  # writes FILES itself
     return folder
 
 
