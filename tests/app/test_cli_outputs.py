@@ -1,6 +1,7 @@
 """Safe outputs end to end: refused reruns, --overwrite, --out, umask, strict JSON with
 provenance, the converged flag, --require-converged, kept telemetry, plain logs."""
 
+import importlib.metadata
 import json
 import shutil
 import stat
@@ -49,6 +50,11 @@ def test_results_are_safe_and_say_where_they_came_from(tiny_run, tmp_path):
         assert summary["converged_pairs"] == n_conv < summary["pairs"]
         assert summary["solver_passes"] == 1 and summary["version"]
         assert "--require-converged" in summary["argv"] and summary["kernel"]
+        # what ran where: the driver's and each worker's versions, as installed here
+        versions = summary["versions"]
+        assert versions["driver"]["dask"] == importlib.metadata.version("dask")
+        assert len(versions["workers"]) >= 1 and all(
+            w["probe_dask"] == versions["driver"]["probe_dask"] for w in versions["workers"].values())
         assert summary["started"].endswith("Z") and summary["finished"] >= summary["started"]
     # a rerun does not replace them
     before = (out_train / METRICS_NAME).read_bytes()

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from probe_dask._version import __version__
+from probe_dask.cluster.versions import cluster_versions
 from probe_dask.kernels.dispatch import choose_backend
 
 __all__ = ["utc_now", "provenance", "worker_kernels"]
@@ -58,7 +59,9 @@ def provenance(client, *, device=None, backend="auto", started=None, argv=None) 
     -------
     dict
         ``version``, ``command`` (one shell-quoted string), ``argv``, ``python``,
-        ``host``, ``device``, ``kernel`` (workers per kernel), ``started``, ``finished``.
+        ``host``, ``device``, ``kernel`` (workers per kernel), ``versions`` (the compared
+        packages on the driver, the scheduler and each worker: ``cluster.cluster_versions``),
+        ``started``, ``finished``.
     """
     # orig_argv: the command as typed (``python -m probe_dask fit ...``), not the script path
     argv = list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv)
@@ -70,6 +73,8 @@ def provenance(client, *, device=None, backend="auto", started=None, argv=None) 
         "host": platform.node(),
         "device": device or "auto",
         "kernel": worker_kernels(client, device, backend),
+        # what ran where (checked when the workers joined; recorded, not checked, here)
+        "versions": cluster_versions(client, check=False),
         "started": started,
         "finished": utc_now(),
     }
