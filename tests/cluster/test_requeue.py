@@ -11,10 +11,12 @@ TimeLimit=10``: operator rights, as the CI's Slurm is run as root). The second r
 id, ``Restarts=1``) resumes from the checkpoint, finishes, and writes results bitwise equal
 to an undisturbed local run's, run meanwhile; the results are written once.
 
-The fit is sized (618,496 pairs, 557 blocks of 700 non-zeros, 16 passes: 48 s of passes
-alone on the CI machine, 3.7 s a pass; 8.5 s a pass in the job beside the reference run) so
-that it outlasts the signal's 30-s window. About 130 s in all on a free node; longer when
-other jobs hold its 2 CPUs (the worker jobs queue). Needs a running Slurm.
+The fit is sized so that it outlasts the signal's 30-s window: 618,496 pairs on 2.3 M
+non-zeros, its ranges read from the latent-major layout on disk every pass (so the requeue
+is tested on that layout), with the torch kernel (``--kernel torch``, the CPU fallback:
+about 17 s a pass while most pairs are active on the CI machine, 15 passes). About 4 min in
+all on a free node; longer when other jobs hold its 2 CPUs (the worker jobs queue). Needs a
+running Slurm.
 """
 
 import math
@@ -38,7 +40,7 @@ ROOT_YAML = ROOT / "jobqueue.yaml"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(600)]
 
-FIT_FLAGS = ["--max-iter", "200", "--block-nnz", "1000", "--allow-many-blocks", "--no-telemetry"]
+FIT_FLAGS = ["--max-iter", "200", "--kernel", "torch", "--no-telemetry"]
 
 
 def paths(root, run):
@@ -76,11 +78,11 @@ def scontrol_update(job_id, *fields):
 
 def test_walltime_signal_requeues_and_the_fit_resumes_identically(slurm, tmp_path, capsys,
                                                                  monkeypatch):
-    # 782 blocks of 1000 non-zeros re-read from disk every pass: passes slow enough (about
-    # 3 s) that the walltime signal comes before the fit ends. Both runs (and sbatch's job)
-    # inherit it.
+    # ranges read from the layout on disk every pass, by the torch kernel: passes slow enough
+    # (about 17 s) that the walltime signal comes before the fit ends. Both runs (and
+    # sbatch's job) inherit it.
     monkeypatch.setenv("DASK_PROBE_DASK__ENGINE__PERSIST", "false")
-    run = make_run(tmp_path / "data", n_train_examples=128, n_test_examples=8,
+    run = make_run(tmp_path / "data", n_train_examples=384, n_test_examples=8,
                    tokens_per_example=128, d_sae=4096, n_classes=151, mean_nnz_per_row=48,
                    seed=5, n_planted=6)
     shutil.copytree(run.root, tmp_path / "ref")
@@ -127,7 +129,7 @@ def test_walltime_signal_requeues_and_the_fit_resumes_identically(slurm, tmp_pat
 
         final = wait_done(job, 300)  # its worker job may queue behind other tests' jobs
         left = jobs_in(tmp_path)
-        assert ref.wait(timeout=200) == 0, (tmp_path / "ref.err").read_text()[-3000:]
+        assert ref.wait(timeout=400) == 0, (tmp_path / "ref.err").read_text()[-3000:]
     finally:
         if ref.poll() is None:
             ref.kill()

@@ -22,13 +22,13 @@ def test_gpu_workers_take_larger_blocks_and_budget_resident_ones(tiny_run):
     # one worker thread: at least 2 blocks of the train shard, not the CPU's cap
     assert gpu.backend == "triton" and gpu.block_nnz > 2000 and gpu.fits and gpu.persist
     rows = gpu_rows(gpu)
-    resident = rows["resident train blocks + work lists (kernels.resident)"]
+    resident = rows["resident train ranges + work lists (kernels.resident)"]
     nnz = gpu.train.nnz
-    # every train block on the device: 8 bytes a non-zero + a byte a row, plus work lists
+    # every train range on the device: 8 bytes a non-zero + a byte a row, plus work lists
     assert resident.nbytes >= 8 * nnz + gpu.train.n_rows
     assert not any("torch chunk" in name for name in rows)
     # a GPU too small for them: the resident cache's bound is what the plan counts
     with dask.config.set({"probe-dask.kernels.gpu-resident-fraction": 1e-9}):
         small = plan_run(tiny_run.train_shard, tiny_run.test_shard, run=tiny_run.run_dir,
                          memory_limit="4GB", n_workers=1, device="cuda", gpu_memory="80GB")
-    assert gpu_rows(small)["resident train blocks + work lists (kernels.resident)"].nbytes == 80
+    assert gpu_rows(small)["resident train ranges + work lists (kernels.resident)"].nbytes == 80
