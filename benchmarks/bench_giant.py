@@ -1,0 +1,155 @@
+"""The users' largest shard, out of core: ranges read from the latent-major layout every pass.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_giant.py [--scale 1.0] [--workdir /tmp] [--json PATH]
+
+Makes a run of the real shape (``--scale 1``: 5.6 M rows of 256 patches per image, 32768
+latents, about 400 non-zeros a row: 2.26e9, more than 2**31; power-law latent frequencies;
+``probe_dask.testing.synthetic.make_run``, uncompressed, cached under ``--workdir`` by its
+parameters; ``--scale`` multiplies the rows) and fits it with ``probe-dask fit`` as a user
+runs it, on 2 local workers of the default memory limit, its ranges forced onto the layout on
+disk (``probe-dask.engine.persist: false``), twice: with 151 classes and ``--max-iter 2``,
+and with 2 classes to convergence (the kernel then costs about what a GPU pass costs
+relative to the reads). The command's process tree is sampled every 0.1 s (psutil).
+
+Per pass it reports the wall seconds and the bytes read (the run's telemetry), the kernel's
+seconds on the same work (its ``work_units`` at the C kernel's ns per unit measured here,
+over the 2 worker threads) and the disk's read rate measured here (the layout's
+``values.f32`` read once in 64 MiB reads after ``posix_fadvise(DONTNEED)``), side by side
+with the ratio the target bounds: pass seconds / (kernel seconds + bytes / rate) <= 1.3
+(the first pass is closed forms and reads nothing). Also the layout's build time and the
+driver's and workers' peak RSS (targets: driver <= 1.0 GB, workers under 80 % of their
+limit). Writes JSON (keys ``nnz``, ``layout_s``, ``pass_s``, ``pass_kernel_s``,
+``pass_bytes_read``, ``disk_bytes_per_s``, ``driver_peak_bytes``, ``worker_peak_bytes``).
+
+Memory of this script: one row chunk of the generator at a time; the fits run in their own
+processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from distributed.system import MEMORY_LIMIT
+
+import common
+from probe_dask.io.layout import LATENT_MAJOR_NAME, activations_path
+from probe_dask.memory import read_shard_info
+from probe_dask.memory.estimate import kernel_ns_per_unit
+from probe_dask.telemetry import read_telemetry, run_telemetry
+from probe_dask.testing.synthetic import make_run
+
+NAME = "bench_giant"
+FULL_EXAMPLES = 21_875  # x 256 patches = 5.6 M rows
+TOKENS, LATENTS, ROW_NNZ = 256, 32_768, 400
+WORKERS = 2
+
+
+def generate(workdir: Path, scale: float, n_classes: int):
+    """The run at ``scale`` (cached: made once per parameters)."""
+    n = max(1, round(FULL_EXAMPLES * scale))
+    params = dict(n_train_examples=n, n_test_examples=max(1, n // 8), tokens_per_example=TOKENS,
+                  d_sae=LATENTS, n_classes=n_classes, mean_nnz_per_row=ROW_NNZ, seed=7,
+                  compressed=False)
+    root = workdir / f"{NAME}-{n}x{TOKENS}-{LATENTS}-{n_classes}"
+    stamp = root / "params.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == params:
+        run = json.loads((root / "run.json").read_text())
+        return run, 0.0
+    t0 = time.perf_counter()
+    made = make_run(root, **params)
+    run = {"run_dir": str(made.run_dir), "train_shard": str(made.train_shard),
+           "test_shard": str(made.test_shard)}
+    (root / "run.json").write_text(json.dumps(run))
+    stamp.write_text(json.dumps(params))
+    return run, time.perf_counter() - t0
+
+
+def disk_rate(path: Path, chunk: int = 64 * 2**20) -> float:
+    """Bytes per second of one cold read of ``path`` (its pages dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        t0, total = time.perf_counter(), 0
+        while True:
+            got = os.read(fd, chunk)
+            if not got:
+                break
+            total += len(got)
+        return total / max(time.perf_counter() - t0, 1e-9)
+    finally:
+        os.close(fd)
+
+
+def fit(run, n_classes, max_iter, args):
+    """One ``probe-dask fit`` from disk; its per-pass numbers and peaks."""
+    out = Path(args.workdir) / f"{NAME}-out-{n_classes}"
+    os.environ["DASK_PROBE_DASK__ENGINE__PERSIST"] = "false"
+    rc, wall, sampler, _, err = common.run_cli_sampled(
+        "fit", "--run", run["run_dir"], "--train-shards", run["train_shard"], "--test-shards",
+        run["test_shard"], "--workers", str(WORKERS), "--threads", "1", "--max-iter",
+        str(max_iter), "--out", str(out), "--restart", "--overwrite")
+    if rc != 0:
+        raise SystemExit(f"probe-dask fit failed ({rc}):\n{err[-3000:]}")
+    kept = run_telemetry(out / Path(run["train_shard"]).name)
+    events = read_telemetry(kept[-1]) if kept else []
+    passes = [e for e in events if e.get("event") == "iteration"]
+    start = common.first_event(events, "fit_start") or {}
+    ns, _ = kernel_ns_per_unit("c", "cpu", n_classes)
+    values = (activations_path(run["run_dir"], Path(run["train_shard"]).name).parent
+              / ".probe-dask-store" / LATENT_MAJOR_NAME / "values.f32")
+    rate = disk_rate(values) if values.exists() else float("nan")
+    pass_s = [float(p["pass_seconds"]) for p in passes]
+    kernel_s = [int(p["work_units"]) * ns * 1e-9 / WORKERS if int(p["bytes_read"]) else 0.0
+                for p in passes]
+    read = [int(p["bytes_read"]) for p in passes]
+    ratio = [s / (k + b / rate) if b else None for s, k, b in zip(pass_s, kernel_s, read)]
+    first_read = next((b for b in read if b), 0)
+    return {
+        "classes": n_classes, "wall_s": wall, "layout_s": start.get("layout_seconds"),
+        "pass_s": pass_s, "pass_kernel_s": kernel_s, "pass_bytes_read": read,
+        "pass_active_pairs": [int(p["active_after"]) for p in passes],
+        "pass_read_vs_first_reading_pass": [b / first_read if first_read else None
+                                            for b in read],
+        "pass_vs_kernel_plus_reads": ratio, "disk_bytes_per_s": rate,
+        "driver_peak_bytes": sampler.driver_peak,
+        "worker_peak_bytes": max(sampler.worker_peaks, default=0),
+        "worker_limit_bytes": MEMORY_LIMIT // WORKERS, "ns_per_unit": ns,
+        "nnz": read_shard_info(activations_path(run["run_dir"],
+                                                Path(run["train_shard"]).name)).nnz,
+    }
+
+
+def main():
+    p = common.parser(__doc__, first_paragraph=True)
+    p.add_argument("--scale", type=float, default=1.0, help="share of the real rows (1: 5.6 M)")
+    args = p.parse_args()
+    workdir = Path(args.workdir)
+    print(common.machine_line())
+    results = {"scale": args.scale, "runs": []}
+    for n_classes, max_iter in ((151, 2), (2, 200)):
+        run, made_s = generate(workdir, args.scale, n_classes)
+        r = fit(run, n_classes, max_iter, args)
+        r["generate_s"] = made_s
+        results["runs"].append(r)
+        print(f"\n{n_classes} classes: layout built in {r['layout_s'] or 0:.1f} s; disk "
+              f"{r['disk_bytes_per_s'] / 1e6:.0f} MB/s; driver peak "
+              f"{r['driver_peak_bytes'] / 2**20:.0f} MiB, worker peak "
+              f"{r['worker_peak_bytes'] / 2**20:.0f} MiB of {r['worker_limit_bytes'] / 2**30:.1f} GiB")
+        rows = [[i + 1, f"{s:.2f}", f"{k:.2f}", f"{b / 1e6:.1f}", a,
+                 "-" if q is None else f"{q:.2f}"]
+                for i, (s, k, b, a, q) in enumerate(zip(
+                    r["pass_s"], r["pass_kernel_s"], r["pass_bytes_read"],
+                    r["pass_active_pairs"], r["pass_vs_kernel_plus_reads"]))]
+        common.print_table(["pass", "s", "kernel s", "MB read", "active after",
+                            "s / (kernel + read)"], rows)
+    results["nnz"] = results["runs"][0]["nnz"]
+    common.write_results(args, NAME, results)
+
+
+if __name__ == "__main__":
+    main()
