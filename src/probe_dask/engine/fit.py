@@ -269,7 +269,7 @@ class ProbeFitter(ProbeEstimator):
                 new = [client.submit(advance_range, d, f, **options, resources=self.resources,
                                      **where) for d, f, where in zip(data, fits, places)]
                 try:
-                    parts = read_ranges(client, new, range_stats)
+                    parts = read_ranges(client, new, range_stats, places=places)
                 except CheckpointMoved:  # a lost range restarted from a replaced checkpoint
                     checkpoint.wait()
                     fits, n_iter = self._start_ranges(client, data, bounds, n_classes, checkpoint)
@@ -277,8 +277,10 @@ class ProbeFitter(ProbeEstimator):
                     continue
                 fits = new
                 stats = combine_stats(parts)
-                for key in ("work_units", "bytes_read"):
+                for key in ("work_units", "bytes_read", "active_latents"):
                     stats[key] = sum(int(p[key]) for p in parts)
+                for key in ("sums_seconds", "range_seconds"):  # ranges run side by side
+                    stats[key] = max(float(p[key]) for p in parts)
                 stats["pass_seconds"] = time.perf_counter() - start
                 n_iter, n_active = stats["n_iter"], stats["active_after"]
                 self.history_.append(stats)

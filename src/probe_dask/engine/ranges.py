@@ -39,6 +39,7 @@ ranges (``8 L``), and one field of one range while a checkpoint streams.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -242,17 +243,25 @@ def advance_range(data, fit: RangeFit, device=None, backend="auto", resident=Fal
     """One solver pass of a range: sums of its active pairs, then one step, on a copy of its
     state (``fit`` stays as it was: the scheduler may recompute from it, and the driver may
     be streaming it to the checkpoint)."""
+    began = time.perf_counter()
     pairs = fit.state.active_pairs()
-    work_units = int(np.diff(pairs.latent_ptr) @ fit.label_sums.count)
+    per_latent = np.diff(pairs.latent_ptr)
+    work_units = int(per_latent @ fit.label_sums.count)
+    active_latents = int(np.count_nonzero(per_latent))
     if pairs.w.any():
         sums = range_fit_sums(data, pairs, device, backend=backend, resident=resident)
         read = bytes_read(data, pairs)
     else:  # the first pass (every pair at w = 0): closed forms, no event read
         sums, read = sums_at_zero(fit.label_sums, pairs, device, backend), 0
+    summed = time.perf_counter()
     del pairs
     state = fit.state.copy()
     stats = solver_step(fit.constants, state, sums)
     stats["work_units"], stats["bytes_read"] = work_units, read
+    stats["active_latents"] = active_latents
+    # where a pass's time goes, on the worker: reading and summing events, then the rest
+    stats["sums_seconds"] = summed - began
+    stats["range_seconds"] = time.perf_counter() - began
     return dataclasses.replace(fit, state=state, stats=stats)
 
 
@@ -283,10 +292,14 @@ def where_held(client, futures) -> list[dict]:
             else {} for f in futures]
 
 
-def read_ranges(client, futures, func, *args) -> list:
-    """``func(value, *args)`` of every future, each computed where the value is held."""
+def read_ranges(client, futures, func, *args, places=None) -> list:
+    """``func(value, *args)`` of every future, each computed where the value is held, or
+    where ``places`` (``submit`` keywords, one per future) sent it: then the reads are
+    queued behind the futures at once, with no round trip to ask where they are."""
+    if places is None:
+        places = where_held(client, futures)
     reads = [client.submit(func, f, *args, pure=False, **where)
-             for f, where in zip(futures, where_held(client, futures))]
+             for f, where in zip(futures, places)]
     return client.gather(reads)
 
 
