@@ -199,18 +199,22 @@ def sums_at_zero(label_sums: LabelSums, pairs: ActivePairs, device=None,
     kernel's own (its float32 sigmoid): one event of value 1 per latent. Equal to the
     event-by-event sums up to the order of additions (measured: 2e-15 relative).
     Memory: ``6 x 8 P`` bytes of result, ``48 P`` for the constants and ``24 P`` of
-    per-pair latent sums.
+    per-pair latent sums (each product is written into the result: no temporaries).
     """
     n_lat = len(pairs.latent_ptr) - 1
     unit = LatentBlock(np.arange(n_lat + 1, dtype=np.int64), np.zeros(n_lat, dtype=np.int32),
                        np.ones(n_lat, dtype=np.float32), np.zeros(1, dtype=np.uint8))
     mu, _, s, _, _, softplus = kernels.fit_sums(unit, pairs, device, backend=backend)
-    latent = np.repeat(np.arange(n_lat), np.diff(pairs.latent_ptr))
-    count = label_sums.count[latent].astype(np.float64)
-    sum_v = label_sums.vpos.sum(axis=1)[latent]  # every row has one class
-    sum_v2 = label_sums.sum_v2[latent]
-    return np.stack([count * mu, sum_v * mu, count * s, sum_v * s, sum_v2 * s,
-                     count * softplus])
+    per_latent = np.diff(pairs.latent_ptr)
+    count = np.repeat(label_sums.count.astype(np.float64), per_latent)
+    sum_v = np.repeat(label_sums.vpos.sum(axis=1), per_latent)  # every row has one class
+    out = np.empty((6, pairs.n_pairs))  # filled in place: no temporaries of size P
+    for row, (stat, const) in enumerate(((count, mu), (sum_v, mu), (count, s), (sum_v, s),
+                                         (None, s), (count, softplus))):
+        if stat is None:  # sum of squares, used once
+            stat = np.repeat(label_sums.sum_v2, per_latent)
+        np.multiply(stat, const, out=out[row])
+    return out
 
 
 def range_eval_sums(data, pairs: ActivePairs, device=None, backend="auto", resident=False):
