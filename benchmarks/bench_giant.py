@@ -14,8 +14,9 @@ and with 2 classes to convergence (the kernel then costs about what a GPU pass c
 relative to the reads). The command's process tree is sampled every 0.1 s (psutil).
 
 Per pass it reports the wall seconds and the bytes read (the run's telemetry), the kernel's
-seconds on the same work (its ``work_units`` at the C kernel's ns per unit measured here,
-over the 2 worker threads) and the disk's read rate measured here (the layout's
+seconds on the same work (its ``work_units`` at the C kernel's ns per unit measured here on
+the layout's own events, over the 2 worker threads), the slowest range's seconds on its
+worker (reading and summing its events, and its whole step), and the disk's read rate measured here (the layout's
 ``values.f32`` read once in 64 MiB reads after ``posix_fadvise(DONTNEED)``), side by side
 with the ratio the target bounds: pass seconds / (kernel seconds + bytes / rate) <= 1.3
 (the first pass is closed forms and reads nothing). Also the layout's build time and the
@@ -39,6 +40,9 @@ import numpy as np
 from distributed.system import MEMORY_LIMIT
 
 import common
+from probe_dask import kernels
+from probe_dask.core.blocks import ActivePairs, LatentBlock
+from probe_dask.io.latent_major import LatentMajorLayout
 from probe_dask.io.layout import LATENT_MAJOR_NAME, activations_path
 from probe_dask.memory import read_shard_info
 from probe_dask.memory.estimate import kernel_ns_per_unit
@@ -99,6 +103,33 @@ def run_fit(run, max_iter, out: Path, persist: str):
     return wall, sampler
 
 
+def kernel_ns_on_layout(store: Path, shape, n_classes: int, target_nnz: int = 2**23) -> float:
+    """ns per unit of the C kernel on the layout's own events: the latents from the middle
+    of the order on, until about ``target_nnz`` events, read into memory first, every pair
+    active at ``w != 0`` (a pass after the first), the median of three calls.
+
+    The synthetic calibration of ``probe-dask plan`` times an in-cache block; this times
+    the events a pass reads (power-law latent sizes, a range's full pair table)."""
+    layout = LatentMajorLayout(str(store), tuple(shape), 0)
+    ptr = layout.latent_ptr()
+    first = shape[1] // 2
+    last = int(np.searchsorted(ptr, ptr[first] + target_nnz)) or shape[1]
+    last = min(max(last, first + 1), shape[1])
+    n = int(ptr[last] - ptr[first])
+    rows, values = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float32)
+    layout.read_runs([(int(ptr[first]), int(ptr[last]))], rows, values)
+    block = LatentBlock(ptr[first:last + 1] - ptr[first], rows, values, layout.labels())
+    rng = np.random.default_rng(0)
+    pairs = ActivePairs.all_pairs(rng.normal(-2.0, 0.5, (last - first, n_classes)),
+                                  rng.normal(0.0, 0.2, (last - first, n_classes)))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        kernels.fit_sums(block, pairs, backend="c")
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e9 / (n * n_classes)
+
+
 def fit(run, n_classes, max_iter, args):
     """One ``probe-dask fit`` from disk; its per-pass numbers and peaks."""
     out = Path(args.workdir) / f"{NAME}-out-{n_classes}"
@@ -112,7 +143,10 @@ def fit(run, n_classes, max_iter, args):
     # the telemetry keeps a stage's numbers in the host_mem event that closes it
     start = next((e for e in events if e.get("event") == "host_mem"
                   and e.get("stage") == "fit_start"), {})
-    ns, _ = kernel_ns_per_unit("c", "cpu", n_classes)
+    calibrated, _ = kernel_ns_per_unit("c", "cpu", n_classes)
+    info = read_shard_info(activations_path(run["run_dir"], Path(run["train_shard"]).name))
+    shape = (info.n_rows, info.n_cols)
+    ns = kernel_ns_on_layout(store, shape, n_classes)
     values = store / "values.f32"
     rate = disk_rate(values) if values.exists() else float("nan")
     pass_s = [float(p["pass_seconds"]) for p in passes]
@@ -135,6 +169,7 @@ def fit(run, n_classes, max_iter, args):
         "driver_peak_bytes": sampler.driver_peak,
         "worker_peak_bytes": max(sampler.worker_peaks, default=0),
         "worker_limit_bytes": MEMORY_LIMIT // WORKERS, "ns_per_unit": ns,
+        "ns_per_unit_calibration": calibrated,
         "nnz": read_shard_info(activations_path(run["run_dir"],
                                                 Path(run["train_shard"]).name)).nnz,
     }
@@ -178,7 +213,9 @@ def main():
         r = fit(run, n_classes, max_iter, args)
         r["generate_s"] = made_s
         results["runs"].append(r)
-        print(f"\n{n_classes} classes: layout built in {r['layout_s'] or 0:.1f} s; disk "
+        print(f"\n{n_classes} classes: kernel {r['ns_per_unit']:.2f} ns/unit on the layout's "
+              f"events ({r['ns_per_unit_calibration']:.2f} on the plan's synthetic block)")
+        print(f"{n_classes} classes: layout built in {r['layout_s'] or 0:.1f} s; disk "
               f"{r['disk_bytes_per_s'] / 1e6:.0f} MB/s; driver peak "
               f"{r['driver_peak_bytes'] / 2**20:.0f} MiB, worker peak "
               f"{r['worker_peak_bytes'] / 2**20:.0f} MiB of {r['worker_limit_bytes'] / 2**30:.1f} GiB")
