@@ -52,6 +52,7 @@ from probe_dask.app.sweep_summary import SETTINGS_NAME, write_summary
 from probe_dask.app.sweepfile import RUN_DEFAULTS, run_settings
 from probe_dask import config
 from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import check_settings
 from probe_dask.engine.workers import task_resources
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
 from probe_dask.memory.live import plan_job
@@ -145,7 +146,7 @@ class _Stop(KeyboardInterrupt):
 
 def _fit_one(client, e: SweepEntry, *, settings, restart, progress, log, telemetry_interval,
              stop=None):
-    run = run_settings(e.run, settings)
+    fit_with = run_settings(e.run, settings)
     tele = None
     if telemetry_interval is not None:
         tele = Telemetry(interval=telemetry_interval)
@@ -160,7 +161,8 @@ def _fit_one(client, e: SweepEntry, *, settings, restart, progress, log, telemet
         callbacks.append(check)
     error = None
     try:
-        return run_job(client, e.inputs, run, resources=task_resources(client, run.device),
+        return run_job(client, e.inputs, fit_with,
+                       resources=task_resources(client, fit_with.device),
                        restart=restart, progress=progress, log=log,
                        callbacks=callbacks or None, capture_warnings=stop is None)
     except BaseException as exc:
@@ -302,7 +304,7 @@ def run_sweep(client, entries, settings: FitSettings | None = None, *, summary_d
     SweepResult
         ``failed`` is empty when every run finished or was skipped.
     """
-    settings = (settings or FitSettings()).replace(**changes)
+    settings = check_settings((settings or FitSettings()).replace(**changes))
     log = logger.info if log is None else log
     t0 = time.perf_counter()
     result = SweepResult(entries)
