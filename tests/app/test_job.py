@@ -8,7 +8,8 @@ import pytest
 
 from probe_dask.app.job import (CHECKPOINT_NAME, CLASSES_NAME, METRICS_NAME, open_inputs,
                                 persist_setting, run_job)
-from probe_dask.errors import ProbeDaskError
+from probe_dask.core.settings import FitSettings
+from probe_dask.errors import InvalidParameterError, ProbeDaskError
 from probe_dask.testing.reference import dense_shard
 from probe_dask.testing.reference import dense_metrics
 
@@ -63,3 +64,16 @@ def test_persist_setting_refuses_other_values():
             pytest.raises(ProbeDaskError, match=r"'probe-dask.engine.persist': found 'sometimes'; "
                                                 r"expected auto, true or false"):
         persist_setting()
+
+
+@pytest.mark.parametrize("changes", [{"ridge": 0.0}, {"max_iter": 0}, {"backend": "cuda"},
+                                     {"device": "gpu"}])
+def test_bad_settings_stop_the_job_before_anything(changes):
+    """The settings are checked first: no client or input is touched (both None here)."""
+    name, = changes
+    with pytest.raises(InvalidParameterError, match=rf"^FitSettings: {name}: found "):
+        run_job(None, None, **changes)
+    with pytest.raises(InvalidParameterError, match=rf"^FitSettings: {name}: found "):
+        run_job(None, None, FitSettings().replace(**changes))
+    with pytest.raises(TypeError):
+        run_job(None, None, alpha=1.0)  # no such setting

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from probe_dask.app.sweepfile import parse_set, read_sweep
+from probe_dask.app.sweepfile import RUN_CONSTRAINTS, parse_set, read_sweep, run_settings
+from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS
 from probe_dask.errors import InputError
 
 RUNS = [{"run": "runs/a", "train_shards": "/s/train", "test_shards": "/s/test", "max_iter": 5},
@@ -118,3 +120,38 @@ def test_set_values_are_checked_like_the_files(tmp_path):
     js.write_text(json.dumps([{**RUNS[0], "ridge": []}]))
     with pytest.raises(InputError, match="ridge: found an empty list"):
         read_sweep(js)
+
+
+def _json_able(value) -> bool:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError):
+        return False
+
+
+#: Every invalid value a JSON file can hold, of every key a run may have.
+BAD_VALUES = [(key, value) for key, constraint in RUN_CONSTRAINTS.items()
+              for value in constraint.invalid_values() if _json_able(value)]
+
+
+@pytest.mark.parametrize("key, value", BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_each_invalid_value_names_file_run_key_and_expectation(tmp_path, key, value):
+    js = tmp_path / "sweep.json"
+    js.write_text(json.dumps([{**RUNS[0], key: value}]))
+    with pytest.raises(InputError) as err:
+        read_sweep(js)
+    where = "run 0" if key == "run" else "run 0 (a)"
+    assert str(err.value) == (f"{js}: {where}: {key}: found {value!r}; "
+                              f"expected {RUN_CONSTRAINTS[key]}")
+
+
+def test_fit_settings_keys_take_the_fitters_constraints_and_defaults(tmp_path):
+    for key in ("ridge", "max_iter"):
+        assert RUN_CONSTRAINTS[key] is PARAMETER_CONSTRAINTS[key]
+    js = tmp_path / "sweep.json"
+    js.write_text(json.dumps([{**RUNS[0], "device": "cpu"}, RUNS[1]]))
+    runs = read_sweep(js)
+    base = FitSettings(backend="c", max_iter=7)
+    assert run_settings(runs[0], base) == FitSettings(ridge=FitSettings.ridge, max_iter=5,
+                                                      device="cpu", backend="c")
+    assert run_settings(runs[1], base) == FitSettings(ridge=1e-3, max_iter=7, backend="c")

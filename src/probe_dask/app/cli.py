@@ -41,6 +41,7 @@ from probe_dask.app.parser import (
     add_sweep_parser,
     add_telemetry_flags,
     finish_help,
+    fit_settings,
 )
 from probe_dask.app.plan_command import plan_command
 from probe_dask.app.progress import Progress
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_flags(demo)
     add_output_flags(demo, out=False)
     add_telemetry_flags(demo)
-    demo.set_defaults(func=_cmd_demo)
+    # The synthetic run is made here: no cache folder, no results to keep.
+    demo.set_defaults(func=_cmd_demo, cache_dir=None, out=None, overwrite=True)
 
     fit = sub.add_parser("fit", help="fit and evaluate every (latent, class) probe of a run")
     add_data_flags(fit)
@@ -129,52 +131,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open_client(args):
     spec = args.scheduler or args.cluster
-    check_local_threads(spec, args.workers, args.threads,
-                        allow=getattr(args, "allow_oversubscribe", False))
+    check_local_threads(spec, args.workers, args.threads, allow=args.allow_oversubscribe)
     sizing = dict(n_workers=args.workers, threads_per_worker=args.threads,
                   memory_limit=args.memory_limit, jobs=args.jobs, minimum_jobs=args.min_jobs,
                   maximum_jobs=args.max_jobs)
     if spec == "local" and sizing["threads_per_worker"] is None:
         sizing["threads_per_worker"] = 1  # torch and the C kernel each use one core per task
     security = {}
-    if getattr(args, "insecure", False):
+    if args.insecure:
         logger.warning("probe-dask: %s", INSECURE_WARNING)
         security = {"security": False}
     # Only what the user asked for: joining a running scheduler takes no sizing at all.
     return make_cluster(spec, jobqueue_config=args.jobqueue_config,
-                        dashboard_address=getattr(args, "dashboard_address", None), **security,
+                        dashboard_address=args.dashboard_address, **security,
                         **{k: v for k, v in sizing.items() if v is not None})
 
 
 def _run(args, run_dir, train, test):
-    kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
     # Lines go to the logging handlers (app/logs.py); the bars only are Progress's own.
     progress = Progress(quiet=_flag(args, "quiet"), logger=logging.getLogger("probe_dask.app.progress"))
     try:
-        return _run_logged(args, run_dir, train, test, kwargs, progress)
+        tele = _start_telemetry(args)
+        inputs, names = _open_job(args, run_dir, train, test, progress, tele)
+        result = _fit_on_cluster(args, fit_settings(args), inputs, names, progress, tele)
+        _print_result(result)
+        return result
     finally:
         progress.close()
 
 
-def _run_logged(args, run_dir, train, test, kwargs, progress):
-    log = progress.log
-    tele = _start_telemetry(args)
+def _open_job(args, run_dir, train, test, progress, tele):
+    """The job's inputs and class names, opened and checked before any cluster starts (bad
+    input costs seconds)."""
     progress(Stage.OPEN, {})
     check_local_threads(args.scheduler or args.cluster, args.workers, args.threads,
-                        allow=getattr(args, "allow_oversubscribe", False))
-    # Input and output folders are checked before any cluster starts: bad input costs seconds.
-    inputs = open_inputs(run_dir, train, test, cache_dir=getattr(args, "cache_dir", None),
-                         out_root=getattr(args, "out", None),
-                         overwrite=getattr(args, "overwrite", True), restart=args.restart, **kwargs)
-    names = class_names(args.class_names, inputs.n_classes)  # before any cluster starts
+                        allow=args.allow_oversubscribe)
+    kwargs = {} if args.block_nnz is None else {"block_nnz": args.block_nnz}
+    inputs = open_inputs(run_dir, train, test, cache_dir=args.cache_dir, out_root=args.out,
+                         overwrite=args.overwrite, restart=args.restart, **kwargs)
+    names = class_names(args.class_names, inputs.n_classes)
     progress(Stage.INGEST, {"seconds": inputs.open_seconds})
-    check_block_count(inputs, args.block_nnz, allow=getattr(args, "allow_many_blocks", False))
+    check_block_count(inputs, args.block_nnz, allow=args.allow_many_blocks)
     args.checkpoint_path = inputs.out_dirs[0] / CHECKPOINT_NAME  # named if a signal stops the run
     if tele is not None:
         tele.host_mem(Stage.INGEST, seconds=inputs.open_seconds)
         tele.open(telemetry_path(inputs.out_dirs[0]))
-    spec = args.scheduler or args.cluster
-    warning = login_node_warning(spec)
+    return inputs, names
+
+
+def _fit_on_cluster(args, settings, inputs, names, progress, tele):
+    """Start or join the cluster, run the job on it, and close both the telemetry and the
+    cluster whatever happens."""
+    log = progress.log
+    warning = login_node_warning(args.scheduler or args.cluster)
     if warning:
         logger.warning(warning)
     handle = _open_client(args)
@@ -184,13 +193,12 @@ def _run_logged(args, run_dir, train, test, kwargs, progress):
         log(f"dashboard: {client.dashboard_link}")
         if (hint := ssh_tunnel_hint(client.dashboard_link)) is not None:
             log(f"dashboard from a laptop: {hint}")
-        device = None if args.device == "auto" else args.device
         if tele is not None:
             tele.attach(client)
             tele.host_mem(Stage.CLUSTER, dashboard=client.dashboard_link)
         with _performance_report(args, inputs, log):
-            result = run_job(client, inputs, ridge=args.ridge, max_iter=args.max_iter, device=device,
-                             resources=task_resources(client, device), backend=args.kernel,
+            result = run_job(client, inputs, settings,
+                             resources=task_resources(client, settings.device),
                              restart=args.restart, progress=False, class_names=names,
                              callbacks=[c for c in (tele, progress) if c is not None])
             args.results_final = True  # committed: a walltime signal from here on is not requeued
@@ -206,6 +214,10 @@ def _run_logged(args, run_dir, train, test, kwargs, progress):
             log(f"telemetry: not completed ({type(exc).__name__}: {exc})")
         finally:
             handle.close()
+    return result
+
+
+def _print_result(result) -> None:
     print(format_table(result.table))
     print(f"\nsolver passes: {result.n_iter}; converged pairs: {result.n_converged:,} of "
           f"{result.n_pairs:,}; fit {result.seconds['fit']:.1f} s, evaluate "
@@ -213,7 +225,6 @@ def _run_logged(args, run_dir, train, test, kwargs, progress):
     print(f"results:\n  {result.train_metrics}\n  {result.test_metrics}")
     for p in result.classes_json:
         print(f"  {p}")
-    return result
 
 
 def _status(args, result) -> int:
@@ -227,7 +238,7 @@ def _status(args, result) -> int:
 
 
 def _start_telemetry(args):
-    if not getattr(args, "telemetry", False):
+    if not args.telemetry:
         return None
     tele = Telemetry(interval=args.telemetry_interval)
     tele.host_mem(Stage.OPEN)
@@ -235,7 +246,7 @@ def _start_telemetry(args):
 
 
 def _performance_report(args, inputs, log=None):
-    if getattr(args, "performance_report", None) is None:
+    if args.performance_report is None:
         return contextlib.nullcontext()
     path = args.performance_report or str(inputs.out_dirs[0] / PERFORMANCE_REPORT_NAME)
     (log or logger.info)(f"performance report: {path}")
@@ -278,7 +289,6 @@ def _cmd_fit(args):
 def _cmd_demo(args):
     t0 = time.perf_counter()
     run = demo_run(Path(args.demo_dir), n_train_examples=args.train_examples, seed=args.seed)
-    args.cache_dir = None
     result = _run(args, run.run_dir, run.train_shard, run.test_shard)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. The synthetic run is in {run.run_dir}.")
     print("On your own data (saev layout), run:\n"
@@ -315,14 +325,13 @@ def _cmd_sweep(args):
         client = handle.client
         logger.info("dashboard: %s", client.dashboard_link)
     report = contextlib.nullcontext()
-    if getattr(args, "performance_report", None) is not None and client is not None:
+    if args.performance_report is not None and client is not None:
         report = performance_report(filename=args.performance_report or str(
             (summary_dir or entries[0].out_dirs[0]) / PERFORMANCE_REPORT_NAME))
     try:
         with report:
-            result = run_sweep(client, entries, summary_dir=summary_dir, restart=args.restart,
-                               backend=args.kernel,
-                               fail_fast=args.fail_fast,
+            result = run_sweep(client, entries, fit_settings(args), summary_dir=summary_dir,
+                               restart=args.restart, fail_fast=args.fail_fast,
                                concurrent=args.concurrent_runs,
                                telemetry_interval=args.telemetry_interval if args.telemetry else None)
     except KeyboardInterrupt:  # SIGTERM/SIGINT: main's stop line names the run's checkpoint

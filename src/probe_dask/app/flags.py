@@ -2,16 +2,18 @@
 
 ``argparse`` calls these ``type=`` functions on each value; an ``ArgumentTypeError`` becomes
 ``probe-dask: error: argument --ridge: ...`` (see :class:`OneLineParser`), before anything
-starts. Memory per process: nothing beyond the parsed values.
+starts. The fit's flags say what they expect in the words of the fitter's own parameter
+constraints (``engine.parameters``). Memory per process: nothing beyond the parsed values.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from dask.utils import parse_bytes
+
+from probe_dask.engine.parameters import POSITIVE_INT, POSITIVE_REAL
 
 __all__ = ["OneLineParser", "positive_int", "positive_float", "memory_limit"]
 
@@ -25,26 +27,26 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _checked(convert, constraint, text: str):
+    """``convert(text)``, accepted by ``constraint``; else an ``ArgumentTypeError`` that
+    says what was found and what ``constraint`` expects."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"found {text!r}; expected {constraint}") from None
+    if not constraint.is_satisfied_by(value):
+        raise argparse.ArgumentTypeError(f"found {text}; expected {constraint}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (workers, threads, jobs, passes, non-zeros per block)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"found {text!r}; expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"found {value}; expected an integer >= 1")
-    return value
+    return _checked(int, POSITIVE_INT, text)
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (the ridge penalty, an interval in seconds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"found {text!r}; expected a number > 0") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"found {text}; expected a finite number > 0")
-    return value
+    return _checked(float, POSITIVE_REAL, text)
 
 
 def memory_limit(text: str) -> str:

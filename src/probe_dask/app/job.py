@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from probe_dask import config
 from probe_dask.core.metrics import class_table
 from probe_dask.engine.evaluate import evaluate_ranges, evaluate_split
 from probe_dask.engine.fit import ProbeFitter
-from probe_dask.engine.parameters import persist_setting
+from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import check_settings, persist_setting
 from probe_dask.engine.passes import latent_blocks
 from probe_dask.engine.ranges import persist_ranges
 from probe_dask.engine.shard import Shard, open_shard
@@ -88,7 +88,7 @@ class JobInputs:
     n_classes: int
     out_dirs: list
     open_seconds: float = 0.0
-    #: Non-zeros per block asked for by the caller; None: the memory plan chooses (plan.py).
+    #: Non-zeros per block asked for by the caller; None: the memory plan chooses.
     block_nnz: int | None = None
 
 
@@ -137,10 +137,9 @@ def layout_dir(shard: Shard) -> Path | None:
     return store / LATENT_MAJOR_NAME if os.access(writable, os.W_OK) else None
 
 
-def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, resources=None,
-            restart=False, progress=False, callbacks=None, log=None,
-            memory_plan=True, backend="auto", class_names=None,
-            capture_warnings=True) -> JobResult:
+def run_job(client, inputs: JobInputs, settings: FitSettings | None = None, *, resources=None,
+            restart=False, progress=False, callbacks=None, log=None, memory_plan=True,
+            class_names=None, capture_warnings=True, **changes) -> JobResult:
     """Fit on the train shard, evaluate on both shards, write results.
 
     Parameters
@@ -148,8 +147,16 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
     client : distributed.Client
     inputs : JobInputs
         From :func:`open_inputs`.
+    settings : core.settings.FitSettings, optional
+        Ridge, passes, device and block kernel (default: ``FitSettings()``). Every worker is
+        asked first which kernel it runs on the device (one log line); one that cannot stops
+        the job here (ProbeDaskError naming it).
+    resources : dict, optional
+        Worker resources of the fit's tasks (``engine.workers.task_resources``).
     restart : bool
         Ignore (and replace) an existing checkpoint.
+    progress : bool
+        The fitter's progress bar (stderr).
     callbacks : list of callable, optional
         Passed to ``ProbeFitter`` (telemetry); also called (``stages.emit``) at ``plan``,
         ``evaluate_train_start``, ``evaluate_train_end``, ``evaluate_test_end`` and
@@ -160,58 +167,73 @@ def run_job(client, inputs: JobInputs, *, ridge=1e-8, max_iter=30, device=None, 
         Plan memory on the client's workers first (``memory.live.plan_job``): blocks cut to
         its size unless ``inputs.block_nnz`` was given, ranges in memory or read from disk
         as it says; a limit that cannot hold one block stops here (``PlanDoesNotFit``).
-    backend : {"auto", "c", "triton", "torch"}
-        The block kernel. Every worker is asked first which kernel it runs on ``device``
-        (one log line); one that cannot stops the job here (ProbeDaskError naming it).
     class_names : list of str, optional
         One name per class (``--class-names FILE``), kept in ``probe1d_classes.json``.
     capture_warnings : bool
         Catch the fit's ``ConvergenceWarning`` (logged as one line either way). Warning
         filters are process-wide: a caller running jobs in threads (``app.sweep``) passes
         False and filters them once itself.
+    **changes
+        Fields of ``settings`` to replace (``ridge=1e-6, max_iter=10``).
 
     Returns
     -------
     JobResult
     """
     started = utc_now()
+    settings = check_settings((settings or FitSettings()).replace(**changes))
     log = logger.info if log is None else log
-    check_worker_kernels(client, device, backend, log=log)
-    persist = persist_setting()
-    plan = None
+    inputs, fitter = _prepare(client, inputs, settings, memory_plan=memory_plan,
+                              restart=restart, resources=resources, progress=progress,
+                              callbacks=callbacks, log=log)
+    seconds = {"open": inputs.open_seconds}
+    t1 = time.perf_counter()
+    _fit(fitter, inputs, capture_warnings, log)
+    t2 = time.perf_counter()
+    metrics = _evaluate(client, fitter, inputs, callbacks, device=settings.device,
+                        resources=resources, backend=settings.backend)
+    seconds.update(fit=t2 - t1, evaluate=time.perf_counter() - t2)
+    emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
+    summary = {"seconds": seconds, **provenance(client, device=settings.device,
+                                                backend=settings.backend, started=started)}
+    return _finish(inputs, fitter, metrics, summary, class_names, callbacks, log)
+
+
+def _prepare(client, inputs: JobInputs, settings: FitSettings, *, memory_plan, restart,
+             resources, progress, callbacks, log):
+    """Ask the workers for their kernel, plan memory (the inputs re-cut to the plan's
+    blocks), and make the fitter; returns the inputs and the fitter."""
+    check_worker_kernels(client, settings.device, settings.backend, log=log)
+    persist, chunk_nnz = persist_setting(), None
     if memory_plan:
-        inputs, plan = plan_job(client, inputs, device=device, persist=persist, log=log)
+        inputs, plan = plan_job(client, inputs, device=settings.device, persist=persist, log=log)
         emit(callbacks, Stage.PLAN, plan=plan)
+        persist, chunk_nnz = plan.persist, plan.block_nnz
     _log_inputs(inputs, log)
     checkpoint = inputs.out_dirs[0] / CHECKPOINT_NAME
     if restart:
         checkpoint.unlink(missing_ok=True)
-    seconds = {"open": inputs.open_seconds}
-    fitter = ProbeFitter(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
-                         resources=resources,
-                         persist=plan.persist if plan is not None else persist,
-                         layout_dir=layout_dir(inputs.train),
-                         chunk_nnz=plan.block_nnz if plan is not None else None,
-                         checkpoint=checkpoint, identity=train_identity(inputs.train),
-                         progress=progress, callbacks=[_resume_logger(log), *(callbacks or ())],
-                         client=client, keep_state=False)
-    t1 = time.perf_counter()
-    _fit(fitter, inputs, capture_warnings, log)
-    t2 = time.perf_counter()
-    train_metrics, test_metrics = _evaluate(client, fitter, inputs, callbacks, device=device,
-                                            resources=resources, backend=backend)
-    seconds.update(fit=t2 - t1, evaluate=time.perf_counter() - t2)
-    emit(callbacks, Stage.EVALUATE_TEST_END, seconds=seconds["evaluate"])
+    fitter = ProbeFitter.from_settings(
+        settings, resources=resources, persist=persist, layout_dir=layout_dir(inputs.train),
+        chunk_nnz=chunk_nnz, checkpoint=checkpoint, identity=train_identity(inputs.train),
+        progress=progress, callbacks=[_resume_logger(log), *(callbacks or ())], client=client,
+        keep_state=False)
+    return inputs, fitter
+
+
+def _finish(inputs: JobInputs, fitter, metrics, summary, class_names, callbacks,
+            log) -> JobResult:
+    """The per-class table and every result file written; the checkpoint goes last."""
+    train_metrics, test_metrics = metrics
+    seconds = summary["seconds"]
     t3 = time.perf_counter()
     table = class_table(train_metrics, test_metrics)
     _note_missing_classes(table, log)
-    summary = {**_summary(inputs, fitter, ridge, max_iter, class_names), "seconds": seconds,
-               **provenance(client, device=device, backend=backend, started=started)}
-    paths, classes_paths = _write(inputs.out_dirs, (train_metrics, test_metrics), fitter,
-                                  summary, table)
+    summary = {**_summary(inputs, fitter, class_names), **summary}
+    paths, classes_paths = _write(inputs.out_dirs, metrics, fitter, summary, table)
     seconds["write"] = time.perf_counter() - t3
     emit(callbacks, Stage.WRITE_END, seconds=seconds["write"], paths=[*paths, *classes_paths])
-    checkpoint.unlink(missing_ok=True)  # the results are final now
+    fitter.checkpoint.unlink(missing_ok=True)  # the results are final now
     return JobResult(
         train_metrics=paths[0], test_metrics=paths[1], classes_json=classes_paths, table=table,
         n_iter=fitter.n_iter_, n_converged=int(fitter.converged_.sum()),
@@ -294,7 +316,7 @@ def _note_missing_classes(table, log) -> None:
                 "rows); its probes are prior-only")
 
 
-def _summary(inputs: JobInputs, fitter, ridge, max_iter, class_names) -> dict:
+def _summary(inputs: JobInputs, fitter, class_names) -> dict:
     """``probe1d_classes.json``'s summary: the inputs, the fit and its passes."""
     train, test = inputs.train, inputs.test
     return {
@@ -304,7 +326,7 @@ def _summary(inputs: JobInputs, fitter, ridge, max_iter, class_names) -> dict:
         "n_latents": train.n_latents, "n_classes": inputs.n_classes,
         "train_rows": train.n_rows, "test_rows": test.n_rows,
         "train_nnz": train.nnz, "test_nnz": test.nnz,
-        "solver_passes": fitter.n_iter_, "ridge": ridge, "max_iter": max_iter,
+        "solver_passes": fitter.n_iter_, "ridge": fitter.ridge, "max_iter": fitter.max_iter,
         "pairs": int(fitter.coef_.size), "converged_pairs": int(fitter.converged_.sum()),
         # [pass, pairs still active after it] of the passes this process made (a resumed
         # fit: those after the checkpoint): the report's passes-per-pair curve.

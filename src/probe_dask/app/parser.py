@@ -14,8 +14,12 @@ import textwrap
 from probe_dask.app.flags import memory_limit, positive_float, positive_int
 from probe_dask.app.plan_command import add_simulate_flags
 from probe_dask.app.report_command import add_class_names_flag
+from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import DEVICE_CHOICES, check_settings
+from probe_dask.kernels import BACKENDS
 
-__all__ = ["add_cluster_flags", "add_data_flags", "add_fit_flags", "add_output_flags",
+__all__ = ["add_cluster_flags", "add_data_flags", "add_fit_flags", "fit_settings",
+           "add_output_flags",
            "add_telemetry_flags", "add_plan_parser", "add_sweep_parser", "add_common_flags",
            "finish_help", "UNCONVERGED_STATUS", "NO_FIT_STATUS", "EXIT_CODES"]
 
@@ -59,19 +63,30 @@ def add_fit_flags(p, *, file_defaults=False):
     # In a sweep a flag not given leaves each run's own value (file_defaults): no default
     # is claimed in its help.
     given = "each run's value from the sweep file (else {})" if file_defaults else "{}"
-    p.add_argument("--max-iter", type=positive_int, default=30,
-                   help=f"most solver passes (default: {given.format(30)})")
-    p.add_argument("--ridge", type=positive_float, default=1e-8,
-                   help=f"ridge penalty (default: {given.format('1e-8')})")
+    defaults = FitSettings()
+    p.add_argument("--max-iter", type=positive_int, default=defaults.max_iter,
+                   help=f"most solver passes (default: {given.format(defaults.max_iter)})")
+    p.add_argument("--ridge", type=positive_float, default=defaults.ridge,
+                   help=f"ridge penalty (default: {given.format(f'{defaults.ridge:g}')})")
     p.add_argument("--block-nnz", type=positive_int, default=None, help="non-zeros per row block")
     p.add_argument("--allow-many-blocks", action="store_true",
                    help="allow a --block-nnz that cuts the run into thousands of blocks")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where block kernels run (auto: CUDA on workers that have it)")
-    p.add_argument("--kernel", default="auto", choices=["auto", "c", "triton", "torch"],
+    p.add_argument("--kernel", default=defaults.backend, choices=BACKENDS,
                    help="block kernel (auto: C on CPU, Triton on CUDA; triton on CPU needs "
                         "TRITON_INTERPRET=1, slow: for tests)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+
+
+def fit_settings(args) -> FitSettings:
+    """The fit's settings from the parsed fit flags, built once per command (``--kernel``
+    is the fitter's ``backend``; ``--device auto`` its None). Flags a sweep left unset
+    (None) keep the defaults: each run's own value is laid over them
+    (``app.sweepfile.run_settings``)."""
+    given = {"ridge": args.ridge, "max_iter": args.max_iter, "device": args.device,
+             "backend": args.kernel}
+    return check_settings(FitSettings(**{k: v for k, v in given.items() if v is not None}))
 
 
 #: Exit status of a run that wrote its results with pairs unconverged (--require-converged).
@@ -160,7 +175,7 @@ def add_plan_parser(sub, func):
     add_simulate_flags(plan)
     # The same cluster flags and defaults as fit: plan what fit would run.
     add_cluster_flags(plan)
-    plan.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    plan.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                       help="where block kernels run (auto: CUDA with a GPU profile or GPU here)")
     plan.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 80GB "
                       "(default: this machine's first GPU, if any)")

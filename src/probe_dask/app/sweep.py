@@ -49,8 +49,10 @@ from probe_dask.app.sweep_runs import (
     write_settings,
 )
 from probe_dask.app.sweep_summary import SETTINGS_NAME, write_summary
-from probe_dask.app.sweepfile import RUN_DEFAULTS
+from probe_dask.app.sweepfile import RUN_DEFAULTS, run_settings
 from probe_dask import config
+from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import check_settings
 from probe_dask.engine.workers import task_resources
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
 from probe_dask.memory.live import plan_job
@@ -103,12 +105,11 @@ def _eta(done_seconds, remaining, width=1) -> str:
     return f"ETA {sum(done_seconds) / len(done_seconds) * remaining / width:.0f} s"
 
 
-def _run_device(e: SweepEntry, device):
-    dev = e.run.options.get("device", device)
-    return None if dev in (None, "auto") else dev
+def _run_device(e: SweepEntry, settings: FitSettings):
+    return run_settings(e.run, settings).device
 
 
-def overlapping_runs(client, entries, *, device=None, log=None, most=None) -> int:
+def overlapping_runs(client, entries, *, settings=FitSettings(), log=None, most=None) -> int:
     """How many runs of ``entries`` the sweep fits at once: the most (at most ``most``,
     default ``probe-dask.sweep.max-concurrent-runs``) whose memory plans, added up, stay
     within the workers' target share of their limit (``distributed.worker.memory.target``)
@@ -122,7 +123,7 @@ def overlapping_runs(client, entries, *, device=None, log=None, most=None) -> in
     plans = []
     for e in todo:
         try:
-            e.inputs, plan = plan_job(client, e.inputs, device=_run_device(e, device))
+            e.inputs, plan = plan_job(client, e.inputs, device=_run_device(e, settings))
         except ProbeDaskError:
             continue  # the run fails in its own turn, saying why; the others go on
         plans.append(plan)
@@ -143,17 +144,15 @@ class _Stop(KeyboardInterrupt):
     """Raised in a run's thread, at its next stage, when the sweep is stopped."""
 
 
-def _fit_one(client, e: SweepEntry, *, ridge, max_iter, device, backend, restart, progress,
-             log, telemetry_interval, stop=None):
-    opts = e.run.options
-    dev = _run_device(e, device)
+def _fit_one(client, e: SweepEntry, *, settings, restart, progress, log, telemetry_interval,
+             stop=None):
+    fit_with = run_settings(e.run, settings)
     tele = None
     if telemetry_interval is not None:
         tele = Telemetry(interval=telemetry_interval)
         tele.open(telemetry_path(e.out_dirs[0]))
         tele.attach(client)
-    write_settings(e.run, e.out_dirs, backend=backend,
-                   defaults={"ridge": ridge, "max_iter": max_iter, "device": device or "auto"})
+    write_settings(e.run, e.out_dirs, settings)
     callbacks = [tele] if tele is not None else []
     if stop is not None:  # in a thread: a stop of the sweep ends the run at its next stage
         def check(stage, info):
@@ -162,9 +161,8 @@ def _fit_one(client, e: SweepEntry, *, ridge, max_iter, device, backend, restart
         callbacks.append(check)
     error = None
     try:
-        return run_job(client, e.inputs, ridge=opts.get("ridge", ridge),
-                       max_iter=opts.get("max_iter", max_iter),
-                       device=dev, resources=task_resources(client, dev), backend=backend,
+        return run_job(client, e.inputs, fit_with,
+                       resources=task_resources(client, fit_with.device),
                        restart=restart, progress=progress, log=log,
                        callbacks=callbacks or None, capture_warnings=stop is None)
     except BaseException as exc:
@@ -270,10 +268,9 @@ def _run_overlapping(client, todo, progress, fit_kw, result, fail_fast) -> None:
         raise KeyboardInterrupt
 
 
-def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
-              max_iter=RUN_DEFAULTS["max_iter"], device=None,
-              backend="auto", restart=False, fail_fast=False, progress=False, log=None,
-              telemetry_interval=None, concurrent=None) -> SweepResult:
+def run_sweep(client, entries, settings: FitSettings | None = None, *, summary_dir=None,
+              restart=False, fail_fast=False, progress=False, log=None, telemetry_interval=None,
+              concurrent=None, **changes) -> SweepResult:
     """Fit every pending run of ``entries`` on ``client``, several at once when memory
     allows (:func:`overlapping_runs`), else one after the other.
 
@@ -283,12 +280,13 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
         One cluster for the whole sweep; its workers stay up between runs.
     entries : list of SweepEntry
         From :func:`validate_sweep`.
+    settings : core.settings.FitSettings, optional
+        What runs fit with where their sweep entry does not say (``ridge``, ``max_iter``,
+        ``device``), and the block kernel of every run; ``**changes`` replaces its fields.
     summary_dir : path, optional
         Where ``sweep_summary.csv`` and ``sweep_best.csv`` go (always written, also after a
         failure or a stop); None: no summary.
-    ridge, max_iter, device : optional
-        Defaults for runs whose sweep file does not set them.
-    backend, restart, progress, log
+    restart, progress, log
         As for :func:`~probe_dask.app.job.run_job`, for every run (each run's GPU resources
         come from ``engine.workers.task_resources``; no progress bars with overlapping runs).
     fail_fast : bool
@@ -306,22 +304,15 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
     SweepResult
         ``failed`` is empty when every run finished or was skipped.
     """
+    settings = check_settings((settings or FitSettings()).replace(**changes))
     log = logger.info if log is None else log
     t0 = time.perf_counter()
     result = SweepResult(entries)
     try:
-        for k, e in enumerate(entries):
-            if e.status == "skipped":
-                log(f"sweep [{k + 1}/{len(entries)}] {e.run.label}: skipped, results exist in "
-                    f"{e.out_dirs[0]}")
+        _log_skipped(entries, log)
         todo = [e for e in entries if e.status == "pending"]
-        width = 1
-        if len(todo) > 1:
-            width = concurrent if concurrent else overlapping_runs(client, entries,
-                                                                   device=device, log=log)
-        prog = _Progress(entries, log, max(1, min(int(width), len(todo) or 1)))
-        fit_kw = dict(ridge=ridge, max_iter=max_iter, device=device, backend=backend,
-                      restart=restart, progress=progress and prog.width == 1,
+        prog = _Progress(entries, log, _width(client, entries, todo, settings, concurrent, log))
+        fit_kw = dict(settings=settings, restart=restart, progress=progress and prog.width == 1,
                       telemetry_interval=telemetry_interval)
         if prog.width > 1:
             _run_overlapping(client, todo, prog, fit_kw, result, fail_fast)
@@ -336,3 +327,20 @@ def run_sweep(client, entries, *, summary_dir=None, ridge=RUN_DEFAULTS["ridge"],
                 summary_dir, [(e.run, e.out_dirs, e.status, e.error) for e in entries])
             log(f"sweep summary: {result.summary}, {result.best}")
     return result
+
+
+def _log_skipped(entries, log) -> None:
+    for k, e in enumerate(entries):
+        if e.status == "skipped":
+            log(f"sweep [{k + 1}/{len(entries)}] {e.run.label}: skipped, results exist in "
+                f"{e.out_dirs[0]}")
+
+
+def _width(client, entries, todo, settings, concurrent, log) -> int:
+    """Runs at once: ``concurrent``, else what :func:`overlapping_runs` allows; at least 1,
+    at most the runs to fit."""
+    width = 1
+    if len(todo) > 1:
+        width = concurrent if concurrent else overlapping_runs(client, entries,
+                                                               settings=settings, log=log)
+    return max(1, min(int(width), len(todo) or 1))

@@ -14,6 +14,7 @@ from pathlib import Path
 from probe_dask.app.job import JobInputs
 from probe_dask.app.sweep_summary import SETTINGS_NAME, write_summary
 from probe_dask.app.sweepfile import SweepRun, resolved_settings
+from probe_dask.core.settings import FitSettings
 from probe_dask.errors import ProbeDaskError
 from probe_dask.io.layout import (
     ACTIVATIONS_NAME,
@@ -68,18 +69,21 @@ def result_dirs(run: SweepRun) -> list[Path]:
     return [inference_dir(run.run, s) for s in shards]
 
 
-def write_settings(run: SweepRun, out_dirs, *, backend="auto", defaults=None) -> Path:
+def write_settings(run: SweepRun, out_dirs, settings: FitSettings = FitSettings()) -> Path:
     """Write :data:`SETTINGS_NAME` into the run's train folder: what it fits with.
 
-    ``defaults`` (the sweep's ``ridge``, ``max_iter``, ``device`` for runs that do not set
-    them) go under the run's own values. The file is written atomically.
+    ``settings`` (the sweep's: ``ridge``, ``max_iter``, ``device`` for runs that do not set
+    them, and the block kernel of all) go under the run's own values. The file is written
+    atomically.
     """
-    settings = {**resolved_settings(run),
-                **{k: v for k, v in (defaults or {}).items() if k not in run.options},
-                "backend": backend}
+    defaults = {"ridge": settings.ridge, "max_iter": settings.max_iter,
+                "device": settings.device or "auto"}
+    values = {**resolved_settings(run),
+              **{k: v for k, v in defaults.items() if k not in run.options},
+              "backend": settings.backend}
     doc = {"index": run.index, "run_id": run.run_id, "name": run.name, "run": str(run.run),
            "train_shards": str(run.train_shards), "test_shards": str(run.test_shards),
-           "out_dirs": [str(d) for d in out_dirs], "swept": dict(run.swept), **settings}
+           "out_dirs": [str(d) for d in out_dirs], "swept": dict(run.swept), **values}
     path = Path(out_dirs[0]) / SETTINGS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

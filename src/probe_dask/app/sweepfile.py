@@ -30,34 +30,40 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import runpy
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probe_dask.core.constraints import Booleans, Options, PathLike
+from probe_dask.core.settings import FitSettings
+from probe_dask.engine.parameters import DEVICE_CHOICES, PARAMETER_CONSTRAINTS, POSITIVE_INT
 from probe_dask.errors import InputError
 
-__all__ = ["SweepRun", "read_sweep", "parse_set", "resolved_settings", "RUN_KEYS",
+__all__ = ["SweepRun", "read_sweep", "parse_set", "resolved_settings", "run_settings",
+           "RUN_CONSTRAINTS", "RUN_KEYS",
            "SETTING_KEYS", "RUN_DEFAULTS", "SWEEP_SUFFIXES", "RESULTS_FOLDER"]
 
 SWEEP_SUFFIXES = (".py", ".json", ".toml")
 _REQUIRED = ("run", "train_shards", "test_shards")
 _PATHS = ("run", "train_shards", "test_shards", "cache_dir")
-_DEVICES = ("auto", "cpu", "cuda")
-#: Keys a run may have, with what each must be.
-RUN_KEYS = {
-    "run": "a path", "train_shards": "a path", "test_shards": "a path", "cache_dir": "a path",
-    "ridge": "a finite number > 0", "max_iter": "an integer >= 1",
-    "block_nnz": "an integer >= 1", "device": "one of auto, cpu, cuda",
-    "debug": "true or false", "name": "a non-empty string (the run id in the summary)",
+#: Keys a run may have, with what each accepts (the fit's settings as the fitter's own).
+RUN_CONSTRAINTS = {
+    "run": PathLike(), "train_shards": PathLike(), "test_shards": PathLike(),
+    "cache_dir": PathLike(), "ridge": PARAMETER_CONSTRAINTS["ridge"],
+    "max_iter": PARAMETER_CONSTRAINTS["max_iter"], "block_nnz": POSITIVE_INT,
+    "device": Options(str, DEVICE_CHOICES), "debug": Booleans(words=("true", "false")),
+    "name": PathLike("a non-empty string (the run id in the summary)"),
 }
+#: Keys a run may have, with what each must be (in words).
+RUN_KEYS = {key: str(constraint) for key, constraint in RUN_CONSTRAINTS.items()}
 #: Keys that can be swept (a list in the file, or ``--set KEY=V1,V2``): the fit's settings.
 SETTING_KEYS = ("ridge", "max_iter", "block_nnz", "device")
 #: What a run fits with when neither its sweep entry nor the command line says
 #: (``block_nnz`` None: the memory plan's; ``device`` auto: CUDA on workers that have it).
-RUN_DEFAULTS = {"ridge": 1e-8, "max_iter": 30, "block_nnz": None, "device": "auto"}
+RUN_DEFAULTS = {"ridge": FitSettings.ridge, "max_iter": FitSettings.max_iter, "block_nnz": None,
+                "device": "auto"}
 #: The folder, under the sweep's output folder, of the runs that get folders of their own.
 RESULTS_FOLDER = "results"
 
@@ -106,6 +112,13 @@ class SweepRun:
         return f"run {self.index} ({self.run_id}{swept})"
 
 
+def run_settings(run: SweepRun, settings: FitSettings) -> FitSettings:
+    """What ``run`` fits with: its own ``ridge``, ``max_iter`` and ``device``, else
+    ``settings``' (the sweep's, with its block kernel)."""
+    return settings.replace(**{k: run.options[k] for k in ("ridge", "max_iter", "device")
+                               if k in run.options})
+
+
 def resolved_settings(run: SweepRun) -> dict:
     """The settings ``run`` fits with: its own, else :data:`RUN_DEFAULTS`."""
     return {k: run.options.get(k, v) for k, v in RUN_DEFAULTS.items()}
@@ -145,19 +158,7 @@ def _load_data(path: Path):
 
 
 def _check_value(path, where, key, value):
-    bad = False
-    if key in _PATHS or key == "name":
-        bad = not isinstance(value, (str, os.PathLike)) or not str(value)
-    elif key == "ridge":
-        bad = (isinstance(value, bool) or not isinstance(value, (int, float))
-               or not math.isfinite(value) or value <= 0)
-    elif key in ("max_iter", "block_nnz"):
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
-    elif key == "device":
-        bad = value not in _DEVICES
-    elif key == "debug":
-        bad = not isinstance(value, bool)
-    if bad:
+    if not RUN_CONSTRAINTS[key].is_satisfied_by(value):
         raise InputError(path, f"{where}: {key}", repr(value), RUN_KEYS[key])
 
 
@@ -238,16 +239,7 @@ def read_sweep(path, overrides: dict | None = None, sweeps: dict | None = None,
         a value of the wrong kind, or two runs writing the same result folders.
     """
     path = Path(os.path.abspath(os.fspath(path)))
-    if path.suffix not in SWEEP_SUFFIXES:
-        raise InputError(path, "suffix", repr(path.suffix), "a sweep file: .py, .json or .toml")
-    if not path.is_file():
-        raise InputError(path, "file", "no such file", "a sweep file (.py, .json or .toml)")
-    cfgs = _load_python(path) if path.suffix == ".py" else _load_data(path)
-    if isinstance(cfgs, (str, bytes, dict)) or not hasattr(cfgs, "__iter__"):
-        raise InputError(path, "runs", type(cfgs).__name__, "a list of dicts, one per run")
-    cfgs = list(cfgs)
-    if not cfgs:
-        raise InputError(path, "runs", "an empty list", "at least one run")
+    cfgs = _load_runs(path)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     sweeps = dict(sweeps or {})
     both = sorted(set(sweeps) & set(overrides))
@@ -256,18 +248,7 @@ def read_sweep(path, overrides: dict | None = None, sweeps: dict | None = None,
                          f"--{both[0].replace('_', '-')}", "one of the two")
     runs = []
     for i, cfg in enumerate(cfgs):
-        where = f"run {i}"
-        if not isinstance(cfg, dict):
-            raise InputError(path, where, type(cfg).__name__, "a dict with run, train_shards, test_shards")
-        if "run" in cfg and isinstance(cfg["run"], (str, os.PathLike)):
-            where = f"run {i} ({cfg.get('name') or Path(cfg['run']).name})"
-        unknown = sorted(set(cfg) - set(RUN_KEYS), key=str)
-        if unknown:
-            raise InputError(path, f"{where}: {unknown[0]}", "an unknown key",
-                             f"one of {', '.join(RUN_KEYS)}")
-        for key in _REQUIRED:
-            if key not in cfg and key not in overrides:
-                raise InputError(path, f"{where}: {key}", "missing", RUN_KEYS[key])
+        where = _check_run(path, i, cfg, overrides)
         for swept in _expand(path, where, {**cfg, **overrides}, sweeps):
             merged = {**cfg, **overrides, **swept}
             for key, value in merged.items():
@@ -280,6 +261,41 @@ def read_sweep(path, overrides: dict | None = None, sweeps: dict | None = None,
                                  merged.pop("test_shards"), merged, swept))
     _place(path, runs, Path(out) if out is not None else path.parent)
     return runs
+
+
+def _load_runs(path: Path) -> list:
+    """The file's runs, as a non-empty list (not yet checked one by one)."""
+    if path.suffix not in SWEEP_SUFFIXES:
+        raise InputError(path, "suffix", repr(path.suffix), "a sweep file: .py, .json or .toml")
+    if not path.is_file():
+        raise InputError(path, "file", "no such file", "a sweep file (.py, .json or .toml)")
+    cfgs = _load_python(path) if path.suffix == ".py" else _load_data(path)
+    if isinstance(cfgs, (str, bytes, dict)) or not hasattr(cfgs, "__iter__"):
+        raise InputError(path, "runs", type(cfgs).__name__, "a list of dicts, one per run")
+    cfgs = list(cfgs)
+    if not cfgs:
+        raise InputError(path, "runs", "an empty list", "at least one run")
+    return cfgs
+
+
+def _check_run(path: Path, i: int, cfg, overrides: dict) -> str:
+    """Run ``i``'s keys checked (a dict, no unknown key, the required ones given here or on
+    the command line); returns how messages name it: ``run 3 (abc123)``."""
+    where = f"run {i}"
+    if not isinstance(cfg, dict):
+        raise InputError(path, where, type(cfg).__name__, "a dict with run, train_shards, test_shards")
+    if RUN_CONSTRAINTS["run"].is_satisfied_by(cfg.get("run")):
+        name = cfg.get("name")
+        good_name = RUN_CONSTRAINTS["name"].is_satisfied_by(name)
+        where = f"run {i} ({name if good_name else Path(cfg['run']).name})"
+    unknown = sorted(set(cfg) - set(RUN_KEYS), key=str)
+    if unknown:
+        raise InputError(path, f"{where}: {unknown[0]}", "an unknown key",
+                         f"one of {', '.join(RUN_KEYS)}")
+    for key in _REQUIRED:
+        if key not in cfg and key not in overrides:
+            raise InputError(path, f"{where}: {key}", "missing", RUN_KEYS[key])
+    return where
 
 
 def _place(path, runs, out) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probe_dask.core.settings import FitSettings
 from probe_dask.core.tuning import (BACKTRACK, BUDGET_GROWTH, DECREMENT_TOL, F32_NOISE,
                                     GRAD_TOL)
 
@@ -113,7 +114,7 @@ class ProblemConstants:
     qx: np.ndarray
     pos: np.ndarray
     vpos: np.ndarray
-    ridge: float = 1e-8
+    ridge: float = FitSettings.ridge
     eps: float = EPS
     decrement_tol: float = DECREMENT_TOL
     grad_tol: float = GRAD_TOL
@@ -122,7 +123,7 @@ class ProblemConstants:
     f_noise: float = F32_NOISE
 
     @classmethod
-    def from_label_sums(cls, sums, ridge=1e-8, eps=EPS, *, decrement_tol=DECREMENT_TOL,
+    def from_label_sums(cls, sums, ridge=FitSettings.ridge, eps=EPS, *, decrement_tol=DECREMENT_TOL,
                         grad_tol=GRAD_TOL, budget_growth=BUDGET_GROWTH,
                         backtrack=BACKTRACK, f_noise=F32_NOISE) -> "ProblemConstants":
         """Constants from the label pass: any object with ``n_rows``, ``class_rows`` (C,),

@@ -52,6 +52,12 @@ class ProbeEstimator:
         """The parameters of ``__init__``, sorted (as ``sklearn.base.BaseEstimator``)."""
         return sorted(p.name for p in cls._init_signature())
 
+    @classmethod
+    def from_settings(cls, settings, **params):
+        """An estimator with ``settings``' fields (``settings.fitter_params()``, e.g. a
+        ``core.settings.FitSettings``) and the other parameters ``params``."""
+        return cls(**settings.fitter_params(), **params)
+
     def get_params(self, deep=True) -> dict:
         """Every ``__init__`` parameter and its value.
 

@@ -44,19 +44,20 @@ from distributed import get_client
 from tqdm.auto import tqdm
 
 from probe_dask import config
+from probe_dask.core.settings import FitSettings
 from probe_dask.core.solver import combine_stats
 from probe_dask.core.state import TrustRegionState
 from probe_dask.engine.checkpoint import Checkpoint, CheckpointMoved, checkpoint_identity
 from probe_dask.engine.estimator import ProbeEstimator
 from probe_dask.engine.layout import latent_major_layout
-from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS
+from probe_dask.engine.parameters import PARAMETER_CONSTRAINTS, check_params
 from probe_dask.engine.passes import latent_blocks, worker_threads
 from probe_dask.engine.ranges import (advance_range, disk_ranges, field_reader, gather_latents,
                                       keeps_in_memory, persist_ranges, place_ranges,
                                       range_params, range_stats, read_ranges, resident_bytes,
                                       start_range)
 from probe_dask.engine.workers import total_worker_memory
-from probe_dask.errors import ConvergenceWarning, InvalidParameterError
+from probe_dask.errors import ConvergenceWarning
 from probe_dask.stages import Stage, emit
 
 __all__ = ["ProbeFitter", "layout_path"]
@@ -176,7 +177,8 @@ class ProbeFitter(ProbeEstimator):
         the cluster became.
     """
 
-    def __init__(self, ridge=1e-8, max_iter=30, *, device=None, backend="auto", persist="auto",
+    def __init__(self, ridge=FitSettings.ridge, max_iter=FitSettings.max_iter, *,
+                 device=FitSettings.device, backend=FitSettings.backend, persist="auto",
                  chunk_nnz=None, layout_dir=None, resources=None, checkpoint=None, identity=None,
                  progress=False, callbacks=None, client=None, keep_state=True):
         self.ridge = ridge
@@ -197,11 +199,7 @@ class ProbeFitter(ProbeEstimator):
     def _validate_params(self) -> None:
         """InvalidParameterError (a ValueError) naming the first parameter that
         :data:`PARAMETER_CONSTRAINTS` does not accept."""
-        for name, (accepts, expected) in PARAMETER_CONSTRAINTS.items():
-            value = getattr(self, name)
-            if not accepts(value):
-                raise InvalidParameterError(f"ProbeFitter: {name}: found {value!r}; "
-                                            f"expected {expected}")
+        check_params("ProbeFitter", self.get_params(), PARAMETER_CONSTRAINTS)
 
     # -- helpers ---------------------------------------------------------------------------
     def _progress_bar(self, n_iter):

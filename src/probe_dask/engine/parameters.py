@@ -1,62 +1,75 @@
 """What each ``ProbeFitter`` parameter accepts, checked at ``fit`` (as scikit-learn's
-``_parameter_constraints``): a test and, in words, what it expects (the error message).
+``_parameter_constraints``): one constraint object (``core.constraints``) per name, from
+which the check, the error message and the tests' invalid values all come. The command
+line and the sweep file check the fit's settings (``core.settings.FitSettings``) here too.
 
 Memory per process: nothing (constants and small functions).
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-import os
 from collections.abc import Mapping
 
-import numpy as np
 from distributed import Client
 
 from probe_dask import config, kernels
-from probe_dask.errors import ProbeDaskError
+from probe_dask.core.constraints import (NONE, AnyOf, Booleans, Callables, IndexedName, Instance,
+                                         Interval, Options, PathLike, check_value)
+from probe_dask.core.settings import FitSettings
+from probe_dask.errors import InvalidParameterError, ProbeDaskError
 
-__all__ = ["PARAMETER_CONSTRAINTS", "persist_setting"]
-
-
-def _real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def _integer(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+__all__ = ["PARAMETER_CONSTRAINTS", "DEVICE_CHOICES", "POSITIVE_INT", "POSITIVE_REAL", "check_params", "check_settings",
+           "persist_setting"]
 
 
-def _device(v) -> bool:
-    """None, "auto", "cpu", "cuda" or "cuda:<index>"."""
-    if v is None or v in ("auto", "cpu", "cuda"):
-        return True
-    return isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()
+#: The choices of ``--device`` and of a sweep file's ``device``: the fitter's own names
+#: without an index (the command line picks no GPU by number).
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
+#: An integer >= 1 (passes, non-zeros, workers, threads).
+POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
+#: A finite number > 0 (the ridge penalty, an interval in seconds).
+POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
 
-#: What each ``ProbeFitter`` parameter accepts (checked at ``fit``): a test, and what it
-#: expects in words (the error message).
+#: What each ``ProbeFitter`` parameter accepts (checked at ``fit``); the error message says
+#: ``expected <the constraint>``, and the tests refuse each constraint's invalid values.
 PARAMETER_CONSTRAINTS = {
-    "ridge": (lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
-    "max_iter": (lambda v: _integer(v) and v >= 1, "an int >= 1"),
-    "device": (_device, 'None, "auto", "cpu", "cuda" or "cuda:<index>"'),
-    "backend": (lambda v: isinstance(v, str) and v in kernels.BACKENDS,
-                " or ".join(f'"{b}"' for b in kernels.BACKENDS)),
-    "persist": (lambda v: (isinstance(v, str) and v == "auto")
-                or isinstance(v, (bool, np.bool_)), '"auto", True or False'),
-    "chunk_nnz": (lambda v: v is None or (_integer(v) and v >= 1), "None or an int >= 1"),
-    "layout_dir": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "None or a path"),
-    "resources": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
-    "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "None or a path"),
-    "identity": (lambda v: v is None or isinstance(v, Mapping), "None or a dict"),
-    "progress": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
-    "callbacks": (lambda v: v is None or (isinstance(v, (list, tuple))
-                                          and all(callable(c) for c in v)),
-                  "None or a list of callables"),
-    "client": (lambda v: v is None or isinstance(v, Client), "None or a distributed.Client"),
-    "keep_state": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "ridge": POSITIVE_REAL,
+    "max_iter": POSITIVE_INT,
+    "device": AnyOf(NONE, Options(str, DEVICE_CHOICES), IndexedName("cuda")),
+    "backend": Options(str, kernels.BACKENDS),
+    "persist": AnyOf(Options(str, ("auto",)), Booleans()),
+    "chunk_nnz": AnyOf(NONE, POSITIVE_INT),
+    "layout_dir": AnyOf(NONE, PathLike()),
+    "resources": AnyOf(NONE, Instance(Mapping, "a dict")),
+    "checkpoint": AnyOf(NONE, PathLike()),
+    "identity": AnyOf(NONE, Instance(Mapping, "a dict")),
+    "progress": Booleans(),
+    "callbacks": AnyOf(NONE, Callables()),
+    "client": AnyOf(NONE, Instance(Client, "a distributed.Client")),
+    "keep_state": Booleans(),
 }
+
+
+def check_params(owner: str, values: Mapping, constraints=PARAMETER_CONSTRAINTS) -> None:
+    """Check ``values`` (name -> value) against ``constraints``, in their order.
+
+    Raises
+    ------
+    InvalidParameterError
+        (a ValueError) ``<owner>: <name>: found <value>; expected <constraint>`` for the
+        first value refused.
+    """
+    for name, constraint in constraints.items():
+        if name in values and (problem := check_value(constraint, values[name])) is not None:
+            raise InvalidParameterError(f"{owner}: {name}: {problem}")
+
+
+def check_settings(settings: FitSettings, owner: str = "FitSettings") -> FitSettings:
+    """``settings``, checked field by field (:func:`check_params`); returns it."""
+    check_params(owner, settings.fitter_params())
+    return settings
 
 
 def persist_setting():
