@@ -46,6 +46,7 @@ cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ __all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "Block
 
 _MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
 _MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension (pair tiles)
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # the ufuncs: no ndarray.min dispatch
 
 
 def _device(device) -> torch.device:
@@ -263,6 +265,7 @@ class WorkList:
         return self.block.nbytes + self.pair_ptr_dev.numel() * 8
 
 
+@lru_cache(maxsize=64)  # checked once per tile: plan's fixed cost is a few microseconds
 def _check_tile(tile) -> tuple:
     e, p = (int(x) for x in tile)
     if e < 1 or p < 1 or e & (e - 1) or p & (p - 1):
@@ -304,18 +307,20 @@ def plan(block, pairs, device=None, tile=DEFAULT_TILE, *, n_slices: int = DEFAUL
     WorkList
     """
     dev = block.device if isinstance(block, DeviceBlock) else _device(device)
-    tile = _check_tile(tile)
+    tile = _check_tile(tuple(tile))
     ev_ptr = np.asarray(block.latent_ptr, dtype=np.int64)
     pr_ptr = np.asarray(pairs.latent_ptr, dtype=np.int64)
     n_pairs = int(np.shape(pairs.b)[0])
     if pr_ptr.shape != ev_ptr.shape:
         raise ValueError(f"pairs have {pr_ptr.size - 1} latents, block {ev_ptr.size - 1}")
-    n_pr = np.diff(pr_ptr)
-    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or (n_pr.size and n_pr.min() < 0):
+    # This runs every pass a pair stops: each numpy call is about a microsecond, so the
+    # per-latent counts are one subtraction (not np.diff) and the bounds two reductions.
+    n_pr = pr_ptr[1:] - pr_ptr[:-1]
+    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or (n_pr.size and _MIN(n_pr) < 0):
         raise ValueError(f"pairs.latent_ptr: not offsets from 0 to {n_pairs}")
     if not np.shape(pairs.w) == np.shape(pairs.classes) == (n_pairs,):
         raise ValueError("pairs: classes, b, w differ in length")
-    max_pairs = int(n_pr.max()) if n_pr.size else 0
+    max_pairs = int(_MAX(n_pr)) if n_pr.size else 0
     n_tiles = -(-max_pairs // tile[1])
     if n_tiles > _MAX_GRID_Y:
         raise ValueError(f"{max_pairs} pairs in one latent: more than {_MAX_GRID_Y} pair tiles")
