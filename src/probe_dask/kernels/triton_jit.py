@@ -96,8 +96,17 @@ if triton is not None:
             eta = b[None, :] + w[None, :] * v[:, None]  # (E, P) float64
             x = eta.to(tl.float32)
             e = tl.exp(-tl.abs(x))  # in (0, 1]: never overflows
-            # log1p(e) = 2 atanh(t), t = e / (2 + e) in [0, 1/3], as in fused.c (no libdevice)
-            th = e / (2.0 + e)
+            if EVAL:
+                th = e / (2.0 + e)
+            else:
+                # One reciprocal for both quotients, as in fused.c: q = 1 / ((1 + e)(2 + e)),
+                # r = 1 / (1 + e) = (2 + e) q and th = e / (2 + e) = e (1 + e) q.
+                ope = 1.0 + e
+                tpe = 2.0 + e
+                rq = 1.0 / (ope * tpe)
+                r = tpe * rq
+                th = e * ope * rq
+            # log1p(e) = 2 atanh(th), th in [0, 1/3], as in fused.c (no libdevice)
             z = th * th
             q = z * (1.0 / 13.0) + (1.0 / 11.0)
             q = q * z + (1.0 / 9.0)
@@ -116,7 +125,6 @@ if triton is not None:
                 a1 += tl.sum(pos.to(tl.int32), axis=0).to(tl.float64)
                 a2 += tl.sum(hit.to(tl.int32), axis=0).to(tl.float64)
             else:
-                r = 1.0 / (1.0 + e)
                 er = e * r
                 mu = tl.where(keep, tl.where(x >= 0.0, r, er).to(tl.float64), 0.0)
                 s = tl.where(keep, (er * r).to(tl.float64), 0.0)
