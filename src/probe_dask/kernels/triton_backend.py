@@ -16,7 +16,9 @@ which must be set before this module is imported: triton reads it when it decora
 Design: events stay grouped by latent. A *unit* of work is one latent with events (or,
 for a giant latent of more than ``split_events`` events, one of ``n_slices`` slices of its
 events); one Triton program runs a unit x a tile of ``P`` of its active pairs, looping over
-the unit's events ``E`` at a time, and reduces every sum in float64 registers. No atomics:
+the unit's events ``E`` at a time (each value loaded and converted once per program, for
+all ``P`` pairs), keeps every sum per (pair, event column) in float64 registers and
+reduces them over the columns once, after the loop. No atomics:
 an uncut latent's program stores its pairs' sums once into the output; a slice stores its
 partial once into its own row of a scratch array, and the slices of each cut latent are
 added in slice order after the kernel (:func:`_combine`, a few torch ops). Results are the
@@ -38,7 +40,8 @@ cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
   eval), the ``48 P`` (fit) or ``24 P`` (eval) float64 output, and ``8 S n_slices M``
   times 6 (fit) or 3 (eval) bytes of scratch for the cut latents, plus the block's device
   copy when a host block is passed (freed on return); host: the returned ``48 P`` /
-  ``24 P`` bytes. Each program holds its tile's ``E x P`` elements in registers only.
+  ``24 P`` bytes. Each program holds its tile's ``P x E`` sums (six for fit, three for
+  eval) in registers only.
 - :func:`label_sums_arrays`: device about ``41 nnz + 16 L C`` bytes of temporaries and
   outputs; host the outputs, ``16 L C + 16 L + 8 C`` bytes.
 """
