@@ -11,6 +11,7 @@ results only by float64 summation order (1e-12 relative). A latent cut into slic
 same bits on every run and the slice-order sum of its slices' sums, bitwise.
 """
 
+import inspect
 import os
 import tracemalloc
 
@@ -27,6 +28,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 from probe_dask.kernels import ckernel  # noqa: E402
 from probe_dask import kernels as K  # noqa: E402
 from probe_dask.kernels import triton_backend as T  # noqa: E402
+from probe_dask.kernels import triton_jit  # noqa: E402
 from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock  # noqa: E402
 from probe_dask.testing.reference import subset_pairs  # noqa: E402
 
@@ -311,3 +313,19 @@ def test_dispatch_routes_to_triton_and_keeps_c_on_cpu():
         check_close(K.fit_sums(block, pairs, None, backend="c"), fit, 2 * ftol)
     with pytest.raises(ValueError, match="CPU only"):
         K.choose_backend("cuda", "c")
+
+
+def test_warm_up_compiles_the_variants_bounds_do_not_make_new_ones():
+    """warm_up runs (compiling fit and eval for a tile); the kernel is told not to
+    specialise on the arguments that only move bounds, each a real parameter of it."""
+    kernel = triton_jit.sums_kernel
+    names = inspect.signature(kernel.fn).parameters
+    assert set(triton_jit.NOT_SPECIALIZED) <= set(names)
+    told = getattr(kernel, "do_not_specialize", None)  # a JITFunction; the interpreter's:
+    told = kernel.kwargs["do_not_specialize"] if told is None else told
+    assert tuple(told) == triton_jit.NOT_SPECIALIZED
+    seconds = T.warm_up(DEV, tile=SMALL_TILE)
+    assert isinstance(seconds, float) and seconds > 0
+    assert K.dispatch.warm_up(DEV, "triton") > 0  # what a worker runs when asked its kernel
+    if ckernel.available():
+        assert K.dispatch.warm_up("cpu", "c") == 0.0  # nothing to compile

@@ -63,6 +63,7 @@ __all__ = [
     "resolve_device",
     "stream_blocks",
     "device_type",
+    "warm_up",
     "FIT_FIELDS",
     "EVAL_FIELDS",
 ]
@@ -274,6 +275,25 @@ def kernel_for(device=None, backend="auto") -> tuple[str, str]:
             raise RuntimeError(f"no CUDA device usable by torch {torch.__version__} "
                                f"(torch.cuda.is_available() is False)")
     return name, dev_type
+
+
+def warm_up(device=None, backend="auto") -> float:
+    """Compile what ``device`` and ``backend`` run, before the first pass.
+
+    On the Triton kernels, their fit and eval variants for the default tile
+    (:func:`probe_dask.kernels.triton_backend.warm_up`): a worker that calls it as it
+    starts, or as it is first asked for its kernel, compiles nothing mid-job. Nothing to do
+    for the C kernel (built at install time) or torch.
+
+    Returns
+    -------
+    float
+        Seconds it took (0.0 when there is nothing to compile).
+    """
+    name, dev_type = choose_backend(device, backend)
+    if name != "triton":
+        return 0.0
+    return _triton().warm_up(dev_type)
 
 
 def _check_out(kind, pairs, out):

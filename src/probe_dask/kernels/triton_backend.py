@@ -48,6 +48,7 @@ cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -60,7 +61,7 @@ from probe_dask.kernels.triton_jit import available, unavailable_reason
 from probe_dask.kernels.triton_jit import sums_kernel as _sums_kernel
 
 __all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "BlockUnits",
-           "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "label_sums_arrays",
+           "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "warm_up", "label_sums_arrays",
            "DEFAULT_TILE", "DEFAULT_SLICES", "DEFAULT_SPLIT_EVENTS"]
 
 _MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
@@ -415,6 +416,62 @@ def eval_sums(block, pairs, device=None, *, tile=DEFAULT_TILE, work=None) -> np.
         ``[sum softplus(eta), count(eta > 0), count(eta > 0 and label == class)]``.
     """
     return _run("eval", block, pairs, device, tile, work)
+
+
+def warm_up(device=None, tile=DEFAULT_TILE) -> float:
+    """Compile the fit and eval kernels for ``tile`` on ``device``, before the first pass.
+
+    A GPU worker calls it when it starts, so that no pass waits for Triton's compiler (about
+    a second per variant, unmeasured here). The kernels are not specialised on values that
+    only move bounds (``triton_jit.NOT_SPECIALIZED``), so these two variants, fit and eval,
+    serve every later pass with this tile. Runs both on a block of two latents, one cut
+    into two slices (the slice combination's torch ops load too).
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        CUDA by default (CPU only under ``TRITON_INTERPRET=1``).
+    tile : (int, int)
+        ``(event_tile, pair_tile)`` that the passes use.
+
+    Returns
+    -------
+    float
+        Seconds it took.
+    """
+    t0 = time.perf_counter()
+    if not available():
+        raise RuntimeError(f"Triton kernels unavailable: {unavailable_reason()}")
+    dev = _device(device)
+    block = _Tiny(np.array([0, 3, 4], np.int64), np.array([0, 1, 0, 1], np.int32),
+                  np.array([0.5, -1.0, 2.0, 1.5], np.float32), np.array([0, 1], np.uint8))
+    pairs = _TinyPairs(np.array([0, 2, 3], np.int64), np.array([0, 1, 1], np.int32),
+                       np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.5, -1.0]))
+    db = to_device(block, dev)
+    work = plan(db, pairs, tile=tile, n_slices=2, split_events=2)
+    fit_sums(db, pairs, work=work)
+    eval_sums(db, pairs, work=work)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class _Tiny:
+    """A block as ``to_device`` reads it (warm_up's; no import of ``core``)."""
+
+    latent_ptr: np.ndarray
+    rows: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class _TinyPairs:
+    """Pairs as ``plan`` and the kernels read them (warm_up's)."""
+
+    latent_ptr: np.ndarray
+    classes: np.ndarray
+    b: np.ndarray
+    w: np.ndarray
 
 
 def label_sums_arrays(block, n_classes: int, device=None) -> dict:

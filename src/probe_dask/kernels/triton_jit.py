@@ -17,9 +17,15 @@ except Exception as exc:  # noqa: BLE001 -- any import failure means "unavailabl
     triton = tl = None
     IMPORT_ERROR = f"triton not importable: {exc!r}"
 
-__all__ = ["IMPORT_ERROR", "INTERPRETED", "available", "unavailable_reason", "sums_kernel"]
+__all__ = ["IMPORT_ERROR", "INTERPRETED", "NOT_SPECIALIZED", "available", "unavailable_reason",
+           "sums_kernel"]
 
 sums_kernel = None
+#: Arguments of ``sums_kernel`` that only move bounds (the output's stride, n_pairs + 1;
+#: slices per cut latent; the scratch width): triton would otherwise compile a variant for
+#: each of them equal to 1 or divisible by 16, i.e. mid-job, as pairs stop. The variants
+#: left are EVAL x (E, P), compiled at worker start (``triton_backend.warm_up``).
+NOT_SPECIALIZED = ("out_stride", "n_slices", "max_pairs")
 
 
 def _interpreting() -> bool:
@@ -58,7 +64,7 @@ if triton is not None:
         tl.store(out + k * out_stride + p_lo + ip, x, mask=ip < n_out)
         tl.store(scratch + (s_row + k) * max_pairs + t * P + ip, x, mask=ip < n_scratch)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=NOT_SPECIALIZED)
     def sums_kernel(units, ev_ptr, pr_ptr, values, rows, labels, classes, b_ptr, w_ptr, out,
                      scratch, out_stride, n_slices, max_pairs,
                      EVAL: tl.constexpr, E: tl.constexpr, P: tl.constexpr):
