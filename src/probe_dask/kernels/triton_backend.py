@@ -1,8 +1,9 @@
-"""Fused Triton kernels for the three per-block sums (fit, eval, label sums) on a GPU.
+"""Fused Triton kernels for the fit and eval sums of a block on a GPU (the label sums, once
+per range, are in :mod:`probe_dask.kernels.labels`).
 
 Same contract and numerics as :func:`probe_dask.kernels.fit_sums` /
-:func:`~probe_dask.kernels.eval_sums` / :func:`~probe_dask.kernels.label_sums` (the C
-kernel, ``kernels/ckernel/fused.c``, is the reference): ``eta = b + w v`` in float64, the
+:func:`~probe_dask.kernels.eval_sums` (the C kernel, ``kernels/ckernel/fused.c``, is the
+reference): ``eta = b + w v`` in float64, the
 transcendental part (``exp(-|eta|)``, ``log1p``) in float32, every sum accumulated in
 float64, and the decisions ``eta > 0`` taken on the float64 ``eta``.
 
@@ -42,13 +43,10 @@ cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
   copy when a host block is passed (freed on return); host: the returned ``48 P`` /
   ``24 P`` bytes. Each program holds its tile's ``P x E`` sums (six for fit, three for
   eval) in registers only.
-- :func:`label_sums_arrays`: device about ``41 nnz + 16 L C`` bytes of temporaries and
-  outputs; host the outputs, ``16 L C + 16 L + 8 C`` bytes.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -61,7 +59,7 @@ from probe_dask.kernels.triton_jit import available, unavailable_reason
 from probe_dask.kernels.triton_jit import sums_kernel as _sums_kernel
 
 __all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "BlockUnits",
-           "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "warm_up", "label_sums_arrays",
+           "block_units", "WorkList", "plan", "fit_sums", "eval_sums",
            "DEFAULT_TILE", "DEFAULT_SLICES", "DEFAULT_SPLIT_EVENTS"]
 
 _MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
@@ -416,90 +414,3 @@ def eval_sums(block, pairs, device=None, *, tile=DEFAULT_TILE, work=None) -> np.
         ``[sum softplus(eta), count(eta > 0), count(eta > 0 and label == class)]``.
     """
     return _run("eval", block, pairs, device, tile, work)
-
-
-def warm_up(device=None, tile=DEFAULT_TILE) -> float:
-    """Compile the fit and eval kernels for ``tile`` on ``device``, before the first pass.
-
-    A GPU worker calls it when it starts, so that no pass waits for Triton's compiler (about
-    a second per variant, unmeasured here). The kernels are not specialised on values that
-    only move bounds (``triton_jit.NOT_SPECIALIZED``), so these two variants, fit and eval,
-    serve every later pass with this tile. Runs both on a block of two latents, one cut
-    into two slices (the slice combination's torch ops load too).
-
-    Parameters
-    ----------
-    device : str or torch.device, optional
-        CUDA by default (CPU only under ``TRITON_INTERPRET=1``).
-    tile : (int, int)
-        ``(event_tile, pair_tile)`` that the passes use.
-
-    Returns
-    -------
-    float
-        Seconds it took.
-    """
-    t0 = time.perf_counter()
-    if not available():
-        raise RuntimeError(f"Triton kernels unavailable: {unavailable_reason()}")
-    dev = _device(device)
-    block = _Tiny(np.array([0, 3, 4], np.int64), np.array([0, 1, 0, 1], np.int32),
-                  np.array([0.5, -1.0, 2.0, 1.5], np.float32), np.array([0, 1], np.uint8))
-    pairs = _TinyPairs(np.array([0, 2, 3], np.int64), np.array([0, 1, 1], np.int32),
-                       np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.5, -1.0]))
-    db = to_device(block, dev)
-    work = plan(db, pairs, tile=tile, n_slices=2, split_events=2)
-    fit_sums(db, pairs, work=work)
-    eval_sums(db, pairs, work=work)
-    return time.perf_counter() - t0
-
-
-@dataclass
-class _Tiny:
-    """A block as ``to_device`` reads it (warm_up's; no import of ``core``)."""
-
-    latent_ptr: np.ndarray
-    rows: np.ndarray
-    values: np.ndarray
-    labels: np.ndarray
-
-
-@dataclass
-class _TinyPairs:
-    """Pairs as ``plan`` and the kernels read them (warm_up's)."""
-
-    latent_ptr: np.ndarray
-    classes: np.ndarray
-    b: np.ndarray
-    w: np.ndarray
-
-
-def label_sums_arrays(block, n_classes: int, device=None) -> dict:
-    """Label-dependent sums of one block (``kernels.label_sums``), with torch on the device.
-
-    Returns
-    -------
-    dict
-        ``n_rows`` (int), ``class_rows`` int64 (C,), ``count`` int64 (L,), ``sum_v2``
-        float64 (L,), ``pos`` and ``vpos`` float64 (L, C): the fields of
-        ``kernels.LabelSums`` (``LabelSums(**result)``).
-    """
-    db = to_device(block, device)
-    dev, n_lat, C = db.device, db.n_latents, int(n_classes)
-    if db.n_rows and int(db.labels.max()) >= C:
-        raise ValueError(f"label {int(db.labels.max())} >= n_classes {C}")
-    count = np.diff(db.latent_ptr)
-    lat = torch.repeat_interleave(torch.arange(n_lat, device=dev), torch.from_numpy(count).to(dev))
-    v = db.values.double()
-    sum_v2 = torch.zeros(n_lat, dtype=torch.float64, device=dev).index_add_(0, lat, v * v)
-    key = lat * C + db.labels[db.rows.long()].long()
-    pos = torch.bincount(key, minlength=n_lat * C).double()
-    vpos = torch.zeros(n_lat * C, dtype=torch.float64, device=dev).index_add_(0, key, v)
-    return {
-        "n_rows": db.n_rows,
-        "class_rows": torch.bincount(db.labels.long(), minlength=C).cpu().numpy().astype(np.int64),
-        "count": count.astype(np.int64),
-        "sum_v2": sum_v2.cpu().numpy(),
-        "pos": pos.view(n_lat, C).cpu().numpy(),
-        "vpos": vpos.view(n_lat, C).cpu().numpy(),
-    }

@@ -24,7 +24,7 @@ sums_kernel = None
 #: Arguments of ``sums_kernel`` that only move bounds (the output's stride, n_pairs + 1;
 #: slices per cut latent; the scratch width): triton would otherwise compile a variant for
 #: each of them equal to 1 or divisible by 16, i.e. mid-job, as pairs stop. The variants
-#: left are EVAL x (E, P), compiled at worker start (``triton_backend.warm_up``).
+#: left are EVAL x (E, P), compiled at worker start (``kernels.warmup``).
 NOT_SPECIALIZED = ("out_stride", "n_slices", "max_pairs")
 
 
@@ -64,6 +64,44 @@ if triton is not None:
         tl.store(out + k * out_stride + p_lo + ip, x, mask=ip < n_out)
         tl.store(scratch + (s_row + k) * max_pairs + t * P + ip, x, mask=ip < n_scratch)
 
+    @triton.jit
+    def unit_bounds(units, ev_ptr, pr_ptr, n_slices, E: tl.constexpr, P: tl.constexpr):
+        # Program (u, t)'s events [lo, hi) and its pairs' first index and count (<= 0: this
+        # tile has no pairs). A slice is a whole number of event tiles (the last one
+        # shorter), so the slices' event tiles are those of the uncut latent.
+        u = tl.program_id(0).to(tl.int64) * 3
+        t = tl.program_id(1).to(tl.int64)
+        lat, sl, rank = tl.load(units + u), tl.load(units + u + 1), tl.load(units + u + 2)
+        e_lo, e_hi = tl.load(ev_ptr + lat), tl.load(ev_ptr + lat + 1)
+        p_lo = tl.load(pr_ptr + lat) + t * P
+        n_here = tl.load(pr_ptr + lat + 1) - p_lo
+        n = e_hi - e_lo
+        chunk = tl.where(rank >= 0, ((n + n_slices - 1) // n_slices + E - 1) // E * E, n)
+        lo = tl.minimum(e_lo + sl * chunk, e_hi)
+        hi = tl.minimum(lo + chunk, e_hi)
+        hi = tl.where(n_here > 0, hi, lo)  # no pairs: no events to read
+        return lo, hi, p_lo, n_here, sl, rank
+
+    @triton.jit
+    def shared_reciprocal(e):
+        # One reciprocal for both quotients, as in fused.c: q = 1 / ((1 + e)(2 + e)) gives
+        # r = 1 / (1 + e) = (2 + e) q and th = e / (2 + e) = e (1 + e) q.
+        ope = 1.0 + e
+        tpe = 2.0 + e
+        q = 1.0 / (ope * tpe)
+        return tpe * q, e * ope * q
+
+    @triton.jit
+    def log1p_of(th):
+        # log1p(e) = 2 atanh(th), th = e / (2 + e) in [0, 1/3], as in fused.c (no libdevice)
+        z = th * th
+        poly = z * (1.0 / 13.0) + (1.0 / 11.0)
+        poly = poly * z + (1.0 / 9.0)
+        poly = poly * z + (1.0 / 7.0)
+        poly = poly * z + (1.0 / 5.0)
+        poly = poly * z + (1.0 / 3.0)
+        return 2.0 * th * (poly * z + 1.0)
+
     @triton.jit(do_not_specialize=NOT_SPECIALIZED)
     def sums_kernel(units, ev_ptr, pr_ptr, values, rows, labels, classes, b_ptr, w_ptr, out,
                      scratch, out_stride, n_slices, max_pairs,
@@ -75,19 +113,8 @@ if triton is not None:
         # per (pair, event column) in float64 registers and reduced over the columns once,
         # after the loop (no cross-thread reduction per step), then stored once (no
         # atomics). int64 offsets throughout.
-        u = tl.program_id(0).to(tl.int64) * 3
+        lo, hi, p_lo, n_here, sl, rank = unit_bounds(units, ev_ptr, pr_ptr, n_slices, E, P)
         t = tl.program_id(1).to(tl.int64)
-        lat, sl, rank = tl.load(units + u), tl.load(units + u + 1), tl.load(units + u + 2)
-        e_lo, e_hi = tl.load(ev_ptr + lat), tl.load(ev_ptr + lat + 1)
-        p_lo = tl.load(pr_ptr + lat) + t * P
-        n_here = tl.load(pr_ptr + lat + 1) - p_lo  # <= 0: this tile has no pairs
-        # A slice is a whole number of event tiles (the last one shorter), so the slices'
-        # event tiles are those of the uncut latent.
-        n = e_hi - e_lo
-        chunk = tl.where(rank >= 0, ((n + n_slices - 1) // n_slices + E - 1) // E * E, n)
-        lo = tl.minimum(e_lo + sl * chunk, e_hi)
-        hi = tl.minimum(lo + chunk, e_hi)
-        hi = tl.where(n_here > 0, hi, lo)  # no pairs: no events to read
         ie, ip = tl.arange(0, E), tl.arange(0, P)
         mp = ip < n_here
         b = tl.load(b_ptr + p_lo + ip, mask=mp, other=0.0)[:, None]  # (P, 1)
@@ -112,21 +139,8 @@ if triton is not None:
             if EVAL:
                 th = e / (2.0 + e)
             else:
-                # One reciprocal for both quotients, as in fused.c: q = 1 / ((1 + e)(2 + e)),
-                # r = 1 / (1 + e) = (2 + e) q and th = e / (2 + e) = e (1 + e) q.
-                ope = 1.0 + e
-                tpe = 2.0 + e
-                q = 1.0 / (ope * tpe)
-                r = tpe * q
-                th = e * ope * q
-            # log1p(e) = 2 atanh(th), th in [0, 1/3], as in fused.c (no libdevice)
-            z = th * th
-            poly = z * (1.0 / 13.0) + (1.0 / 11.0)
-            poly = poly * z + (1.0 / 9.0)
-            poly = poly * z + (1.0 / 7.0)
-            poly = poly * z + (1.0 / 5.0)
-            poly = poly * z + (1.0 / 3.0)
-            lp = 2.0 * th * (poly * z + 1.0)
+                r, th = shared_reciprocal(e)
+            lp = log1p_of(th)
             a0 += tl.where(keep, tl.maximum(eta, 0.0) + lp.to(tl.float64), 0.0)
             if EVAL:
                 row = tl.load(rows + e0 + ie, mask=me, other=0)
