@@ -34,7 +34,8 @@ def host_label_sums(block, n_classes: int) -> LabelSums:
 
     Parameters
     ----------
-    block : LatentBlock
+    block : LatentBlock-like
+        ``latent_ptr``, ``rows``, ``values`` and ``labels`` are read.
     n_classes : int
         ``C``; every label must be below it.
 
@@ -42,8 +43,8 @@ def host_label_sums(block, n_classes: int) -> LabelSums:
     -------
     LabelSums
     """
-    n_lat = block.n_latents
-    if block.n_rows:
+    n_lat, n_rows = len(block.latent_ptr) - 1, len(block.labels)  # any block-like
+    if n_rows:
         _check_labels(int(block.labels.max()), n_classes)
     count = np.diff(block.latent_ptr)
     lat = np.repeat(np.arange(n_lat, dtype=np.int64), count)
@@ -55,7 +56,7 @@ def host_label_sums(block, n_classes: int) -> LabelSums:
     pos = np.bincount(key, minlength=size).astype(np.float64).reshape(n_lat, n_classes)
     vpos = np.bincount(key, weights=v, minlength=size).reshape(n_lat, n_classes)
     class_rows = np.bincount(block.labels, minlength=n_classes).astype(np.int64)
-    return LabelSums(block.n_rows, class_rows, count.astype(np.int64), sum_v2, pos, vpos)
+    return LabelSums(n_rows, class_rows, count.astype(np.int64), sum_v2, pos, vpos)
 
 
 def device_label_sums(block, n_classes: int, device) -> LabelSums:
