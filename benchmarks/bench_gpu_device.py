@@ -9,15 +9,19 @@ The GPU machine this project is sometimes lent has torch and triton but not dask
 distributed, so this script loads ``probe_dask.kernels.triton_backend`` without the
 package's front door (``probe_dask/__init__`` imports the Dask engine): the ``probe_dask``
 and ``probe_dask.kernels`` packages are registered bare, and only the modules the Triton
-backend imports are read (``kernels.triton_jit``, ``kernels.units``). It then measures, on a
-synthetic block (power-law latent sizes, every pair active):
+backend, the warm-up and the label sums import are read (``kernels.triton_jit``,
+``kernels.units``, ``kernels.warmup``, ``kernels.labels``, ``core.blocks``). It then
+measures, on a synthetic block (power-law latent sizes, every pair active):
 
+- the warm-up: compiling the fit and eval kernels, as a GPU worker does when it starts;
 - the fit and evaluation passes' throughput against bare ``torch.sigmoid`` on as many
   float32 elements (the target: at least 25 %);
 - the host's re-planning cost after 5 % of the pairs stop (the block's units are kept, so
   a pass's plan is O(latents));
 - run-to-run bits: the fit sums of two runs compared byte for byte (no atomics: equal);
-- the float64 error of the sums against a float64 numpy reference on a subset of latents.
+- the float64 error of the sums against a float64 numpy reference on a subset of latents;
+- the label sums on the device: their time, equality to the host's (counts exact, sums to
+  1e-12) and their bits on two runs.
 
 It prints a table and writes one JSON (``--json``, default ``bench_gpu_device.json`` beside
 this script's working folder). Without CUDA it runs under ``TRITON_INTERPRET=1`` on the CPU
@@ -57,9 +61,9 @@ def load_triton_backend(device: str):
     return importlib.import_module("probe_dask.kernels.triton_backend")
 
 
-def synthetic_block(rows, latents, row_nnz, seed=0):
+def synthetic_block(rows, latents, row_nnz, classes=1, seed=0):
     """``(latent_ptr, rows, values, labels)`` of a block grouped by latent, power-law
-    latent frequencies (a few giant latents, as an SAE's)."""
+    latent frequencies (a few giant latents, as an SAE's), labels uniform in ``classes``."""
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, latents + 1) ** 1.1
     weights /= weights.sum()
@@ -74,7 +78,7 @@ def synthetic_block(rows, latents, row_nnz, seed=0):
     ptr = np.zeros(latents + 1, dtype=np.int64)
     np.cumsum(np.bincount(c, minlength=latents), out=ptr[1:])
     values = rng.gamma(2.0, 1.0, r.size).astype(np.float32)
-    return ptr, r, values, np.zeros(rows, dtype=np.uint8)
+    return ptr, r, values, rng.integers(0, classes, rows).astype(np.uint8)
 
 
 class Block:
@@ -118,6 +122,19 @@ def reference_sums(block, pairs, latents):
     return np.concatenate(out, axis=1)
 
 
+def check_label_sums(labels, block, on_dev, classes, dev) -> dict:
+    """The GPU's label sums against the host's (counts equal, sums to 1e-12 relative) and
+    against a second run (bit for bit)."""
+    one = labels.device_label_sums(on_dev, classes, dev)
+    two = labels.device_label_sums(on_dev, classes, dev)
+    host = labels.host_label_sums(block, classes)
+    match = all(np.array_equal(getattr(one, f), getattr(host, f)) for f in ("class_rows", "count", "pos"))
+    match = match and all(np.allclose(getattr(one, f), getattr(host, f), rtol=1e-12, atol=1e-12)
+                          for f in ("sum_v2", "vpos"))
+    same = all(getattr(one, f).tobytes() == getattr(two, f).tobytes() for f in ("sum_v2", "vpos"))
+    return {"label_sums_match_host": bool(match), "label_sums_same_bits": bool(same)}
+
+
 def timed(fn, repeats, sync):
     fn()
     sync()
@@ -142,12 +159,15 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     tb = load_triton_backend(args.device)
+    warmup = importlib.import_module("probe_dask.kernels.warmup")
+    labels = importlib.import_module("probe_dask.kernels.labels")
     import torch  # the backend imported it already; here for the sigmoid baseline
 
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    t_warm = warmup.warm_up(dev)  # first: the compilation a worker pays as it starts
     rng = np.random.default_rng(1)
-    block = Block(*synthetic_block(args.rows, args.latents, args.row_nnz))
+    block = Block(*synthetic_block(args.rows, args.latents, args.row_nnz, min(args.classes, 256)))  # uint8 labels
     pairs = all_pairs(args.latents, args.classes, rng)
     nnz = int(block.latent_ptr[-1])
     units = nnz * args.classes  # (event x pair) elements of a pass with every pair active
@@ -177,6 +197,10 @@ def main(argv=None):
     got = first[:, cols]
     rel_err = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-300)))
 
+    n_labels = min(args.classes, 256)  # labels are uint8
+    label_check = check_label_sums(labels, block, on_dev, n_labels, dev)
+    t_labels = timed(lambda: labels.device_label_sums(on_dev, n_labels, dev), args.repeats, sync)
+
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (TRITON_INTERPRET=1)"
     result = {
         "device": name, "torch": torch.__version__,
@@ -189,7 +213,8 @@ def main(argv=None):
         "replan_after_5pct_s": replan_s,
         "replan_ns_per_latent": replan_s * 1e9 / args.latents,
         "same_bits_run_to_run": same_bits, "max_rel_error_vs_float64": rel_err,
-        "reference_latents": int(subset.size),
+        "reference_latents": int(subset.size), "warm_up_s": t_warm,
+        "label_sums_s": t_labels, **label_check,
     }
     rows = [("bare torch.sigmoid f32", f"{t_sigmoid * 1e3:.2f} ms", "100%"),
             ("fit pass (Triton)", f"{t_fit * 1e3:.2f} ms", f"{t_sigmoid / t_fit:.0%}"),
@@ -200,11 +225,15 @@ def main(argv=None):
         print(f"  {what:<24} {t:>12}  {ratio:>6} of sigmoid's throughput")
     print(f"  re-plan after 5% of pairs stop: {replan_s * 1e6:.0f} us "
           f"({result['replan_ns_per_latent']:.0f} ns per latent)")
+    print(f"  warm-up (compiling fit and eval): {t_warm:.2f} s; label sums on the device: "
+          f"{t_labels * 1e3:.2f} ms, equal to the host's: {label_check['label_sums_match_host']}, "
+          f"same bits run to run: {label_check['label_sums_same_bits']}")
     print(f"  same bits run to run: {same_bits}; max relative error against float64 "
           f"({subset.size} latents): {rel_err:.2e}; dask imported: {result['dask_imported']}")
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")
-    return 0 if same_bits and not result["dask_imported"] else 1
+    ok = same_bits and label_check["label_sums_match_host"] and label_check["label_sums_same_bits"]
+    return 0 if ok and not result["dask_imported"] else 1
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ costs (``LatentBlock.from_csr``, ``label_sums``).
 Before the rows, the host's work to plan one Triton pass after 5 % of the pairs stop
 (``triton_backend.plan``, the block's units already made, as on a worker's second pass):
 ``host_plan_ns_per_pass_per_latent`` (per latent with active pairs) and
-``host_plan_bytes_per_unit`` (tracemalloc's peak of numpy's allocations, per unit), on this
-block; and ``host_plan_full_size_s`` / ``host_plan_full_size_bytes``, the same at full size
-(32768 latents of power-law sizes summing to 2.26e9 events, 151 classes), timed on those
-offsets without the events. On CPU this sets ``TRITON_INTERPRET=1`` (planning needs it).
+``host_plan_bytes_per_unit`` (tracemalloc's peak of numpy's allocations, per unit; the
+time is taken without tracemalloc, which slows every allocation), on this block; and
+``host_plan_full_size_s`` / ``host_plan_full_size_bytes``, the same at full size (32768 latents
+of power-law sizes summing to 2.26e9 events, 151 classes), timed on those offsets without
+the events. On CPU this sets ``TRITON_INTERPRET=1`` (planning needs it).
 
 Memory: the block (about 8 bytes per non-zero), ``(6, L C)`` float64 outputs, and for the
 torch backend its work-chunk temporaries (see ``probe_dask.kernels.torch_backend``).
@@ -207,15 +208,22 @@ def _stopped(pair_ptr, rng):
 
 def _plan_cost(plan, block, pair_ptrs, repeat):
     """Best wall time and host bytes (tracemalloc peak: numpy's allocations) of one re-plan,
-    alternating between offsets that differ (so each call plans anew, as after a stop)."""
+    alternating between offsets that differ (so each call plans anew, as after a stop).
+
+    Timed without tracemalloc, which hooks every allocation and doubled the few
+    microseconds a plan takes; its peak is taken over separate calls. A plan is microseconds:
+    best of at least 50.
+    """
     work = plan(block, _PairOffsets(pair_ptrs[0]))  # the block's units, made once
+    pairs = [_PairOffsets(p) for p in pair_ptrs]
     best, peak = float("inf"), 0
-    for i in range(max(2, repeat) * 2):
-        pairs = _PairOffsets(pair_ptrs[i % 2])
-        tracemalloc.start()
+    for i in range(max(50, repeat) * 2):
         t0 = time.perf_counter()
-        work = plan(block, pairs)
+        work = plan(block, pairs[i % 2])
         best = min(best, time.perf_counter() - t0)
+    for i in range(2):
+        tracemalloc.start()
+        work = plan(block, pairs[i % 2])
         peak = max(peak, tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     return best, peak, work

@@ -1,5 +1,6 @@
 """``benchmarks/bench_gpu_device.py``, the script for the GPU machine: it runs with torch and
-triton only (dask never imported), and reports equal bits run to run and the float64 error.
+triton only (dask never imported), and reports equal bits run to run and the float64 error,
+the warm-up's compile time and the device label sums (equal to the host's, the same bits).
 Here under Triton's interpreter on a tiny block; on the GPU it is run by hand."""
 
 import json
@@ -23,5 +24,7 @@ def test_device_script_needs_no_dask_and_gives_the_same_bits(tmp_path):
     result = json.loads(out.read_text())
     assert result["dask_imported"] is False and result["same_bits_run_to_run"] is True
     assert result["max_rel_error_vs_float64"] < 1e-5  # float32 transcendentals
-    for key in ("fit_vs_sigmoid", "eval_vs_sigmoid", "replan_ns_per_latent"):
+    assert result["label_sums_match_host"] is True and result["label_sums_same_bits"] is True
+    for key in ("fit_vs_sigmoid", "eval_vs_sigmoid", "replan_ns_per_latent", "warm_up_s",
+                "label_sums_s"):
         assert result[key] > 0

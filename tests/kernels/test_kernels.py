@@ -16,6 +16,7 @@ from scipy.special import expit
 
 from probe_dask import kernels as K
 from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock
+from probe_dask.kernels.labels import device_label_sums
 from probe_dask.testing.reference import subset_pairs
 
 BACKENDS = ["torch", "c"]
@@ -153,28 +154,62 @@ def test_from_csr_groups_by_latent():
         LatentBlock.from_csr(X, labels[:-1])
 
 
-def test_label_sums_match_dense_and_add():
+LABEL_DEVICES = ["host", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _label_sums(where):
+    """The label pass on the host (numpy, through ``kernels.label_sums``) or with the GPU
+    worker's torch ops on ``where`` (on CPU here, on CUDA where there is one)."""
+    if where == "host":
+        return K.label_sums
+    return lambda block, C: device_label_sums(block, C, where)
+
+
+@pytest.mark.parametrize("where", LABEL_DEVICES)
+def test_label_sums_match_dense_and_add(where):
     X, labels, _, _ = make_data(4)
     C = 6
     D = X.toarray().astype(np.float64)
     onehot = labels[:, None] == np.arange(C)
-    got = K.label_sums(LatentBlock.from_csr(X, labels), C)
+    fn = _label_sums(where)
+    got = fn(LatentBlock.from_csr(X, labels), C)
     assert got.n_rows == X.shape[0]
     np.testing.assert_array_equal(got.class_rows, onehot.sum(0))
     np.testing.assert_array_equal(got.count, (D != 0).sum(0))
     np.testing.assert_allclose(got.sum_v2, (D * D).sum(0), rtol=1e-12)
     np.testing.assert_array_equal(got.pos, (D != 0).T.astype(float) @ onehot)
     np.testing.assert_allclose(got.vpos, D.T @ onehot, rtol=1e-12, atol=1e-12)
-    parts = [K.label_sums(LatentBlock.from_csr(X[a:z], labels[a:z]), C) for a, z in [(0, 50), (50, 51), (51, 300)]]
+    parts = [fn(LatentBlock.from_csr(X[a:z], labels[a:z]), C) for a, z in [(0, 50), (50, 51), (51, 300)]]
     tot = parts[0] + parts[1] + parts[2]
     assert isinstance(tot, LabelSums) and tot.n_rows == got.n_rows
     for f in ("class_rows", "count", "pos"):
+        assert getattr(tot, f).dtype == getattr(got, f).dtype
         np.testing.assert_array_equal(getattr(tot, f), getattr(got, f))
     np.testing.assert_allclose(tot.vpos, got.vpos, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(tot.sum_v2, got.sum_v2, rtol=1e-12)
     assert got.nbytes == 8 * (C + 2 * 14 + 2 * 14 * C)
-    with pytest.raises(ValueError):
-        K.label_sums(LatentBlock.from_csr(X, labels), 3)
+    with pytest.raises(ValueError, match="n_classes"):
+        fn(LatentBlock.from_csr(X, labels), 3)
+
+
+@pytest.mark.parametrize("where", LABEL_DEVICES[1:])
+def test_device_label_sums_equal_the_host_ones_and_the_same_bits(where):
+    """The GPU worker's label pass: counts equal to the host's, sums to 1e-12, two runs the
+    same bits (segment sums, no float atomics); kernels.label_sums takes it for CUDA."""
+    X, labels, _, _ = make_data(5, n_rows=400, n_lat=20)
+    block, C = LatentBlock.from_csr(X, labels), 7
+    host, one = K.label_sums(block, C), device_label_sums(block, C, where)
+    two = device_label_sums(block, C, where)
+    for f in ("class_rows", "count", "pos"):
+        np.testing.assert_array_equal(getattr(one, f), getattr(host, f))
+    for f in ("sum_v2", "vpos"):
+        np.testing.assert_allclose(getattr(one, f), getattr(host, f), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(getattr(one, f), getattr(two, f))
+    bad = LatentBlock(block.latent_ptr, block.rows + block.n_rows, block.values, block.labels)
+    with pytest.raises(ValueError, match="rows"):
+        device_label_sums(bad, C, where)
+    if where == "cuda":
+        np.testing.assert_array_equal(K.label_sums(block, C, "cuda").vpos, one.vpos)
 
 
 def _rel_err(a, b):

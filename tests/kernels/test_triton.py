@@ -11,6 +11,7 @@ results only by float64 summation order (1e-12 relative). A latent cut into slic
 same bits on every run and the slice-order sum of its slices' sums, bitwise.
 """
 
+import inspect
 import os
 import tracemalloc
 
@@ -27,6 +28,9 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 from probe_dask.kernels import ckernel  # noqa: E402
 from probe_dask import kernels as K  # noqa: E402
 from probe_dask.kernels import triton_backend as T  # noqa: E402
+from probe_dask.kernels import triton_jit  # noqa: E402
+from probe_dask.kernels.labels import device_label_sums  # noqa: E402
+from probe_dask.kernels.warmup import warm_up  # noqa: E402
 from probe_dask.kernels import ActivePairs, LabelSums, LatentBlock  # noqa: E402
 from probe_dask.testing.reference import subset_pairs  # noqa: E402
 
@@ -223,12 +227,14 @@ def test_device_block_and_work_list_reuse():
         T.fit_sums(dblock, subset_pairs(b, w, b > 0), work=work)
 
 
-def test_label_sums_match_kernels():
+def test_label_sums_of_a_device_block_match_kernels():
+    """The GPU worker's label pass on a block resident on the device (its tensors used where
+    they are) and on host blocks, against the host's label sums."""
     X, labels, _, _ = make_data(6)
     C = 6
     parts = [LatentBlock.from_csr(X[a:z], labels[a:z]) for a, z in ((0, 50), (50, 120))]
     whole = LatentBlock.from_csr(X, labels)
-    got = LabelSums(**T.label_sums_arrays(whole, C, DEV))
+    got = device_label_sums(T.to_device(whole, DEV), C, DEV)
     want = K.label_sums(whole, C)
     assert got.n_rows == want.n_rows == 120 and got.pos.shape == (8, C)
     for f in ("class_rows", "count", "pos"):
@@ -236,12 +242,12 @@ def test_label_sums_match_kernels():
         np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
     for f in ("sum_v2", "vpos"):
         np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-12, atol=1e-12)
-    tot = sum((LabelSums(**T.label_sums_arrays(T.to_device(p, DEV), C)) for p in parts[1:]),
-              LabelSums(**T.label_sums_arrays(parts[0], C, DEV)))
+    tot = sum((device_label_sums(T.to_device(p, DEV), C, DEV) for p in parts[1:]),
+              device_label_sums(parts[0], C, DEV))
     np.testing.assert_array_equal(tot.pos, want.pos)
     np.testing.assert_allclose(tot.vpos, want.vpos, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError):
-        T.label_sums_arrays(whole, 3, DEV)
+        device_label_sums(T.to_device(whole, DEV), 3, DEV)
 
 
 def test_plan_int64_offsets_and_checks():
@@ -311,3 +317,19 @@ def test_dispatch_routes_to_triton_and_keeps_c_on_cpu():
         check_close(K.fit_sums(block, pairs, None, backend="c"), fit, 2 * ftol)
     with pytest.raises(ValueError, match="CPU only"):
         K.choose_backend("cuda", "c")
+
+
+def test_warm_up_compiles_the_variants_bounds_do_not_make_new_ones():
+    """warm_up runs (compiling fit and eval for a tile); the kernel is told not to
+    specialise on the arguments that only move bounds, each a real parameter of it."""
+    kernel = triton_jit.sums_kernel
+    names = inspect.signature(kernel.fn).parameters
+    assert set(triton_jit.NOT_SPECIALIZED) <= set(names)
+    told = getattr(kernel, "do_not_specialize", None)  # a JITFunction; the interpreter's:
+    told = kernel.kwargs["do_not_specialize"] if told is None else told
+    assert tuple(told) == triton_jit.NOT_SPECIALIZED
+    seconds = warm_up(DEV, tile=SMALL_TILE)
+    assert isinstance(seconds, float) and seconds > 0
+    assert K.dispatch.warm_up(DEV, "triton") > 0  # what a worker runs when asked its kernel
+    if ckernel.available():
+        assert K.dispatch.warm_up("cpu", "c") == 0.0  # nothing to compile

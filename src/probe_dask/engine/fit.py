@@ -238,7 +238,7 @@ class ProbeFitter(ProbeEstimator):
         if checkpoint is not None and checkpoint.exists():
             n_iter = checkpoint.stored_pass()
             resume = (str(checkpoint.path), checkpoint.identity, n_iter)
-        fits = [client.submit(start_range, d, n_classes, self.ridge, a, z, resume,
+        fits = [client.submit(start_range, d, n_classes, self.ridge, a, z, resume, self.device,
                               resources=self.resources)
                 for d, (a, z) in zip(data, bounds)]
         return fits, n_iter

@@ -222,17 +222,17 @@ def range_eval_sums(data, pairs: ActivePairs, device=None, backend="auto", resid
     return _pair_sums(kernels.eval_sums, 3, data, pairs, device, backend, resident)
 
 
-def range_label_sums(data, n_classes: int) -> LabelSums:
-    """``kernels.label_sums`` of a range's events (every latent of it)."""
+def range_label_sums(data, n_classes: int, device="cpu") -> LabelSums:
+    """``kernels.label_sums`` of a range's events (every latent of it), on ``device``."""
     if isinstance(data, LatentBlock):
-        return kernels.label_sums(data, n_classes)
+        return kernels.label_sums(data, n_classes, device)
     n_lat = data.n_latents
     labels = data.layout.labels()
     count = np.diff(data.latent_ptr)
     sum_v2 = np.zeros(n_lat)
     pos, vpos = np.zeros((n_lat, n_classes)), np.zeros((n_lat, n_classes))
     for latents, block in _blocks(data, np.arange(n_lat), labels):
-        part = kernels.label_sums(block, n_classes)
+        part = kernels.label_sums(block, n_classes, device)
         sum_v2[latents], pos[latents], vpos[latents] = part.sum_v2, part.pos, part.vpos
     if len(labels) and int(labels.max()) >= n_classes:
         raise ValueError(f"label {int(labels.max())} >= n_classes {n_classes}")

@@ -226,11 +226,12 @@ def place_ranges(client, data, fits) -> tuple[list, list[dict]]:
     return data, [{"workers": [a], "allow_other_workers": True} for a in where]
 
 
-def start_range(data, n_classes, ridge, start, stop, resume=None) -> RangeFit:
+def start_range(data, n_classes, ridge, start, stop, resume=None, device="cpu") -> RangeFit:
     """A range's first ``RangeFit``: its label sums and constants from its own events, and
     every pair at its prior, or, with ``resume = (path, identity, n_iter)``, the stored
-    state of its latents (``checkpoint.load_range``)."""
-    label_sums = range_label_sums(data, n_classes)
+    state of its latents (``checkpoint.load_range``). The label sums run on ``device``
+    (``kernels.label_sums``: a GPU worker's on its GPU)."""
+    label_sums = range_label_sums(data, n_classes, device)
     constants = ProblemConstants.from_label_sums(label_sums, ridge=ridge)
     if resume is None:
         state = init_state(constants)

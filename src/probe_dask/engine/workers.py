@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from probe_dask import kernels
+from probe_dask.kernels.dispatch import warm_up
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["gpu_resources", "task_resources", "total_worker_memory", "worker_table",
@@ -70,7 +71,9 @@ def _kernel_here(device, backend):
     # Runs on each worker (client.run): the error travels back as text, not as an exception,
     # so one worker without CUDA does not hide what the others have.
     try:
-        return kernels.kernel_for(device, backend)
+        kernel = kernels.kernel_for(device, backend)
+        warm_up(device, backend)  # Triton compiles its variants now, not in the first pass
+        return kernel
     except (RuntimeError, ValueError) as exc:
         return str(exc)
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from probe_dask.core.blocks import EVAL_FIELDS, FIT_FIELDS, ActivePairs, LabelSums, LatentBlock
 from probe_dask.kernels import ckernel
+from probe_dask.kernels.labels import device_label_sums, host_label_sums
 from probe_dask.kernels.torch_backend import torch_sums
 
 __all__ = [
@@ -63,37 +64,31 @@ __all__ = [
     "resolve_device",
     "stream_blocks",
     "device_type",
+    "warm_up",
     "FIT_FIELDS",
     "EVAL_FIELDS",
 ]
 
-def label_sums(block: LatentBlock, n_classes: int) -> LabelSums:
-    """Label-dependent sums of one block, in O(nnz) work and no one-hot labels.
+def label_sums(block: LatentBlock, n_classes: int, device="cpu") -> LabelSums:
+    """Label-dependent sums of one block (:mod:`probe_dask.kernels.labels`).
 
     Parameters
     ----------
     block : LatentBlock
     n_classes : int
         ``C``; every label must be below it.
+    device : str or torch.device
+        Where they are computed: a CUDA device (a GPU worker's label pass) with torch ops
+        there, else on the host with numpy. ``None`` or ``'auto'`` as in
+        :func:`resolve_device`; the host by default, so that a CPU task never touches a GPU.
 
     Returns
     -------
     LabelSums
     """
-    n_lat = block.n_latents
-    if block.n_rows and int(block.labels.max()) >= n_classes:
-        raise ValueError(f"label {int(block.labels.max())} >= n_classes {n_classes}")
-    count = np.diff(block.latent_ptr)
-    lat = np.repeat(np.arange(n_lat, dtype=np.int64), count)
-    v = block.values.astype(np.float64)
-    # bincount accumulates its weights in float64.
-    sum_v2 = np.bincount(lat, weights=v * v, minlength=n_lat)
-    key = lat * n_classes + block.labels[block.rows]
-    size = n_lat * n_classes
-    pos = np.bincount(key, minlength=size).astype(np.float64).reshape(n_lat, n_classes)
-    vpos = np.bincount(key, weights=v, minlength=size).reshape(n_lat, n_classes)
-    class_rows = np.bincount(block.labels, minlength=n_classes).astype(np.int64)
-    return LabelSums(block.n_rows, class_rows, count.astype(np.int64), sum_v2, pos, vpos)
+    if device_type(device) == "cuda":
+        return device_label_sums(block, n_classes, resolve_device(device))
+    return host_label_sums(block, n_classes)
 
 
 def _cuda_possible() -> bool:
@@ -274,6 +269,26 @@ def kernel_for(device=None, backend="auto") -> tuple[str, str]:
             raise RuntimeError(f"no CUDA device usable by torch {torch.__version__} "
                                f"(torch.cuda.is_available() is False)")
     return name, dev_type
+
+
+def warm_up(device=None, backend="auto") -> float:
+    """Compile what ``device`` and ``backend`` run, before the first pass.
+
+    On the Triton kernels, their fit and eval variants for the default tile
+    (:func:`probe_dask.kernels.warmup.warm_up`): a worker that calls it as it
+    starts, or as it is first asked for its kernel, compiles nothing mid-job. Nothing to do
+    for the C kernel (built at install time) or torch.
+
+    Returns
+    -------
+    float
+        Seconds it took (0.0 when there is nothing to compile).
+    """
+    name, dev_type = choose_backend(device, backend)
+    if name != "triton":
+        return 0.0
+    # Loaded by name, on first use, for the reason given in _triton().
+    return importlib.import_module("probe_dask.kernels.warmup").warm_up(dev_type)
 
 
 def _check_out(kind, pairs, out):

@@ -1,8 +1,9 @@
-"""Fused Triton kernels for the three per-block sums (fit, eval, label sums) on a GPU.
+"""Fused Triton kernels for the fit and eval sums of a block on a GPU (the label sums, once
+per range, are in :mod:`probe_dask.kernels.labels`).
 
 Same contract and numerics as :func:`probe_dask.kernels.fit_sums` /
-:func:`~probe_dask.kernels.eval_sums` / :func:`~probe_dask.kernels.label_sums` (the C
-kernel, ``kernels/ckernel/fused.c``, is the reference): ``eta = b + w v`` in float64, the
+:func:`~probe_dask.kernels.eval_sums` (the C kernel, ``kernels/ckernel/fused.c``, is the
+reference): ``eta = b + w v`` in float64, the
 transcendental part (``exp(-|eta|)``, ``log1p``) in float32, every sum accumulated in
 float64, and the decisions ``eta > 0`` taken on the float64 ``eta``.
 
@@ -16,7 +17,9 @@ which must be set before this module is imported: triton reads it when it decora
 Design: events stay grouped by latent. A *unit* of work is one latent with events (or,
 for a giant latent of more than ``split_events`` events, one of ``n_slices`` slices of its
 events); one Triton program runs a unit x a tile of ``P`` of its active pairs, looping over
-the unit's events ``E`` at a time, and reduces every sum in float64 registers. No atomics:
+the unit's events ``E`` at a time (each value loaded and converted once per program, for
+all ``P`` pairs), keeps every sum per (pair, event column) in float64 registers and
+reduces them over the columns once, after the loop. No atomics:
 an uncut latent's program stores its pairs' sums once into the output; a slice stores its
 partial once into its own row of a scratch array, and the slices of each cut latent are
 added in slice order after the kernel (:func:`_combine`, a few torch ops). Results are the
@@ -38,14 +41,14 @@ cut latents; ``P`` = pairs, ``L`` = latents, ``M`` = largest pairs per latent):
   eval), the ``48 P`` (fit) or ``24 P`` (eval) float64 output, and ``8 S n_slices M``
   times 6 (fit) or 3 (eval) bytes of scratch for the cut latents, plus the block's device
   copy when a host block is passed (freed on return); host: the returned ``48 P`` /
-  ``24 P`` bytes. Each program holds its tile's ``E x P`` elements in registers only.
-- :func:`label_sums_arrays`: device about ``41 nnz + 16 L C`` bytes of temporaries and
-  outputs; host the outputs, ``16 L C + 16 L + 8 C`` bytes.
+  ``24 P`` bytes. Each program holds its tile's ``P x E`` sums (six for fit, three for
+  eval) in registers only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -56,11 +59,12 @@ from probe_dask.kernels.triton_jit import available, unavailable_reason
 from probe_dask.kernels.triton_jit import sums_kernel as _sums_kernel
 
 __all__ = ["available", "unavailable_reason", "DeviceBlock", "to_device", "BlockUnits",
-           "block_units", "WorkList", "plan", "fit_sums", "eval_sums", "label_sums_arrays",
+           "block_units", "WorkList", "plan", "fit_sums", "eval_sums",
            "DEFAULT_TILE", "DEFAULT_SLICES", "DEFAULT_SPLIT_EVENTS"]
 
 _MAX_GRID = 2**30  # launches are split below CUDA's 2**31 - 1 grid limit (x)
 _MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension (pair tiles)
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # the ufuncs: no ndarray.min dispatch
 
 
 def _device(device) -> torch.device:
@@ -263,6 +267,7 @@ class WorkList:
         return self.block.nbytes + self.pair_ptr_dev.numel() * 8
 
 
+@lru_cache(maxsize=64)  # checked once per tile: plan's fixed cost is a few microseconds
 def _check_tile(tile) -> tuple:
     e, p = (int(x) for x in tile)
     if e < 1 or p < 1 or e & (e - 1) or p & (p - 1):
@@ -304,18 +309,20 @@ def plan(block, pairs, device=None, tile=DEFAULT_TILE, *, n_slices: int = DEFAUL
     WorkList
     """
     dev = block.device if isinstance(block, DeviceBlock) else _device(device)
-    tile = _check_tile(tile)
+    tile = _check_tile(tuple(tile))
     ev_ptr = np.asarray(block.latent_ptr, dtype=np.int64)
     pr_ptr = np.asarray(pairs.latent_ptr, dtype=np.int64)
     n_pairs = int(np.shape(pairs.b)[0])
     if pr_ptr.shape != ev_ptr.shape:
         raise ValueError(f"pairs have {pr_ptr.size - 1} latents, block {ev_ptr.size - 1}")
-    n_pr = np.diff(pr_ptr)
-    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or (n_pr.size and n_pr.min() < 0):
+    # This runs every pass a pair stops: each numpy call is about a microsecond, so the
+    # per-latent counts are one subtraction (not np.diff) and the bounds two reductions.
+    n_pr = pr_ptr[1:] - pr_ptr[:-1]
+    if pr_ptr[0] != 0 or pr_ptr[-1] != n_pairs or (n_pr.size and _MIN(n_pr) < 0):
         raise ValueError(f"pairs.latent_ptr: not offsets from 0 to {n_pairs}")
     if not np.shape(pairs.w) == np.shape(pairs.classes) == (n_pairs,):
         raise ValueError("pairs: classes, b, w differ in length")
-    max_pairs = int(n_pr.max()) if n_pr.size else 0
+    max_pairs = int(_MAX(n_pr)) if n_pr.size else 0
     n_tiles = -(-max_pairs // tile[1])
     if n_tiles > _MAX_GRID_Y:
         raise ValueError(f"{max_pairs} pairs in one latent: more than {_MAX_GRID_Y} pair tiles")
@@ -407,34 +414,3 @@ def eval_sums(block, pairs, device=None, *, tile=DEFAULT_TILE, work=None) -> np.
         ``[sum softplus(eta), count(eta > 0), count(eta > 0 and label == class)]``.
     """
     return _run("eval", block, pairs, device, tile, work)
-
-
-def label_sums_arrays(block, n_classes: int, device=None) -> dict:
-    """Label-dependent sums of one block (``kernels.label_sums``), with torch on the device.
-
-    Returns
-    -------
-    dict
-        ``n_rows`` (int), ``class_rows`` int64 (C,), ``count`` int64 (L,), ``sum_v2``
-        float64 (L,), ``pos`` and ``vpos`` float64 (L, C): the fields of
-        ``kernels.LabelSums`` (``LabelSums(**result)``).
-    """
-    db = to_device(block, device)
-    dev, n_lat, C = db.device, db.n_latents, int(n_classes)
-    if db.n_rows and int(db.labels.max()) >= C:
-        raise ValueError(f"label {int(db.labels.max())} >= n_classes {C}")
-    count = np.diff(db.latent_ptr)
-    lat = torch.repeat_interleave(torch.arange(n_lat, device=dev), torch.from_numpy(count).to(dev))
-    v = db.values.double()
-    sum_v2 = torch.zeros(n_lat, dtype=torch.float64, device=dev).index_add_(0, lat, v * v)
-    key = lat * C + db.labels[db.rows.long()].long()
-    pos = torch.bincount(key, minlength=n_lat * C).double()
-    vpos = torch.zeros(n_lat * C, dtype=torch.float64, device=dev).index_add_(0, key, v)
-    return {
-        "n_rows": db.n_rows,
-        "class_rows": torch.bincount(db.labels.long(), minlength=C).cpu().numpy().astype(np.int64),
-        "count": count.astype(np.int64),
-        "sum_v2": sum_v2.cpu().numpy(),
-        "pos": pos.view(n_lat, C).cpu().numpy(),
-        "vpos": vpos.view(n_lat, C).cpu().numpy(),
-    }
