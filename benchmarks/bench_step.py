@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 import common
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants, sigmoid
 from probe_dask.core.solver import step
 from probe_dask.core.state import init_state

@@ -16,7 +16,7 @@ from scipy.special import expit
 from probe_dask.core import solver, tuning
 from probe_dask.core.objective import ProblemConstants, objective
 from probe_dask.core.state import TrustRegionState, init_state
-from probe_dask.core.blocks import ActivePairs
+from probe_dask.core.datatypes import ActivePairs
 
 from probe_dask.testing.reference import (dense_label_sums, dense_sums, exact_loss, fit_pair, pair_grad_hess,
                        prior_logit, reference_fit)

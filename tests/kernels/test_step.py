@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from probe_dask.core import solver
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.state import init_state
 from probe_dask.kernels import ckernel

@@ -127,7 +127,7 @@ class ProblemConstants:
                         backtrack=BACKTRACK, f_noise=F32_NOISE) -> "ProblemConstants":
         """Constants from the label pass: any object with ``n_rows``, ``class_rows`` (C,),
         ``count`` (L,), ``sum_v2`` (L,), ``pos`` and ``vpos`` (L, C), e.g.
-        ``core.blocks.LabelSums``."""
+        ``core.datatypes.LabelSums``."""
         n_rows = int(sums.n_rows)
         if n_rows <= 0:
             raise ValueError(f"n_rows: found {n_rows}; expected a positive row count")

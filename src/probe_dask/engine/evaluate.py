@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_dask import kernels
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.metrics import SplitMetrics, split_metrics
 from probe_dask.core.split import even_bounds
 from probe_dask.engine.passes import broadcast, pass_total

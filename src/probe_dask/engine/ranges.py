@@ -47,7 +47,7 @@ import numpy as np
 from distributed import as_completed, wait
 
 from probe_dask import kernels
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.split import even_bounds
 from probe_dask.core.state import TrustRegionState, init_state
@@ -71,7 +71,7 @@ class RangeFit:
     ----------
     start, stop : int
         The range's latents.
-    label_sums : core.blocks.LabelSums
+    label_sums : core.datatypes.LabelSums
         Of the range's events (latents renumbered from 0).
     constants : core.objective.ProblemConstants
     state : core.state.TrustRegionState

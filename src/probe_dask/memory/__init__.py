@@ -8,7 +8,7 @@ Stage names come from :mod:`probe_dask.stages`. Memory per process: nothing of i
 
 from probe_dask.memory.live import plan_job, reblock
 from probe_dask.memory.model import Buffer
-from probe_dask.memory.report import Plan, format_plan
+from probe_dask.memory.plan import Plan, format_plan
 from probe_dask.memory.search import default_target_fraction, plan_run
 from probe_dask.memory.shardinfo import ShardInfo, read_shard_info
 from probe_dask.stages import DRIVER_STAGES, WORKER_STAGES

@@ -31,7 +31,7 @@ from probe_dask.kernels import ckernel
 from probe_dask.kernels.torch_backend import CPU_WORK_CHUNK, CUDA_WORK_CHUNK
 from probe_dask.memory.model import (DRIVER_BASELINE, WORKER_BASELINE, WORKER_BASELINE_NO_TORCH,
                                      ModelInputs, buffers)
-from probe_dask.memory.report import Plan, format_limit, format_size
+from probe_dask.memory.plan import Plan, format_limit, format_size
 from probe_dask.memory.shardinfo import shard_info
 
 __all__ = ["plan_run", "default_target_fraction"]
