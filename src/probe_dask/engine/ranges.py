@@ -51,6 +51,7 @@ from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.split import even_bounds
 from probe_dask.core.state import TrustRegionState, init_state
+from probe_dask.core.stats import StepStats
 from probe_dask.engine.checkpoint import load_range
 from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums,
                                           range_label_sums, sums_at_zero)
@@ -76,8 +77,10 @@ class RangeFit:
     constants : core.objective.ProblemConstants
     state : core.state.TrustRegionState
         Of the range's pairs.
-    stats : dict or None
-        The last step's statistics (``solver_step``) and its ``work_units``.
+    stats : core.stats.StepStats or None
+        The last step's statistics (``solver_step``).
+    work_units, bytes_read : int
+        The last pass's pair-events summed and bytes of events read from disk.
     """
 
     start: int
@@ -85,7 +88,9 @@ class RangeFit:
     label_sums: LabelSums
     constants: ProblemConstants
     state: TrustRegionState
-    stats: dict | None = None
+    stats: StepStats | None = None
+    work_units: int = 0
+    bytes_read: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -252,15 +257,19 @@ def advance_range(data, fit: RangeFit, device=None, backend="auto", resident=Fal
     del pairs
     state = fit.state.copy()
     stats = solver_step(fit.constants, state, sums)
-    stats["work_units"], stats["bytes_read"] = work_units, read
-    return dataclasses.replace(fit, state=state, stats=stats)
+    return dataclasses.replace(fit, state=state, stats=stats, work_units=work_units,
+                               bytes_read=read)
 
 
 def range_stats(fit: RangeFit) -> dict:
-    """A range's pairs still active (``n_active``) and in all (``n_pairs``), and the last
-    step's statistics, if any."""
-    return {"n_active": fit.state.n_active, "n_pairs": int(fit.state.active.size),
-            **(fit.stats or {})}
+    """A range's record for the driver: its pairs still active (``n_active``) and in all
+    (``n_pairs``), and after a pass, the step's statistics (``StepStats.as_record``), its
+    ``work_units`` and ``bytes_read``."""
+    record = {"n_active": fit.state.n_active, "n_pairs": int(fit.state.active.size)}
+    if fit.stats is not None:
+        record.update(fit.stats.as_record(), work_units=fit.work_units,
+                      bytes_read=fit.bytes_read)
+    return record
 
 
 def range_field(fit: RangeFit, name: str) -> np.ndarray:

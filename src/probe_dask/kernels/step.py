@@ -26,10 +26,12 @@ import numpy as np
 
 from probe_dask.core import tuning
 from probe_dask.core.solver import step as numpy_step
+from probe_dask.core.stats import StepStats
 from probe_dask.kernels import ckernel
 
 __all__ = ["solver_step", "compiled_step_available"]
 
+#: The totals ``step.c`` accumulates per thread, in its order (``StepStats.from_totals``'s names).
 _STATS = ("n_stopped", "n_clipped", "n_fallback", "n_backtracked", "max_grad", "max_decrement",
           "max_step", "sum_lam", "sum_loss")
 
@@ -54,7 +56,7 @@ def _address(a: np.ndarray, dtype) -> int:
     return a.ctypes.data
 
 
-def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
+def solver_step(constants, state, sums, *, threads: int = 1) -> StepStats:
     """:func:`core.solver.step` (same parameters, same statistics returned; ``state`` is
     updated in place) as one compiled loop over the pairs, split over ``threads`` threads
     (each releases the GIL)."""
@@ -88,16 +90,9 @@ def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
     else:
         with ThreadPoolExecutor(accs.shape[0]) as pool:
             list(pool.map(run, range(accs.shape[0])))
-    acc = dict(zip(_STATS, accs.T))
     state.n_iter += 1
-    n_stopped = int(acc["n_stopped"].sum())
-    n_moved = n_pairs - n_stopped
-    return dict(n_iter=state.n_iter, active_before=int(n_pairs), active_after=state.n_active,
-                n_stopped=n_stopped, n_clipped=int(acc["n_clipped"].sum()),
-                n_fallback=int(acc["n_fallback"].sum()),
-                n_backtracked=int(acc["n_backtracked"].sum()),
-                max_grad=float(acc["max_grad"].max(initial=0.0)),
-                max_decrement=float(acc["max_decrement"].max(initial=0.0)),
-                max_step=float(acc["max_step"].max(initial=0.0)),
-                mean_lam=float(acc["sum_lam"].sum()) / n_moved if n_moved else float("nan"),
-                mean_loss=float(acc["sum_loss"].sum()) / n_pairs if n_pairs else float("nan"))
+    # the threads' shares: counts and sums add, maxima take the largest
+    totals = {name: (col.max(initial=0.0) if name.startswith("max_") else col.sum())
+              for name, col in zip(_STATS, accs.T)}
+    return StepStats.from_totals(n_iter=state.n_iter, active_before=n_pairs,
+                                 active_after=state.n_active, **totals)
