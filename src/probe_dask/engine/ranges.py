@@ -49,13 +49,13 @@ from distributed import as_completed, wait
 from probe_dask import kernels
 from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
-from probe_dask.core.split import even_bounds
+from probe_dask.core.split import even_bounds, weighted_bounds
 from probe_dask.core.state import TrustRegionState, init_state
 from probe_dask.core.stats import StepStats
 from probe_dask.engine.checkpoint import load_range
 from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums,
                                           range_label_sums, sums_at_zero)
-from probe_dask.engine.workers import worker_slots, worker_table
+from probe_dask.engine.workers import worker_capacity, worker_slots
 from probe_dask.kernels.step import solver_step
 
 __all__ = ["RangeFit", "RANGE_BYTES_PER_PAIR", "resident_bytes", "keeps_in_memory",
@@ -112,10 +112,7 @@ def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, i
         return even_bounds(n_latents, n)
     count = np.asarray(count, dtype=np.float64)
     # every latent also costs its pairs' step, whatever its events
-    cum = np.cumsum(count + max(1.0, float(count.mean())))
-    inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
-    edges = sorted({0, n_latents, *(int(e) for e in np.clip(inner, 1, n_latents - 1))})
-    return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
+    return weighted_bounds(count + max(1.0, float(count.mean())), n)
 
 
 #: Worker bytes per pair of a fit on latent ranges besides the events: two states (91 bytes
@@ -210,7 +207,7 @@ def place_ranges(client, data, fits) -> tuple[list, list[dict]]:
     copied first (a new future: the old copy is let go). Returns the ranges' events (some
     moved) and the ``submit`` keywords of their passes ({} while no worker is known)."""
     wait(fits)
-    capacity = {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
+    capacity = worker_capacity(client)
     if not capacity:
         return list(data), [{} for _ in fits]
     held = client.who_has(fits)

@@ -26,6 +26,7 @@ import numpy as np
 
 from probe_dask.core import tuning
 from probe_dask.core.solver import step as numpy_step
+from probe_dask.core.split import even_bounds
 from probe_dask.core.stats import StepStats
 from probe_dask.kernels import ckernel
 
@@ -75,12 +76,12 @@ def solver_step(constants, state, sums, *, threads: int = 1) -> StepStats:
                       dtype=np.uintp)  # double *st[11], in step.c's S_* order
     bools = [_address(getattr(state, n), np.bool_) for n in state.BOOL_FIELDS]
     n_pairs, n_classes = flat.size, state.b.shape[1]
-    bounds = np.linspace(0, n_pairs, max(1, min(int(threads), n_pairs // 4096 + 1)) + 1)
-    bounds = bounds.astype(np.int64)
-    accs = np.zeros((bounds.size - 1, len(_STATS)))
+    # a thread's share is worth its start-up from about 4096 pairs
+    bounds = even_bounds(n_pairs, min(int(threads), n_pairs // 4096 + 1))
+    accs = np.zeros((len(bounds), len(_STATS)))
 
     def run(j):
-        lib.pd_step(int(bounds[j]), int(bounds[j + 1]), n_pairs, n_classes, flat.ctypes.data,
+        lib.pd_step(*bounds[j], n_pairs, n_classes, flat.ctypes.data,
                     sums.ctypes.data, consts.ctypes.data,
                     *(a.ctypes.data for a in small + big), fields.ctypes.data, *bools,
                     accs[j].ctypes.data)
