@@ -1,7 +1,7 @@
 """The memory model of a run: what each process holds, the block size that fits, the report.
 
 ``shardinfo`` (what the plan reads of a shard), ``model`` (every buffer per process),
-``search`` (:func:`plan_run`: the block size and work chunk that fit), ``report``
+``search`` (:func:`plan_run`: the block size and work chunk that fit), ``plan``
 (:class:`Plan`, :func:`format_plan`), ``live`` (:func:`plan_job` on a client, :func:`reblock`).
 Stage names come from :mod:`probe_dask.stages`. Memory per process: nothing of its own.
 """
