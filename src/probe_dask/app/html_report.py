@@ -22,7 +22,7 @@ from probe_dask.app.figures import (best_latents_figure, convergence_figure, fig
 from probe_dask.io.outputs import atomic_path
 from probe_dask.io.results import load_class_table, load_results, results_dir_of
 
-__all__ = ["write_report", "REPORT_NAME", "FIGURES_DIR", "latest_memory_plot"]
+__all__ = ["write_report", "REPORT_NAME"]
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from probe_dask.app.html_report import REPORT_NAME, write_report
 from probe_dask.io.results import check_class_names, read_class_names, store_class_names
 
-__all__ = ["add_report_parser", "add_class_names_flag", "cmd_report", "class_names"]
+__all__ = ["add_report_parser", "add_class_names_flag", "class_names"]
 
 
 def class_names(path, n_classes: int):

@@ -28,8 +28,7 @@ import numpy as np
 from probe_dask.core.tuning import (BACKTRACK, BUDGET_GROWTH, DECREMENT_TOL, F32_NOISE,
                                     GRAD_TOL)
 
-__all__ = ["EPS", "ProblemConstants", "PairDerivatives", "pair_derivatives", "objective",
-           "newton_decrement", "sigmoid", "class_prior", "prior_cross_entropy",
+__all__ = ["ProblemConstants", "pair_derivatives", "objective", "newton_decrement", "sigmoid",
            "baseline_cross_entropy", "zero_row_positives", "mean_nll"]
 
 #: Clamp of the class prior (and of ``sigmoid(b)`` in the Hessian): ``[EPS, 1 - EPS]``.

@@ -34,8 +34,7 @@ from probe_dask.engine.passes import broadcast, pass_total
 from probe_dask.engine.range_data import range_eval_sums, range_label_sums
 from probe_dask.engine.ranges import where_held
 
-__all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split", "range_metrics",
-           "evaluate_ranges"]
+__all__ = ["LabelAndEvalSums", "evaluate_split", "evaluate_ranges"]
 
 
 @dataclass

@@ -58,9 +58,8 @@ from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums
 from probe_dask.engine.workers import worker_capacity, worker_slots
 from probe_dask.kernels.step import solver_step
 
-__all__ = ["RangeFit", "RANGE_BYTES_PER_PAIR", "resident_bytes", "keeps_in_memory",
-           "range_bounds", "persist_ranges", "disk_ranges", "start_range", "advance_range",
-           "range_stats", "range_field", "range_params",
+__all__ = ["RangeFit", "resident_bytes", "keeps_in_memory", "range_bounds", "persist_ranges",
+           "disk_ranges", "start_range", "advance_range", "range_stats", "range_params",
            "place_ranges", "where_held", "read_ranges", "field_reader", "gather_latents"]
 
 

@@ -12,8 +12,7 @@ from probe_dask import kernels
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["gpu_resources", "task_resources", "total_worker_memory", "worker_table",
-           "worker_capacity", "worker_slots",
-           "worker_kernels", "check_worker_kernels", "KERNEL_NAMES"]
+           "worker_capacity", "worker_slots", "worker_kernels", "check_worker_kernels"]
 
 #: How the log names each backend.
 KERNEL_NAMES = {"c": "C kernel", "triton": "Triton kernels", "torch": "torch fallback"}

@@ -29,8 +29,7 @@ import numpy as np
 
 from probe_dask.errors import InputError
 
-__all__ = ["MEMBERS", "ARRAYS", "EXPECT", "NpyMember", "CSRHeader", "open_zip", "open_npz",
-           "read_csr_header", "read_npy_header", "member_chunks", "fingerprint", "zip_fingerprint"]
+__all__ = ["ARRAYS", "EXPECT", "CSRHeader", "open_npz", "member_chunks"]
 
 #: The members ``save_npz`` writes for a CSR matrix (``_is_array.npy`` may come too).
 MEMBERS = ("format.npy", "shape.npy", "indptr.npy", "indices.npy", "data.npy")

@@ -28,9 +28,8 @@ from probe_dask.io.ade20k import ADE20K_NAMES
 from probe_dask.io.layout import inference_dir
 from probe_dask.io.outputs import write_json
 
-__all__ = ["load_results", "load_class_table", "load_summary", "read_class_names",
-           "check_class_names", "class_names_for", "results_dir_of", "store_class_names",
-           "VARIABLES", "VARIABLE_ATTRS", "CLASS_DIM"]
+__all__ = ["load_results", "load_class_table", "read_class_names", "check_class_names",
+           "results_dir_of", "store_class_names"]
 
 METRICS_FILE = "probe1d_metrics.npz"
 CLASSES_FILE = "probe1d_classes.json"

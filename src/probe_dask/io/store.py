@@ -33,7 +33,7 @@ from probe_dask.io.ingest import (MANIFEST, STORE_DTYPES, STORE_FILES, STORE_VER
 from probe_dask.io.npz import ARRAYS, EXPECT, CSRHeader, open_npz
 from probe_dask.io.verify import check_block
 
-__all__ = ["ArrayRef", "CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 

@@ -19,7 +19,7 @@ import socket
 import uuid
 from pathlib import Path
 
-__all__ = ["pid_alive", "remove_stale", "run_tag", "temp_dir", "temp_file"]
+__all__ = ["remove_stale", "temp_dir", "temp_file"]
 
 # Host names may hold dots (FQDN) and other characters: keep a tag that parses back.
 HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0]) or "host"

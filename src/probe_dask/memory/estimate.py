@@ -32,7 +32,7 @@ from probe_dask.engine.layout import layout_tasks
 from probe_dask.kernels import ckernel
 from probe_dask.memory.plan import REPORT_WIDTH
 
-__all__ = ["TimeEstimate", "kernel_ns_per_unit", "estimate_time", "format_estimate"]
+__all__ = ["kernel_ns_per_unit", "estimate_time", "format_estimate"]
 
 # 2048 latents: the (6, P) output (15 MB at 151 classes) outgrows the caches, as a real
 # pass's does; 2**17 non-zeros: a call takes tens of milliseconds.

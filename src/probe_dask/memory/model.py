@@ -31,7 +31,7 @@ from probe_dask.engine.layout import layout_tasks
 from probe_dask.kernels.units import DEFAULT_SLICES, DEFAULT_SPLIT_EVENTS
 from probe_dask.stages import DRIVER_STAGES
 
-__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
+__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "GPU_STAGES", "WORKER_BASELINE",
            "WORKER_BASELINE_NO_TORCH", "DRIVER_BASELINE"]
 
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
