@@ -19,8 +19,7 @@ def gpu_advertising_client():
 
 
 def test_cpu_tasks_do_not_request_the_gpu_resource(gpu_advertising_client):
-    # Before: app/cli passed gpu_resources(client) = {"GPU": 1} whatever the device, so CPU
-    # tasks on GPU workers ran one at a time per worker.
+    # CPU tasks asking for {"GPU": 1} would run one at a time on each GPU worker.
     client = gpu_advertising_client
     assert gpu_resources(client) == {"GPU": 1}
     assert task_resources(client, "cpu") is None

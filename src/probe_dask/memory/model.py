@@ -41,7 +41,7 @@ WORKER_BASELINE = 320 * 2**20
 WORKER_BASELINE_NO_TORCH = 160 * 2**20
 #: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler
 #: (``probe-dask fit``, LocalCluster of 1 worker, at the start of the label pass: 350 and 378 MB
-#: measured in two runs, 2026-11-30; it was 300 MiB before the scheduler and kernel checks grew).
+#: measured in two runs, 2026-11-30: 400 MiB keeps a margin over both).
 DRIVER_BASELINE = 400 * 2**20
 #: Freed memory the driver's allocator keeps mapped once passes have run (glibc arenas of the
 #: client's and the checkpoint writer's threads): RSS measured 37 to 48 MB above the live
