@@ -236,12 +236,3 @@ def fingerprint(zf: zipfile.ZipFile) -> str:
     rows = sorted((i.filename, i.CRC, i.compress_size, i.file_size, i.header_offset)
                   for i in zf.infolist())
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:24]
-
-
-def zip_fingerprint(path) -> str | None:
-    """:func:`fingerprint` of the zip at ``path``; None when it cannot be read as a zip."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return fingerprint(zf)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return None
