@@ -43,7 +43,7 @@ import common
 from probe_dask import kernels
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.state import init_state
-from probe_dask.io.blocks import row_blocks
+from probe_dask.io.row_blocks import row_blocks
 from probe_dask.io.labels import open_labels
 from probe_dask.io.layout import activations_path
 from probe_dask.telemetry import read_telemetry
@@ -136,7 +136,7 @@ def main(argv=None):
         for k in counts:
             block_nnz = nnz + 1 if k == 1 else -(-nnz // k)
             r = fit_once(run, args.workers, args.max_iter, block_nnz, work / f"fit-{k}.log")
-            # the fit's own planner (io.blocks): the blocks it made
+            # the fit's own planner (io.row_blocks): the blocks it made
             r["n_blocks"] = len(row_blocks(lambda a, b: indptr[a:b + 1], indptr.size - 1, nnz,
                                            block_nnz))
             kern = [u * ns * 1e-9 for u in r["work_units"]]

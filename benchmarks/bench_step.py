@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 import common
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants, sigmoid
 from probe_dask.core.solver import step
 from probe_dask.core.state import init_state
@@ -97,8 +97,8 @@ def main():
         best["compiled"] = min(best["compiled"], t_fast / p * 1e9)
         diff = max(_max_rel(ref.b, fast.b), _max_rel(ref.w, fast.w))
         rows.append([i + 1, f"{p:,}", f"{t_ref / p * 1e9:.1f}", f"{t_fast / p * 1e9:.1f}",
-                     f"{t_ref / t_fast:.1f}", f"{diff:.1e}", stats["n_stopped"],
-                     stats["n_clipped"], stats["n_backtracked"]])
+                     f"{t_ref / t_fast:.1f}", f"{diff:.1e}", stats.n_stopped,
+                     stats.n_clipped, stats.n_backtracked])
     print(common.machine_line())
     common.print_table(["step", "active pairs", "numpy ns / pair", "compiled ns / pair",
                         "speed-up", "max rel diff b, w", "stopped", "clipped", "backtracked"],

@@ -27,7 +27,7 @@ import yaml
 
 from probe_dask.errors import ProbeDaskError
 
-__all__ = ["get", "DEFAULTS_FILE", "NAMESPACE"]
+__all__ = ["get"]
 
 #: Name of the packaged defaults file.
 DEFAULTS_FILE = "probe-dask.yaml"

@@ -16,7 +16,7 @@ from scipy.special import expit
 from probe_dask.core import solver, tuning
 from probe_dask.core.objective import ProblemConstants, objective
 from probe_dask.core.state import TrustRegionState, init_state
-from probe_dask.core.blocks import ActivePairs
+from probe_dask.core.datatypes import ActivePairs
 
 from probe_dask.testing.reference import (dense_label_sums, dense_sums, exact_loss, fit_pair, pair_grad_hess,
                        prior_logit, reference_fit)
@@ -215,7 +215,7 @@ def test_solver_reaches_reference_on_edge_cases(edge):
     assert (st.b[0] == k.b0).all() and (st.w[0] == 0).all()         # empty latent fixed
     assert np.isfinite(st.b).all() and np.isfinite(st.w).all()
     assert st.w[1, 1] * k.qx[1] > 50 and st.w[2, 2] * k.qx[2] > 20   # separable, finite
-    assert all(h["n_fallback"] == 0 for h in history)
+    assert all(h.n_fallback == 0 for h in history)
 
 
 def test_stopping_rule_bounds_the_gap_on_random_pairs(randoms):
@@ -261,7 +261,7 @@ def test_fallback_steps_downhill(edge):
     sums[3] = np.nan                                         # sum s v: every try fails
     stats = solver.step(k, st, sums)
     moved = st.active                                        # pairs that did not stop
-    assert stats["n_fallback"] == moved.sum() > 0
+    assert stats.n_fallback == moved.sum() > 0
     qx = k.qx[:, None]
     step_b, step_u = d.g0[moved], (d.g1 / qx)[moved]
     along = tuning.FALLBACK_LENGTH / np.hypot(step_b, step_u)   # scaled length, along -g
@@ -310,7 +310,7 @@ def test_stopped_pairs_leave_the_active_pairs(edge):
         with pytest.raises(ValueError):
             solver.step(k, st, np.zeros((6, flat.size + 1)))
         stats = solver.step(k, st, dense_sums(X, st.b, st.w).reshape(6, -1)[:, flat])
-        assert stats["active_before"] == flat.size and stats["active_after"] == st.n_active
+        assert stats.active_before == flat.size and stats.active_after == st.n_active
         # Pairs stopped now or before took no step.
         np.testing.assert_array_equal(st.b[~st.active], b_before[~st.active])
         np.testing.assert_array_equal(st.w[~st.active], w_before[~st.active])
@@ -331,7 +331,8 @@ def test_checkpoint_round_trip_continues_identically(edge):
     _, b, _, hist_b = run_solver(X, y, n_cls, state=restored)
     assert a.n_iter == b.n_iter and len(hist_a) == len(hist_b)
     for h_a, h_b in zip(hist_a, hist_b):
-        np.testing.assert_array_equal(list(h_a.values()), list(h_b.values()))
+        np.testing.assert_array_equal(list(h_a.as_record().values()),
+                                      list(h_b.as_record().values()))
     for name, value in a.to_dict().items():
         np.testing.assert_array_equal(value, b.to_dict()[name], err_msg=name)
     with pytest.raises(ValueError):
@@ -347,7 +348,7 @@ def test_chunked_step_equals_one_chunk(edge, monkeypatch):
     for name, value in whole.to_dict().items():
         np.testing.assert_array_equal(value, chunked.to_dict()[name], err_msg=name)
     for h1, h2 in zip(hist_whole, hist_chunked):
-        assert h1.keys() == h2.keys()
+        h1, h2 = h1.as_record(), h2.as_record()
         for key in h1:
             assert h1[key] == pytest.approx(h2[key], rel=1e-12, nan_ok=True), key
 
@@ -362,11 +363,12 @@ def test_init_state_and_stats(edge):
                                rtol=1e-13)
     _, _, flat = st.active_index()
     stats = solver.step(k, st, dense_sums(X, st.b, st.w).reshape(6, -1)[:, flat])
-    assert set(stats) == {"n_iter", "active_before", "active_after", "n_stopped", "n_clipped",
-                          "n_fallback", "n_backtracked", "max_grad", "max_decrement", "max_step", "mean_lam",
-                          "mean_loss"}
-    assert all(type(v) in (int, float) for v in stats.values())
-    assert stats["n_iter"] == 1 and stats["max_step"] <= tuning.DELTA + 1e-12
+    record = stats.as_record()
+    assert set(record) == {"n_iter", "active_before", "active_after", "n_stopped", "n_clipped",
+                           "n_fallback", "n_backtracked", "max_grad", "max_decrement", "max_step",
+                           "mean_lam", "mean_loss"}
+    assert all(type(v) in (int, float) for v in record.values())
+    assert stats.n_iter == 1 and stats.max_step <= tuning.DELTA + 1e-12
 
 
 def test_adaptive_budget_needs_fewer_passes_and_keeps_the_gap(edge, randoms):
@@ -389,7 +391,7 @@ def test_adaptive_budget_needs_fewer_passes_and_keeps_the_gap(edge, randoms):
 def test_fixed_budget_never_exceeds_delta(edge):
     X, y, n_cls, _ = edge
     _, _, _, history = run_solver(X, y, n_cls, max_iter=20, budget_growth=1.0)
-    assert max(h["max_step"] for h in history) <= tuning.DELTA + 1e-9
+    assert max(h.max_step for h in history) <= tuning.DELTA + 1e-9
 
 
 def cycling_pair():
@@ -414,6 +416,6 @@ def test_backtracking_breaks_the_four_cycle():
     assert st.active[0, 1], "the spec's rule was expected to cycle on this pair"
     k, st, stop_iter, history = run_solver(X, y, n_cls, max_iter=40)
     assert st.converged[0, 1] and stop_iter[0, 1] <= 10
-    assert sum(h["n_backtracked"] for h in history) >= 1
+    assert sum(h.n_backtracked for h in history) >= 1
     gap = exact_loss(X, y, n_cls, st.b, st.w)[0, 1] - ref.loss[0, 1]
     assert -1e-12 <= gap <= 1e-8

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 from distributed import Client, LocalCluster
 
-from probe_dask.core.blocks import ActivePairs, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LatentBlock
 from probe_dask.engine.layout import latent_major_layout
 from probe_dask.engine.range_data import bytes_read, disk_range, range_fit_sums, range_label_sums
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from distributed import Client, LocalCluster
 
 from probe_dask import kernels
-from probe_dask.core.blocks import ActivePairs, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LatentBlock
 from probe_dask.engine.layout import latent_major_layout
 from probe_dask.engine.passes import latent_blocks
 from probe_dask.core.objective import ProblemConstants

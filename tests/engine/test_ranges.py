@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 from distributed import Client, LocalCluster
 
-from probe_dask.core.blocks import LatentBlock
+from probe_dask.core.datatypes import LatentBlock
 from probe_dask.engine.ranges import place_ranges, range_bounds
 
 

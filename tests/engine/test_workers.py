@@ -2,10 +2,10 @@
 requested only by GPU tasks, and every worker reports its kernel before the first pass."""
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker
 
 from probe_dask.engine.workers import (check_worker_kernels, gpu_resources, task_resources,
-                                       worker_kernels)
+                                       worker_capacity, worker_kernels, worker_slots)
 from probe_dask.errors import ProbeDaskError
 from probe_dask.kernels import ckernel, device_type, kernel_for
 
@@ -19,8 +19,7 @@ def gpu_advertising_client():
 
 
 def test_cpu_tasks_do_not_request_the_gpu_resource(gpu_advertising_client):
-    # Before: app/cli passed gpu_resources(client) = {"GPU": 1} whatever the device, so CPU
-    # tasks on GPU workers ran one at a time per worker.
+    # CPU tasks asking for {"GPU": 1} would run one at a time on each GPU worker.
     client = gpu_advertising_client
     assert gpu_resources(client) == {"GPU": 1}
     assert task_resources(client, "cpu") is None
@@ -58,3 +57,16 @@ def test_cuda_on_workers_without_cuda_names_the_worker(gpu_advertising_client):
     assert str(err.value).startswith(f"worker {first} (and 1 more workers) cannot run "
                                      "--device cuda --kernel auto: no CUDA device")
     assert "\n" not in str(err.value)
+
+
+def test_capacity_and_slots_count_every_worker_thread():
+    """Two workers of 2 and 3 threads: their capacity, and one slot per thread in address order."""
+    workers = {name: {"cls": Worker, "options": {"nthreads": n}} for name, n in (("a", 2), ("b", 3))}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        capacity = worker_capacity(client)
+        assert sorted(capacity.values()) == [2, 3]
+        slots = worker_slots(client)
+        assert slots == sorted(slots) and len(slots) == 5
+        assert {a: slots.count(a) for a in capacity} == capacity

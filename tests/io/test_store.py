@@ -1,4 +1,4 @@
-"""Tests of io/store.py, io/ingest.py, io/npz.py and io/blocks.py: reading token_acts.npz in place
+"""Tests of io/store.py, io/ingest.py, io/npz.py and io/row_blocks.py: reading token_acts.npz in place
 or through the ingested store."""
 
 import json

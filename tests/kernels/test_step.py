@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from probe_dask.core import solver
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
 from probe_dask.core.state import init_state
 from probe_dask.kernels import ckernel
@@ -53,11 +53,13 @@ def lockstep(k, state, sums_of, passes, threads=1):
         a = solver.step(k, ref, sums)
         b = solver_step(k, got, sums, threads=threads)
         assert_same_state(ref, got)
-        for key in a:
+        a_rec, b_rec = a.as_record(), b.as_record()
+        for key in a_rec:
             if key.startswith(("mean_", "max_")):  # floats: as the state's
-                np.testing.assert_allclose(b[key], a[key], rtol=RTOL, atol=ATOL, err_msg=key)
+                np.testing.assert_allclose(b_rec[key], a_rec[key], rtol=RTOL, atol=ATOL,
+                                           err_msg=key)
             else:  # counts
-                assert b[key] == a[key], key
+                assert b_rec[key] == a_rec[key], key
         stats.append(a)
     return ref, got, stats
 
@@ -69,7 +71,7 @@ def test_same_state_as_numpy_step_on_edge_cases(threads):
     ref, got, stats = lockstep(k, init_state(k), lambda st, flat: dense_sums(X, st.b, st.w)
                                .reshape(6, -1)[:, flat], passes=80, threads=threads)
     assert ref.n_active == 0  # ran to the end: every stop decision was compared
-    assert sum(s["n_clipped"] for s in stats) > 0
+    assert sum(s.n_clipped for s in stats) > 0
     # and it is still the right answer: the reference optimum, within the solver's target
     gap = exact_loss(X, y, n_cls, got.b, got.w) - reference_fit(X, y, n_cls).loss
     assert np.nanmax(gap) < 1e-6
@@ -105,7 +107,7 @@ def test_same_state_on_arbitrary_sums_every_branch():
 
     _, _, stats = lockstep(k, init_state(k), arbitrary, passes=6, threads=2)
     for key in ("n_clipped", "n_fallback", "n_backtracked"):
-        assert sum(s[key] for s in stats) > 0, key
+        assert sum(getattr(s, key) for s in stats) > 0, key
 
 
 def test_sums_of_the_wrong_shape_are_refused():

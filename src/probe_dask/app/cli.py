@@ -57,7 +57,7 @@ from probe_dask.engine.workers import task_resources
 from probe_dask.errors import PlanDoesNotFit, ProbeDaskError
 from probe_dask.io.outputs import check_writable
 from probe_dask.memory.estimate import format_estimate
-from probe_dask.memory.report import format_plan
+from probe_dask.memory.plan import format_plan
 from probe_dask.stages import Stage
 from probe_dask.telemetry import (
     PERFORMANCE_REPORT_NAME,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from probe_dask.testing.synthetic import make_run
 
-__all__ = ["demo_run", "DemoRun", "DEMO_PARAMS"]
+__all__ = ["demo_run"]
 
 logger = logging.getLogger(__name__)
 

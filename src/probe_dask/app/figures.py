@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["probe_r_figure", "best_latents_figure", "loss_figure", "convergence_figure",
-           "figure_png", "pair_probe_r", "active_after_pass"]
+           "figure_png"]
 
 _DPI = 100
 _TRAIN, _TEST = "#1f77b4", "#d62728"

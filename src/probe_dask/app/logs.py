@@ -19,7 +19,7 @@ import time
 
 from tqdm import tqdm
 
-__all__ = ["configure_logging", "remove_handlers", "TqdmHandler", "level_of"]
+__all__ = ["configure_logging", "remove_handlers"]
 
 #: The loggers whose WARNING and above reach ``--log-file`` besides ours.
 DISTRIBUTED_LOGGERS = ("distributed", "dask_jobqueue")

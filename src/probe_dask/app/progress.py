@@ -23,7 +23,7 @@ from tqdm.auto import tqdm as tqdm_auto
 
 from probe_dask.stages import Stage
 
-__all__ = ["Progress", "is_terminal"]
+__all__ = ["Progress"]
 
 
 def is_terminal(stream) -> bool:

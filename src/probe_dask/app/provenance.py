@@ -19,7 +19,7 @@ from probe_dask._version import __version__
 from probe_dask.cluster.versions import cluster_versions
 from probe_dask.kernels.dispatch import choose_backend
 
-__all__ = ["utc_now", "provenance", "worker_kernels"]
+__all__ = ["utc_now", "provenance"]
 
 
 def utc_now() -> str:

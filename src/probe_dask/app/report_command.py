@@ -2,17 +2,17 @@
 
 ``add_report_parser`` adds the subcommand to the CLI's parser; ``cmd_report`` names the
 classes when asked (``io.results.store_class_names``) and writes the page
-(``app.report.write_report``). Memory per process: what ``write_report`` holds.
+(``app.html_report.write_report``). Memory per process: what ``write_report`` holds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from probe_dask.app.report import REPORT_NAME, write_report
+from probe_dask.app.html_report import REPORT_NAME, write_report
 from probe_dask.io.results import check_class_names, read_class_names, store_class_names
 
-__all__ = ["add_report_parser", "add_class_names_flag", "cmd_report", "class_names"]
+__all__ = ["add_report_parser", "add_class_names_flag", "class_names"]
 
 
 def class_names(path, n_classes: int):

@@ -33,7 +33,7 @@ import sys
 from probe_dask.app.signals import SIGNALS, Stopped, stop_line
 from probe_dask.engine.checkpoint import stored_pass
 
-__all__ = ["REQUEUE_SIGNAL", "after_stop", "requeue_job", "restart_applies"]
+__all__ = ["after_stop", "requeue_job", "restart_applies"]
 
 #: The signal the batch scripts ask Slurm for before the walltime (``--signal=B:USR1@SECONDS``).
 REQUEUE_SIGNAL = signal.SIGUSR1

@@ -56,7 +56,7 @@ from probe_dask.engine.parameters import check_settings
 from probe_dask.engine.workers import task_resources
 from probe_dask.errors import ConvergenceWarning, ProbeDaskError
 from probe_dask.memory.live import plan_job
-from probe_dask.memory.report import format_size
+from probe_dask.memory.plan import format_size
 from probe_dask.telemetry import Telemetry, telemetry_path
 
 logger = logging.getLogger(__name__)

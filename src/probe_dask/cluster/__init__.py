@@ -19,19 +19,17 @@ Modules, one concern each (imports flow down the list):
 Memory: nothing of its own (see the modules).
 """
 
-from probe_dask.cluster.dashboard import dashboard_address, ssh_tunnel_hint
+from probe_dask.cluster.dashboard import ssh_tunnel_hint
 from probe_dask.cluster.network import detect_interface, detect_partition
 from probe_dask.cluster.profiles import load_jobqueue_config, packaged_config_path, slurm_profile
 from probe_dask.cluster.slurm import slurm_cluster_kwargs
-from probe_dask.cluster.spec import ClusterClient, ClusterSpec, parse_spec
+from probe_dask.cluster.spec import ClusterSpec, parse_spec
 from probe_dask.cluster.start import make_cluster
-from probe_dask.cluster.tls import INSECURE_WARNING, address_security, job_security
-from probe_dask.cluster.versions import check_versions, cluster_versions
+from probe_dask.cluster.tls import INSECURE_WARNING, job_security
+from probe_dask.cluster.versions import cluster_versions
 from probe_dask.engine.workers import gpu_resources
 
-__all__ = [
-    "ClusterClient", "ClusterSpec", "parse_spec", "make_cluster", "gpu_resources",
-    "load_jobqueue_config", "packaged_config_path", "slurm_profile", "slurm_cluster_kwargs",
-    "detect_partition", "detect_interface", "dashboard_address", "ssh_tunnel_hint",
-    "INSECURE_WARNING", "address_security", "job_security", "check_versions", "cluster_versions",
-]
+__all__ = ["ClusterSpec", "parse_spec", "make_cluster", "gpu_resources", "load_jobqueue_config",
+           "packaged_config_path", "slurm_profile", "slurm_cluster_kwargs", "detect_partition",
+           "detect_interface", "ssh_tunnel_hint", "INSECURE_WARNING", "job_security",
+           "cluster_versions"]

@@ -25,7 +25,7 @@ from distributed.comm import parse_address, parse_host_port
 from probe_dask import config
 from probe_dask.errors import ProbeDaskError
 
-__all__ = ["connect", "probe_scheduler", "connect_seconds"]
+__all__ = ["connect", "probe_scheduler"]
 
 _HANDSHAKE_KEYS = (b"compression", b"pickle-protocol")  # in every Dask handshake (msgpack)
 _MAX_HANDSHAKE = 1 << 16  # a handshake is a few hundred bytes

@@ -32,8 +32,8 @@ import dask_jobqueue  # noqa: F401  (registers its defaults first: the packaged 
 
 from probe_dask.errors import InputError
 
-__all__ = ["PROFILES_KEY", "DEFAULT_PROFILE_KEY", "packaged_config_path",
-           "lay_packaged_defaults", "load_jobqueue_config", "config_source", "slurm_profile"]
+__all__ = ["PROFILES_KEY", "packaged_config_path", "lay_packaged_defaults", "load_jobqueue_config",
+           "config_source", "slurm_profile"]
 
 PROFILES_KEY = "probe-dask.slurm-profiles"
 DEFAULT_PROFILE_KEY = "probe-dask.slurm-default-profile"

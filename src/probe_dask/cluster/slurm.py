@@ -127,7 +127,21 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
         raise ProbeDaskError(f"Slurm profile {name!r} {'lacks' if gpu else 'has'} a GPU "
                              f"worker resource but gpu={gpu} was asked")
     _check_lifetime(kw.get("walltime", base.get("walltime")), extra)
+    kw["queue"] = _queue(kw, base, overrides)
+    kw["interface"], kw["scheduler_options"] = _interface(kw, base, overrides)
+    # The packaged defaults reach workers through a preload that lays them under the
+    # worker's own config (DASK_CONFIG would be read last and win over ~/.config/dask).
+    flag = "--preload-nanny" if kw.get("nanny", base.get("nanny", True)) else "--preload"
+    if WORKER_PRELOAD not in extra:
+        extra += [flag, WORKER_PRELOAD]
+    kw["worker_extra_args"] = extra
+    kw["job_script_prologue"] = _prologue(kw, base, source)
+    return kw
 
+
+def _queue(kw, base, overrides) -> str | None:
+    """The partition: override, ``probe-dask.slurm.partition``, the profile's, jobqueue's,
+    else Slurm's default; ProbeDaskError when there is none to choose among several."""
     queue = overrides.get("queue") or config.get("probe-dask.slurm.partition") \
         or kw.get("queue") or base.get("queue")
     if not queue:
@@ -135,8 +149,13 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
         if queue is None and len(parts := partitions()) > 1:
             raise ProbeDaskError("Slurm has no default partition; set queue in the profile "
                                  f"or probe-dask.slurm.partition (partitions: {' '.join(parts)})")
-    kw["queue"] = queue or None
+    return queue or None
 
+
+def _interface(kw, base, overrides) -> tuple[str | None, dict]:
+    """``(interface, scheduler_options)``: the interface given (same order as the queue),
+    else the one detected on ``kw["queue"]``'s nodes, for the scheduler only when the
+    workers' nodes lack it."""
     sched = dict(base.get("scheduler-options") or {})
     sched.update(kw.get("scheduler_options") or {})
     iface = overrides.get("interface") or config.get("probe-dask.slurm.interface") \
@@ -145,22 +164,17 @@ def slurm_cluster_kwargs(profile: str | None = None, *, jobqueue_config=None,
         iface, for_workers = detect_interface(kw["queue"])
         if iface and not for_workers:
             sched["interface"], iface = iface, None
-    kw["interface"] = iface or None
-    kw["scheduler_options"] = sched
+    return iface or None, sched
 
-    # The packaged defaults reach workers through a preload that lays them under the
-    # worker's own config (DASK_CONFIG would be read last and win over ~/.config/dask).
-    flag = "--preload-nanny" if kw.get("nanny", base.get("nanny", True)) else "--preload"
-    if WORKER_PRELOAD not in extra:
-        extra += [flag, WORKER_PRELOAD]
-    kw["worker_extra_args"] = extra
+
+def _prologue(kw, base, source) -> list:
+    """The job script's prologue, exporting ``DASK_CONFIG`` for the user's own file."""
     prologue = list(kw.get("job_script_prologue", base.get("job-script-prologue")) or [])
     if source != str(packaged_config_path()) and \
             not any("DASK_CONFIG" in str(line) for line in prologue):
         # The user's own file (explicit or $DASK_CONFIG): read over the rest, as here.
         prologue.insert(0, f"export DASK_CONFIG={shlex.quote(source)}")
-    kw["job_script_prologue"] = prologue
-    return kw
+    return prologue
 
 
 def _sbatch_test(cluster, profile: str) -> None:
@@ -250,17 +264,7 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
     client = Client(cluster)
     try:
         _sbatch_test(cluster, slurm_profile(profile, gpu=gpu)[0])
-        if minimum_jobs is not None or maximum_jobs is not None:
-            lo = minimum_jobs or 0
-            cluster.adapt(minimum_jobs=lo, maximum_jobs=max(maximum_jobs or lo, lo, 1))
-            want = lo * processes
-        elif n_workers is not None:
-            cluster.scale(n=n_workers)
-            want = n_workers
-        else:
-            jobs = 1 if jobs is None else jobs
-            cluster.scale(jobs=jobs)
-            want = jobs * processes
+        want = _scale(cluster, jobs, minimum_jobs, maximum_jobs, n_workers, processes)
         if want:
             wait_for_workers(client, want, wait_timeout, lambda: _slurm_report(cluster))
         check_versions(cluster_versions(client, check=False))  # the workers that joined
@@ -268,3 +272,18 @@ def start_slurm(profile: str | None = None, *, jobs: int | None = None,
         _close_quietly(cluster, client)
         raise
     return ClusterClient(cluster, client)
+
+
+def _scale(cluster, jobs, minimum_jobs, maximum_jobs, n_workers, processes) -> int:
+    """Ask for the workers: adaptive between ``minimum_jobs`` and ``maximum_jobs``, else
+    ``n_workers``, else ``jobs`` (default 1). Returns the workers to wait for."""
+    if minimum_jobs is not None or maximum_jobs is not None:
+        lo = minimum_jobs or 0
+        cluster.adapt(minimum_jobs=lo, maximum_jobs=max(maximum_jobs or lo, lo, 1))
+        return lo * processes
+    if n_workers is not None:
+        cluster.scale(n=n_workers)
+        return n_workers
+    jobs = 1 if jobs is None else jobs
+    cluster.scale(jobs=jobs)
+    return jobs * processes

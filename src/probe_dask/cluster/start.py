@@ -94,44 +94,12 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
                              "'slurm' specs; use n_workers")
     timeout = wait_seconds(wait_timeout)
     if parsed.kind == "address":
-        if security is None:
-            security, warning = address_security(parsed.address)
-            if warning:
-                logger.warning(warning)
-        if security is not None:
-            overrides["security"] = security
-        # A Dask scheduler must answer there within probe-dask.cluster.connect-timeout
-        # (an HTTP server or the dashboard's port is one line, not a hang or MemoryError).
-        client = connect(parsed.address, **overrides)
-        try:
-            if n_workers:
-                wait_for_workers(client, n_workers, timeout,
-                                 lambda: f"scheduler {parsed.address}")
-            # Someone else's scheduler and workers: their environment may not be ours.
-            cluster_versions(client)
-        except BaseException:
-            client.close()
-            raise
-        return ClusterClient(None, client)
+        return _join(parsed.address, n_workers, timeout, security, overrides)
     if parsed.kind == "local":
-        kw = {"n_workers": n_workers or (1 if gpu else None), "processes": True,
-              "threads_per_worker": threads_per_worker, "memory_limit": memory_limit,
-              "resources": {"GPU": 1} if gpu else None,
-              # Loopback only: nothing but this host reaches the scheduler, workers and
-              # dashboard (Dask's own default dashboard ":8787" listens on every interface).
-              "host": "127.0.0.1", "dashboard_address": default_dashboard(dashboard_address),
-              "security": security or None}
-        kw = {k: v for k, v in kw.items() if v is not None} | overrides
-        t0 = time.perf_counter()
-        cluster = LocalCluster(**kw)
-        client = Client(cluster)
-        # The "N workers ready in S s" line of Slurm and joined clusters (cluster/spec.py),
-        # timed from the start of the cluster: LocalCluster waits for its workers to start.
-        n = len(cluster.workers)
-        client.wait_for_workers(n, timeout=timeout)
-        logger.info("%d workers ready in %.1f s", n, time.perf_counter() - t0)
-        return ClusterClient(cluster, client)
-
+        return _start_local(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                            memory_limit=memory_limit, gpu=gpu, timeout=timeout,
+                            security=security, dashboard_address=dashboard_address,
+                            overrides=overrides)
     if shutil.which("sbatch") is None:
         raise ProbeDaskError(f"cluster spec {spec!r}: sbatch not found on PATH; run this on a "
                              "Slurm login node (or scripts/slurm/start.sh here)")
@@ -141,3 +109,47 @@ def make_cluster(spec: str = "local", *, jobs: int | None = None,
                        jobqueue_config=jobqueue_config, gpu=gpu, wait_timeout=timeout,
                        security=security, dashboard_address=dashboard_address, **overrides)
 
+
+def _join(address, n_workers, timeout, security, overrides) -> ClusterClient:
+    """A client of the scheduler at ``address`` (started elsewhere), once ``n_workers`` (if
+    any) have joined and their package versions are this process's."""
+    if security is None:
+        security, warning = address_security(address)
+        if warning:
+            logger.warning(warning)
+    if security is not None:
+        overrides = {**overrides, "security": security}
+    # A Dask scheduler must answer there within probe-dask.cluster.connect-timeout
+    # (an HTTP server or the dashboard's port is one line, not a hang or MemoryError).
+    client = connect(address, **overrides)
+    try:
+        if n_workers:
+            wait_for_workers(client, n_workers, timeout, lambda: f"scheduler {address}")
+        # Someone else's scheduler and workers: their environment may not be ours.
+        cluster_versions(client)
+    except BaseException:
+        client.close()
+        raise
+    return ClusterClient(None, client)
+
+
+def _start_local(*, n_workers, threads_per_worker, memory_limit, gpu, timeout, security,
+                 dashboard_address, overrides) -> ClusterClient:
+    """A ``LocalCluster`` of worker processes on loopback and its client, its workers ready."""
+    kw = {"n_workers": n_workers or (1 if gpu else None), "processes": True,
+          "threads_per_worker": threads_per_worker, "memory_limit": memory_limit,
+          "resources": {"GPU": 1} if gpu else None,
+          # Loopback only: nothing but this host reaches the scheduler, workers and
+          # dashboard (Dask's own default dashboard ":8787" listens on every interface).
+          "host": "127.0.0.1", "dashboard_address": default_dashboard(dashboard_address),
+          "security": security or None}
+    kw = {k: v for k, v in kw.items() if v is not None} | overrides
+    t0 = time.perf_counter()
+    cluster = LocalCluster(**kw)
+    client = Client(cluster)
+    # The "N workers ready in S s" line of Slurm and joined clusters (cluster/spec.py),
+    # timed from the start of the cluster: LocalCluster waits for its workers to start.
+    n = len(cluster.workers)
+    client.wait_for_workers(n, timeout=timeout)
+    logger.info("%d workers ready in %.1f s", n, time.perf_counter() - t0)
+    return ClusterClient(cluster, client)

@@ -23,7 +23,7 @@ from pathlib import Path
 from probe_dask.cluster.tls import CREDENTIAL_FILES, run_credentials
 from probe_dask.errors import ProbeDaskError
 
-__all__ = ["FILES", "main", "write_credentials"]
+__all__ = []
 
 #: File names in the credentials folder: the CA, the certificate, the private key.
 FILES = tuple(CREDENTIAL_FILES.values())

@@ -55,7 +55,7 @@ def split_metrics(label_sums, eval_totals, b, w) -> SplitMetrics:
 
     Parameters
     ----------
-    label_sums : core.blocks.LabelSums
+    label_sums : core.datatypes.LabelSums
         Summed over the split's blocks.
     eval_totals : ndarray, shape (3, L*C)
         Summed ``kernels.eval_sums`` over all pairs in latent-major order:

@@ -29,8 +29,7 @@ from probe_dask.core.settings import FitSettings
 from probe_dask.core.tuning import (BACKTRACK, BUDGET_GROWTH, DECREMENT_TOL, F32_NOISE,
                                     GRAD_TOL)
 
-__all__ = ["EPS", "ProblemConstants", "PairDerivatives", "pair_derivatives", "objective",
-           "newton_decrement", "sigmoid", "class_prior", "prior_cross_entropy",
+__all__ = ["ProblemConstants", "pair_derivatives", "objective", "newton_decrement", "sigmoid",
            "baseline_cross_entropy", "zero_row_positives", "mean_nll"]
 
 #: Clamp of the class prior (and of ``sigmoid(b)`` in the Hessian): ``[EPS, 1 - EPS]``.
@@ -128,7 +127,7 @@ class ProblemConstants:
                         backtrack=BACKTRACK, f_noise=F32_NOISE) -> "ProblemConstants":
         """Constants from the label pass: any object with ``n_rows``, ``class_rows`` (C,),
         ``count`` (L,), ``sum_v2`` (L,), ``pos`` and ``vpos`` (L, C), e.g.
-        ``core.blocks.LabelSums``."""
+        ``core.datatypes.LabelSums``."""
         n_rows = int(sums.n_rows)
         if n_rows <= 0:
             raise ValueError(f"n_rows: found {n_rows}; expected a positive row count")

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_dask.core.objective import newton_decrement, pair_derivatives
+from probe_dask.core.stats import StepStats
 from probe_dask.core.tuning import (BUDGET_MAX, CHUNK_PAIRS, DELTA, DET_FLOOR, FALLBACK_LENGTH,
                                     LAM_MAX, LAM_MIN, MAX_TRIES, PRED_FLOOR)
 
-__all__ = ["step", "combine_stats"]
+__all__ = ["step"]
 
 
-def step(constants, state, sums) -> dict:
+def step(constants, state, sums) -> StepStats:
     """One trust-region iteration of every active pair (docs/solver.md, steps 1 to 6).
 
     Parameters
@@ -48,11 +49,9 @@ def step(constants, state, sums) -> dict:
 
     Returns
     -------
-    dict
-        Plain numbers: ``n_iter``, ``active_before``, ``active_after``, ``n_stopped``,
-        ``n_clipped``, ``n_fallback``, ``n_backtracked``, ``max_grad`` (scaled),
-        ``max_decrement``, ``max_step`` (scaled), ``mean_lam`` (of the pairs that stepped;
-        NaN if none), ``mean_loss`` (F of the pairs of this pass).
+    core.stats.StepStats
+        What the step did: pairs stopped, clipped, on the fallback, taken back; the largest
+        scaled gradient, decrement and step; the mean damping and loss.
     """
     flat = np.flatnonzero(state.active)
     sums = np.asarray(sums, dtype=np.float64)
@@ -65,37 +64,8 @@ def step(constants, state, sums) -> dict:
             _step_pairs(constants, state, flat[start:start + CHUNK_PAIRS],
                         sums[:, start:start + CHUNK_PAIRS], acc)
     state.n_iter += 1
-    n_moved = flat.size - acc["n_stopped"]
-    return dict(n_iter=state.n_iter, active_before=int(flat.size), active_after=state.n_active,
-                n_stopped=acc["n_stopped"], n_clipped=acc["n_clipped"],
-                n_fallback=acc["n_fallback"], n_backtracked=acc["n_backtracked"],
-                max_grad=acc["max_grad"],
-                max_decrement=acc["max_decrement"], max_step=acc["max_step"],
-                mean_lam=acc["sum_lam"] / n_moved if n_moved else float("nan"),
-                mean_loss=acc["sum_loss"] / flat.size if flat.size else float("nan"))
-
-
-def combine_stats(parts) -> dict:
-    """The statistics of one :func:`step` over all pairs, from those of steps over disjoint
-    sets of pairs taken at the same iteration (latent ranges): counts add, maxima take the
-    largest, means are weighted by the pairs they are means of."""
-    parts = list(parts)
-    if not parts:
-        raise ValueError("no statistics to combine")
-    out = {"n_iter": max(int(p["n_iter"]) for p in parts)}
-    for key in ("active_before", "active_after", "n_stopped", "n_clipped", "n_fallback",
-                "n_backtracked"):
-        out[key] = int(sum(int(p[key]) for p in parts))
-    for key in ("max_grad", "max_decrement", "max_step"):
-        out[key] = float(max(float(p[key]) for p in parts))
-    moved = [int(p["active_before"]) - int(p["n_stopped"]) for p in parts]
-    n_moved = sum(moved)
-    out["mean_lam"] = (sum(float(p["mean_lam"]) * m for p, m in zip(parts, moved) if m)
-                       / n_moved if n_moved else float("nan"))
-    n_pairs = out["active_before"]
-    out["mean_loss"] = (sum(float(p["mean_loss"]) * int(p["active_before"]) for p in parts
-                            if int(p["active_before"])) / n_pairs if n_pairs else float("nan"))
-    return out
+    return StepStats.from_totals(n_iter=state.n_iter, active_before=flat.size,
+                                 active_after=state.n_active, **acc)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from probe_dask.core.blocks import ActivePairs
+from probe_dask.core.datatypes import ActivePairs
 from probe_dask.core.objective import newton_decrement, pair_derivatives
 from probe_dask.core.tuning import DELTA, LAM_INIT
 
@@ -96,7 +96,7 @@ class TrustRegionState:
         return latent_ptr, (flat % self.active.shape[1]).astype(np.int32), flat
 
     def active_pairs(self):
-        """The pairs the next pass must compute, as ``core.blocks.ActivePairs``."""
+        """The pairs the next pass must compute, as ``core.datatypes.ActivePairs``."""
         latent_ptr, classes, flat = self.active_index()
         return ActivePairs(latent_ptr=latent_ptr, classes=classes,
                            b=self.b.ravel()[flat], w=self.w.ravel()[flat])

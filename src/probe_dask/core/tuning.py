@@ -38,7 +38,8 @@ BUDGET_MAX = DELTA * 2.0**10
 # data with exact float64 sums). Here a pass that finds F went up (lagged ratio < 0 or NaN)
 # takes the pair halfway back to where it came from; that point's F stays the reference and
 # the predicted reduction of the half step is known from the stored step and its quadratic
-# term, so the next pass judges it as usual. BACKTRACK = False restores the old solver.
+# term, so the next pass judges it as usual. BACKTRACK = False is the in-memory solver's
+# rule (every step kept), the one that cycles.
 BACKTRACK = True
 # The lagged ratio can only judge a step whose predicted reduction is larger than what
 # rounding does to F. The kernels may evaluate softplus in float32 (docs/solver.md allows

@@ -27,15 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_dask import kernels
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.metrics import SplitMetrics, split_metrics
 from probe_dask.core.split import even_bounds
 from probe_dask.engine.passes import broadcast, pass_total
 from probe_dask.engine.range_data import range_eval_sums, range_label_sums
 from probe_dask.engine.ranges import where_held
 
-__all__ = ["LabelAndEvalSums", "label_and_eval_sums", "evaluate_split", "range_metrics",
-           "evaluate_ranges"]
+__all__ = ["LabelAndEvalSums", "evaluate_split", "evaluate_ranges"]
 
 
 @dataclass

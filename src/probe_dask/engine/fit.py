@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from probe_dask import config
 from probe_dask.core.settings import FitSettings
-from probe_dask.core.solver import combine_stats
+from probe_dask.core.stats import combine_stats
 from probe_dask.core.state import TrustRegionState
 from probe_dask.engine.checkpoint import Checkpoint, CheckpointMoved, checkpoint_identity
 from probe_dask.engine.estimator import ProbeEstimator

@@ -40,7 +40,7 @@ from probe_dask import kernels
 from probe_dask.core.split import even_bounds
 from probe_dask.engine.workers import worker_slots
 
-__all__ = ["latent_blocks", "worker_threads", "block_groups", "broadcast", "pass_total"]
+__all__ = ["latent_blocks", "worker_threads", "broadcast", "pass_total"]
 
 
 def _to_latent_block(csr, labels):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_dask import config, kernels
-from probe_dask.core.blocks import ActivePairs, LabelSums, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LabelSums, LatentBlock
 from probe_dask.io.latent_major import LatentMajorLayout
 
 __all__ = ["DiskRange", "disk_range", "range_label_sums", "range_fit_sums", "range_eval_sums",

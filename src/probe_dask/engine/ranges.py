@@ -48,19 +48,19 @@ import numpy as np
 from distributed import as_completed, wait
 
 from probe_dask import kernels
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 from probe_dask.core.objective import ProblemConstants
-from probe_dask.core.split import even_bounds
+from probe_dask.core.split import even_bounds, weighted_bounds
 from probe_dask.core.state import TrustRegionState, init_state
+from probe_dask.core.stats import StepStats
 from probe_dask.engine.checkpoint import load_range
 from probe_dask.engine.range_data import (bytes_read, disk_range, range_fit_sums,
                                           range_label_sums, sums_at_zero)
-from probe_dask.engine.workers import worker_slots, worker_table
+from probe_dask.engine.workers import worker_capacity, worker_slots
 from probe_dask.kernels.step import solver_step
 
-__all__ = ["RangeFit", "RANGE_BYTES_PER_PAIR", "resident_bytes", "keeps_in_memory",
-           "range_bounds", "persist_ranges", "disk_ranges", "start_range", "advance_range",
-           "range_stats", "range_field", "range_params",
+__all__ = ["RangeFit", "resident_bytes", "keeps_in_memory", "range_bounds", "persist_ranges",
+           "disk_ranges", "start_range", "advance_range", "range_stats", "range_params",
            "place_ranges", "where_held", "read_ranges", "field_reader", "gather_latents"]
 
 
@@ -72,13 +72,18 @@ class RangeFit:
     ----------
     start, stop : int
         The range's latents.
-    label_sums : core.blocks.LabelSums
+    label_sums : core.datatypes.LabelSums
         Of the range's events (latents renumbered from 0).
     constants : core.objective.ProblemConstants
     state : core.state.TrustRegionState
         Of the range's pairs.
-    stats : dict or None
-        The last step's statistics (``solver_step``) and its ``work_units``.
+    stats : core.stats.StepStats or None
+        The last step's statistics (``solver_step``).
+    cost : dict
+        What the last pass cost (empty before one): ``work_units`` (pair-events summed),
+        ``bytes_read`` (of events, from disk), ``active_latents`` (latents with active pairs),
+        ``sums_seconds`` (reading and summing the events, on the worker) and
+        ``range_seconds`` (the whole pass of the range).
     """
 
     start: int
@@ -86,7 +91,8 @@ class RangeFit:
     label_sums: LabelSums
     constants: ProblemConstants
     state: TrustRegionState
-    stats: dict | None = None
+    stats: StepStats | None = None
+    cost: dict = dataclasses.field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -108,10 +114,7 @@ def range_bounds(n_latents: int, n_ranges: int, count=None) -> list[tuple[int, i
         return even_bounds(n_latents, n)
     count = np.asarray(count, dtype=np.float64)
     # every latent also costs its pairs' step, whatever its events
-    cum = np.cumsum(count + max(1.0, float(count.mean())))
-    inner = np.searchsorted(cum, cum[-1] * np.arange(1, n) / n, side="left") + 1
-    edges = sorted({0, n_latents, *(int(e) for e in np.clip(inner, 1, n_latents - 1))})
-    return [(a, z) for a, z in zip(edges[:-1], edges[1:]) if z > a]
+    return weighted_bounds(count + max(1.0, float(count.mean())), n)
 
 
 #: Worker bytes per pair of a fit on latent ranges besides the events: two states (91 bytes
@@ -206,7 +209,7 @@ def place_ranges(client, data, fits) -> tuple[list, list[dict]]:
     copied first (a new future: the old copy is let go). Returns the ranges' events (some
     moved) and the ``submit`` keywords of their passes ({} while no worker is known)."""
     wait(fits)
-    capacity = {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
+    capacity = worker_capacity(client)
     if not capacity:
         return list(data), [{} for _ in fits]
     held = client.who_has(fits)
@@ -258,19 +261,19 @@ def advance_range(data, fit: RangeFit, device=None, backend="auto", resident=Fal
     del pairs
     state = fit.state.copy()
     stats = solver_step(fit.constants, state, sums)
-    stats["work_units"], stats["bytes_read"] = work_units, read
-    stats["active_latents"] = active_latents
-    # where a pass's time goes, on the worker: reading and summing events, then the rest
-    stats["sums_seconds"] = summed - began
-    stats["range_seconds"] = time.perf_counter() - began
-    return dataclasses.replace(fit, state=state, stats=stats)
+    cost = {"work_units": work_units, "bytes_read": read, "active_latents": active_latents,
+            "sums_seconds": summed - began, "range_seconds": time.perf_counter() - began}
+    return dataclasses.replace(fit, state=state, stats=stats, cost=cost)
 
 
 def range_stats(fit: RangeFit) -> dict:
-    """A range's pairs still active (``n_active``) and in all (``n_pairs``), and the last
-    step's statistics, if any."""
-    return {"n_active": fit.state.n_active, "n_pairs": int(fit.state.active.size),
-            **(fit.stats or {})}
+    """A range's record for the driver: its pairs still active (``n_active``) and in all
+    (``n_pairs``), and after a pass, the step's statistics (``StepStats.as_record``)
+    and its ``cost``."""
+    record = {"n_active": fit.state.n_active, "n_pairs": int(fit.state.active.size)}
+    if fit.stats is not None:
+        record.update(fit.stats.as_record(), **fit.cost)
+    return record
 
 
 def range_field(fit: RangeFit, name: str) -> np.ndarray:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dask.sizeof import sizeof
 
-from probe_dask.core.blocks import ActivePairs, LabelSums, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LabelSums, LatentBlock
 from probe_dask.engine.evaluate import LabelAndEvalSums
 from probe_dask.engine.ranges import RangeFit
 
-__all__ = ["sizeof"]
+__all__ = []
 
 
 def _sparse_nbytes(m) -> int:

@@ -13,8 +13,7 @@ from probe_dask.kernels.dispatch import warm_up
 from probe_dask.errors import ProbeDaskError
 
 __all__ = ["gpu_resources", "task_resources", "total_worker_memory", "worker_table",
-           "worker_slots",
-           "worker_kernels", "check_worker_kernels", "KERNEL_NAMES"]
+           "worker_capacity", "worker_slots", "worker_kernels", "check_worker_kernels"]
 
 #: How the log names each backend.
 KERNEL_NAMES = {"c": "C kernel", "triton": "Triton kernels", "torch": "torch fallback"}
@@ -25,10 +24,16 @@ def worker_table(client) -> dict:
     return client.scheduler_info(n_workers=-1).get("workers", {})
 
 
+def worker_capacity(client) -> dict[str, int]:
+    """The tasks each worker runs at once: address -> its threads (at least one, for a
+    worker that does not say)."""
+    return {a: max(1, int(w.get("nthreads") or 1)) for a, w in worker_table(client).items()}
+
+
 def worker_slots(client) -> list[str]:
     """Every worker address once per thread, in address order (one slot per group or range)."""
-    table = worker_table(client)
-    return [a for a in sorted(table) for _ in range(max(1, int(table[a].get("nthreads") or 1)))]
+    capacity = worker_capacity(client)
+    return [a for a in sorted(capacity) for _ in range(capacity[a])]
 
 
 def total_worker_memory(client) -> int:

@@ -43,8 +43,8 @@ import numpy as np
 from probe_dask.io.durable import fsync_dir, fsync_path
 from probe_dask.io.tempfiles import temp_dir
 
-__all__ = ["LAYOUT_VERSION", "SEGMENT_NNZ", "LatentMajorLayout", "open_layout", "begin_layout",
-           "size_events", "write_part", "merge_segment", "segment_bounds", "commit_layout", "part_prefix"]
+__all__ = ["SEGMENT_NNZ", "LatentMajorLayout", "open_layout", "begin_layout", "size_events",
+           "write_part", "merge_segment", "segment_bounds", "commit_layout"]
 
 LAYOUT_VERSION = 1
 #: Events a merge task interleaves at once (128 MiB in and out): bounds its memory.

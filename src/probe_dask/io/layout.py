@@ -14,9 +14,9 @@ from pathlib import Path
 
 from probe_dask.errors import InputError
 
-__all__ = ["closest_existing", "require_dir", "require_file", "missing_hint", "inference_dir",
-           "activations_path", "ACTIVATIONS_NAME", "METRICS_NAME",
-           "CLASSES_NAME", "CHECKPOINT_NAME", "LATENT_MAJOR_NAME"]
+__all__ = ["require_dir", "require_file", "missing_hint", "inference_dir", "activations_path",
+           "ACTIVATIONS_NAME", "METRICS_NAME", "CLASSES_NAME", "CHECKPOINT_NAME",
+           "LATENT_MAJOR_NAME"]
 
 #: The SAE activations of a shard, inside ``<run>/inference/<shard_id>/``.
 ACTIVATIONS_NAME = "token_acts.npz"

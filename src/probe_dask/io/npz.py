@@ -29,8 +29,7 @@ import numpy as np
 
 from probe_dask.errors import InputError
 
-__all__ = ["MEMBERS", "ARRAYS", "EXPECT", "NpyMember", "CSRHeader", "open_zip", "open_npz",
-           "read_csr_header", "read_npy_header", "member_chunks", "fingerprint", "zip_fingerprint"]
+__all__ = ["ARRAYS", "EXPECT", "CSRHeader", "open_npz", "member_chunks"]
 
 #: The members ``save_npz`` writes for a CSR matrix (``_is_array.npy`` may come too).
 MEMBERS = ("format.npy", "shape.npy", "indptr.npy", "indices.npy", "data.npy")
@@ -237,12 +236,3 @@ def fingerprint(zf: zipfile.ZipFile) -> str:
     rows = sorted((i.filename, i.CRC, i.compress_size, i.file_size, i.header_offset)
                   for i in zf.infolist())
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:24]
-
-
-def zip_fingerprint(path) -> str | None:
-    """:func:`fingerprint` of the zip at ``path``; None when it cannot be read as a zip."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return fingerprint(zf)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return None

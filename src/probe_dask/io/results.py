@@ -28,9 +28,8 @@ from probe_dask.io.ade20k import ADE20K_NAMES
 from probe_dask.io.layout import inference_dir
 from probe_dask.io.outputs import write_json
 
-__all__ = ["load_results", "load_class_table", "load_summary", "read_class_names",
-           "check_class_names", "class_names_for", "results_dir_of", "store_class_names",
-           "VARIABLES", "VARIABLE_ATTRS", "CLASS_DIM"]
+__all__ = ["load_results", "load_class_table", "read_class_names", "check_class_names",
+           "results_dir_of", "store_class_names"]
 
 METRICS_FILE = "probe1d_metrics.npz"
 CLASSES_FILE = "probe1d_classes.json"
@@ -135,9 +134,10 @@ def _folder(run, shard, results_dir) -> Path:
     return folder
 
 
-def load_summary(run=None, shard=None, *, results_dir=None) -> dict:
-    """The parsed ``probe1d_classes.json`` of a split (``{}`` when it is missing)."""
-    path = _folder(run, shard, results_dir) / CLASSES_FILE
+def _load_summary(folder) -> dict:
+    """The parsed ``probe1d_classes.json`` of the results in ``folder`` (``{}`` when it is
+    missing); InputError when ``folder`` holds no results."""
+    path = _folder(None, None, folder) / CLASSES_FILE
     if not path.is_file():
         return {}
     try:
@@ -190,7 +190,7 @@ def load_results(run=None, shard=None, *, results_dir=None):
     >>> ds.loss.sel(class_id=13).argmin("latent")              # doctest: +SKIP
     """
     folder = _folder(run, shard, results_dir)
-    summary = load_summary(results_dir=folder).get("summary", {})
+    summary = _load_summary(folder).get("summary", {})
     with np.load(folder / METRICS_FILE) as f:
         arrays = {var: f[key] for var, key in VARIABLES.items() if key in f.files}
     missing = [VARIABLES[v] for v in VARIABLES if v not in arrays and v != "converged"]
@@ -229,7 +229,7 @@ def load_class_table(run=None, shard=None, *, results_dir=None):
     ``test_probe_r`` (NaN where the JSON has ``null``), and ``note`` where one is given.
     """
     folder = _folder(run, shard, results_dir)
-    doc = load_summary(results_dir=folder)
+    doc = _load_summary(folder)
     if "classes" not in doc:
         raise InputError(folder / CLASSES_FILE, "classes", "no such key",
                          "the per-class table of a finished `probe-dask fit`")
@@ -258,7 +258,7 @@ def store_class_names(names, run, shards, *, results_dirs=None, source=None) -> 
                else [results_dir_of(run, s) for s in shards])
     docs = []
     for folder in folders:
-        doc = load_summary(results_dir=folder)
+        doc = _load_summary(folder)
         n_classes = doc.get("summary", {}).get("n_classes", len(doc.get("classes", [])))
         check_class_names(names, n_classes, source if source is not None else folder / CLASSES_FILE)
         docs.append((folder, doc))

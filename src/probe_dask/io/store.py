@@ -27,13 +27,13 @@ import scipy.sparse
 
 from probe_dask.errors import InputError
 from probe_dask.io.arrayref import ArrayRef
-from probe_dask.io.blocks import row_blocks
+from probe_dask.io.row_blocks import row_blocks
 from probe_dask.io.ingest import (MANIFEST, STORE_DTYPES, STORE_FILES, STORE_VERSION, ingest,
                                   remove_stale_stores)
 from probe_dask.io.npz import ARRAYS, EXPECT, CSRHeader, open_npz
 from probe_dask.io.verify import check_block
 
-__all__ = ["ArrayRef", "CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["CSRSource", "open_csr", "store_dir", "DEFAULT_CHUNK_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
@@ -109,7 +109,7 @@ class CSRSource:
 
     def row_blocks(self, target_nnz: int, max_rows: int | None = None) -> list[tuple[int, int]]:
         """Contiguous row blocks of about ``target_nnz`` non-zeros each
-        (:func:`probe_dask.io.blocks.row_blocks`, ``indptr`` read ``chunk_bytes`` at a time)."""
+        (:func:`probe_dask.io.row_blocks.row_blocks`, ``indptr`` read ``chunk_bytes`` at a time)."""
         return row_blocks(self.read_indptr, self.n_rows, self.nnz, target_nnz, max_rows,
                           chunk_rows=max(1, self.chunk_bytes // 8))
 

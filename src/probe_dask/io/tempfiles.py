@@ -19,7 +19,7 @@ import socket
 import uuid
 from pathlib import Path
 
-__all__ = ["pid_alive", "remove_stale", "run_tag", "temp_dir", "temp_file"]
+__all__ = ["remove_stale", "temp_dir", "temp_file"]
 
 # Host names may hold dots (FQDN) and other characters: keep a tag that parses back.
 HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0]) or "host"
@@ -27,7 +27,8 @@ HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0]) or "hos
 _TAG = r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)-[0-9a-f]{8}"
 _FILE = re.compile(rf"^\.(?P<name>.+)\.{_TAG}\.(?:tmp|bak)$")
 _DIR = re.compile(rf"^(?P<name>.+)\.(?:tmp|old)-{_TAG}$")
-# Stores of earlier versions were named ``<store>.tmp-<pid>-<rand>`` (this host assumed).
+# A store tagged without its host (``<store>.tmp-<pid>-<rand>``, as older releases wrote it)
+# is cleaned as this host's.
 _DIR_LEGACY = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 

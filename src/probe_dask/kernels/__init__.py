@@ -5,9 +5,10 @@ CUDA (:mod:`probe_dask.kernels.triton_backend`), torch as the slow fallback
 (:mod:`probe_dask.kernels.torch_backend`). :func:`choose_backend` picks one.
 """
 
-from probe_dask.core.blocks import EVAL_FIELDS, FIT_FIELDS, ActivePairs, LabelSums, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LabelSums, LatentBlock
 from probe_dask.kernels.dispatch import (BACKENDS, choose_backend, device_type, eval_sums, fit_sums,
                                          kernel_for, label_sums, resolve_device, stream_blocks)
 
 __all__ = ["LatentBlock", "ActivePairs", "LabelSums", "label_sums", "fit_sums", "eval_sums",
-           "resolve_device", "stream_blocks", "device_type", "choose_backend", "kernel_for", "BACKENDS", "FIT_FIELDS", "EVAL_FIELDS"]
+           "resolve_device", "stream_blocks", "device_type", "choose_backend", "kernel_for",
+           "BACKENDS"]

@@ -49,7 +49,7 @@ import os
 
 import numpy as np
 
-from probe_dask.core.blocks import EVAL_FIELDS, FIT_FIELDS, ActivePairs, LabelSums, LatentBlock
+from probe_dask.core.datatypes import EVAL_FIELDS, FIT_FIELDS, ActivePairs, LabelSums, LatentBlock
 from probe_dask.kernels import ckernel
 from probe_dask.kernels.labels import device_label_sums, host_label_sums
 from probe_dask.kernels.torch_backend import torch_sums

@@ -26,10 +26,13 @@ import numpy as np
 
 from probe_dask.core import tuning
 from probe_dask.core.solver import step as numpy_step
+from probe_dask.core.split import even_bounds
+from probe_dask.core.stats import StepStats
 from probe_dask.kernels import ckernel
 
 __all__ = ["solver_step", "compiled_step_available"]
 
+#: The totals ``step.c`` accumulates per thread, in its order (``StepStats.from_totals``'s names).
 _STATS = ("n_stopped", "n_clipped", "n_fallback", "n_backtracked", "max_grad", "max_decrement",
           "max_step", "sum_lam", "sum_loss")
 
@@ -54,7 +57,7 @@ def _address(a: np.ndarray, dtype) -> int:
     return a.ctypes.data
 
 
-def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
+def solver_step(constants, state, sums, *, threads: int = 1) -> StepStats:
     """:func:`core.solver.step` (same parameters, same statistics returned; ``state`` is
     updated in place) as one compiled loop over the pairs, split over ``threads`` threads
     (each releases the GIL)."""
@@ -73,12 +76,12 @@ def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
                       dtype=np.uintp)  # double *st[11], in step.c's S_* order
     bools = [_address(getattr(state, n), np.bool_) for n in state.BOOL_FIELDS]
     n_pairs, n_classes = flat.size, state.b.shape[1]
-    bounds = np.linspace(0, n_pairs, max(1, min(int(threads), n_pairs // 4096 + 1)) + 1)
-    bounds = bounds.astype(np.int64)
-    accs = np.zeros((bounds.size - 1, len(_STATS)))
+    # a thread's share is worth its start-up from about 4096 pairs
+    bounds = even_bounds(n_pairs, min(int(threads), n_pairs // 4096 + 1))
+    accs = np.zeros((len(bounds), len(_STATS)))
 
     def run(j):
-        lib.pd_step(int(bounds[j]), int(bounds[j + 1]), n_pairs, n_classes, flat.ctypes.data,
+        lib.pd_step(*bounds[j], n_pairs, n_classes, flat.ctypes.data,
                     sums.ctypes.data, consts.ctypes.data,
                     *(a.ctypes.data for a in small + big), fields.ctypes.data, *bools,
                     accs[j].ctypes.data)
@@ -88,16 +91,9 @@ def solver_step(constants, state, sums, *, threads: int = 1) -> dict:
     else:
         with ThreadPoolExecutor(accs.shape[0]) as pool:
             list(pool.map(run, range(accs.shape[0])))
-    acc = dict(zip(_STATS, accs.T))
     state.n_iter += 1
-    n_stopped = int(acc["n_stopped"].sum())
-    n_moved = n_pairs - n_stopped
-    return dict(n_iter=state.n_iter, active_before=int(n_pairs), active_after=state.n_active,
-                n_stopped=n_stopped, n_clipped=int(acc["n_clipped"].sum()),
-                n_fallback=int(acc["n_fallback"].sum()),
-                n_backtracked=int(acc["n_backtracked"].sum()),
-                max_grad=float(acc["max_grad"].max(initial=0.0)),
-                max_decrement=float(acc["max_decrement"].max(initial=0.0)),
-                max_step=float(acc["max_step"].max(initial=0.0)),
-                mean_lam=float(acc["sum_lam"].sum()) / n_moved if n_moved else float("nan"),
-                mean_loss=float(acc["sum_loss"].sum()) / n_pairs if n_pairs else float("nan"))
+    # the threads' shares: counts and sums add, maxima take the largest
+    totals = {name: (col.max(initial=0.0) if name.startswith("max_") else col.sum())
+              for name, col in zip(_STATS, accs.T)}
+    return StepStats.from_totals(n_iter=state.n_iter, active_before=n_pairs,
+                                 active_after=state.n_active, **totals)

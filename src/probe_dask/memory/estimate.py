@@ -30,9 +30,9 @@ import scipy.sparse as sp
 from probe_dask import config, kernels
 from probe_dask.engine.layout import layout_tasks
 from probe_dask.kernels import ckernel
-from probe_dask.memory.report import REPORT_WIDTH
+from probe_dask.memory.plan import REPORT_WIDTH
 
-__all__ = ["TimeEstimate", "kernel_ns_per_unit", "estimate_time", "format_estimate"]
+__all__ = ["kernel_ns_per_unit", "estimate_time", "format_estimate"]
 
 # 2048 latents: the (6, P) output (15 MB at 151 classes) outgrows the caches, as a real
 # pass's does; 2**17 non-zeros: a call takes tens of milliseconds.
@@ -119,7 +119,7 @@ class TimeEstimate:
 
 
 def estimate_time(plan, ns_per_unit: float, source: str = "given") -> TimeEstimate:
-    """The time of ``plan``'s run (a ``memory.report.Plan``) at ``ns_per_unit``.
+    """The time of ``plan``'s run (a ``memory.plan.Plan``) at ``ns_per_unit``.
 
     Work runs in parallel on every worker thread (CPU), or on one GPU per worker (CUDA:
     threads of a worker share its GPU).

@@ -19,7 +19,7 @@ from distributed.system import MEMORY_LIMIT
 from probe_dask.engine.shard import csr_block_array, label_block_array
 from probe_dask.engine.workers import gpu_resources, worker_table
 from probe_dask.errors import PlanDoesNotFit, ProbeDaskError
-from probe_dask.memory.report import format_size
+from probe_dask.memory.plan import format_size
 from probe_dask.memory.search import plan_run
 
 __all__ = ["plan_job", "reblock"]

@@ -31,7 +31,7 @@ from probe_dask.engine.layout import layout_tasks
 from probe_dask.kernels.units import DEFAULT_SLICES, DEFAULT_SPLIT_EVENTS
 from probe_dask.stages import DRIVER_STAGES
 
-__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "partials_per_worker", "GPU_STAGES", "WORKER_BASELINE",
+__all__ = ["Buffer", "ModelInputs", "buffers", "peak", "GPU_STAGES", "WORKER_BASELINE",
            "WORKER_BASELINE_NO_TORCH", "DRIVER_BASELINE"]
 
 #: RSS of an idle worker that imported probe_dask's kernels (Python, dask, numpy, scipy, torch),
@@ -41,7 +41,7 @@ WORKER_BASELINE = 320 * 2**20
 WORKER_BASELINE_NO_TORCH = 160 * 2**20
 #: RSS of the driver: Python, dask, distributed, torch, the client and an in-process scheduler
 #: (``probe-dask fit``, LocalCluster of 1 worker, at the start of the label pass: 350 and 378 MB
-#: measured in two runs, 2026-11-30; it was 300 MiB before the scheduler and kernel checks grew).
+#: measured in two runs, 2026-11-30: 400 MiB keeps a margin over both).
 DRIVER_BASELINE = 400 * 2**20
 #: Freed memory the driver's allocator keeps mapped once passes have run (glibc arenas of the
 #: client's and the checkpoint writer's threads): RSS measured 37 to 48 MB above the live
@@ -305,28 +305,7 @@ def _worker_ranges(cfg, nb, bnz, brows, persist, ranges_test, chunk_nnz) -> list
     # a range's events follow its latents' frequencies: an equal share of the non-zeros
     # plus the largest block's, as a margin
     nnz_r = -(-int(cfg.train.nnz) // R) + bnz["train"]
-    out = []
-    for name, live, keep in (("train", ("label_train",), ("label_train", "fit", "eval_train")),
-                             ("test", ("label_test",), ("label_test", "eval_test"))):
-        if not persist or name not in nb or (name == "test" and not ranges_test):
-            continue
-        shard = cfg.train if name == "train" else cfg.test
-        nnz_s = -(-int(shard.nnz) // R) + bnz[name]
-        each = 8 * nnz_s + 8 * (lat + 1) + int(shard.n_rows)
-        out += [
-            W(f"{name} latent ranges (in memory: a range's events, every row's label)",
-              f"8 nnz_r + 8 (L_r + 1) + rows, nnz_r = nnz / {R} ranges + nnz_b, "
-              f"L_r = {lat}; one per thread", each, T, keep),
-            W(f"cutting {name} ranges: a block's slices, a range's slices and their join",
-              "2 (8 nnz_b + rows_b) + 2 x the range; one per thread",
-              2 * (8 * bnz[name] + brows[name]) + 2 * each, T, live),
-        ]
-    if not persist:
-        chunk = min(int(chunk_nnz), nnz_r)
-        out.append(W("chunks of a range read from disk (the one computing, the one being read) "
-                     "and every row's label", f"2 (8 chunk_nnz + 8 L_r) + rows, chunk_nnz = "
-                     f"{chunk:,}; one per thread", 2 * (8 * chunk + 8 * lat)
-                     + int(cfg.train.n_rows), T, ("label_train", "fit", "eval_train")))
+    out = _range_events(cfg, nb, bnz, brows, persist, ranges_test, chunk_nnz, R, lat)
     out += [
         W("range label sums and constants (pos, vpos, count, qx, n0)", "32 L_r C + 32 L_r; one "
           "per thread", 32 * LCr + 32 * lat, T,
@@ -352,6 +331,38 @@ def _worker_ranges(cfg, nb, bnz, brows, persist, ranges_test, chunk_nnz) -> list
           (84 + SPLIT_METRICS_PEAK_PER_PAIR) * LCr, T,
           ("eval_train",) + (("eval_test",) if ranges_test else ())),
     ]
+    return out
+
+
+def _range_events(cfg, nb, bnz, brows, persist, ranges_test, chunk_nnz, R, lat) -> list:
+    """A worker's buffers of its ranges' events (``_worker_ranges``'s first part): each
+    split's ranges in memory and their cutting (``persist``), else the chunks read from the
+    layout on disk. ``R`` ranges in all, of at most ``lat`` latents."""
+    W = lambda *a, **kw: Buffer("worker", *a, **kw)  # noqa: E731
+    T = cfg.threads
+    nnz_r = -(-int(cfg.train.nnz) // R) + bnz["train"]
+    out = []
+    for name, live, keep in (("train", ("label_train",), ("label_train", "fit", "eval_train")),
+                             ("test", ("label_test",), ("label_test", "eval_test"))):
+        if not persist or name not in nb or (name == "test" and not ranges_test):
+            continue
+        shard = cfg.train if name == "train" else cfg.test
+        nnz_s = -(-int(shard.nnz) // R) + bnz[name]
+        each = 8 * nnz_s + 8 * (lat + 1) + int(shard.n_rows)
+        out += [
+            W(f"{name} latent ranges (in memory: a range's events, every row's label)",
+              f"8 nnz_r + 8 (L_r + 1) + rows, nnz_r = nnz / {R} ranges + nnz_b, "
+              f"L_r = {lat}; one per thread", each, T, keep),
+            W(f"cutting {name} ranges: a block's slices, a range's slices and their join",
+              "2 (8 nnz_b + rows_b) + 2 x the range; one per thread",
+              2 * (8 * bnz[name] + brows[name]) + 2 * each, T, live),
+        ]
+    if not persist:
+        chunk = min(int(chunk_nnz), nnz_r)
+        out.append(W("chunks of a range read from disk (the one computing, the one being read) "
+                     "and every row's label", f"2 (8 chunk_nnz + 8 L_r) + rows, chunk_nnz = "
+                     f"{chunk:,}; one per thread", 2 * (8 * chunk + 8 * lat)
+                     + int(cfg.train.n_rows), T, ("label_train", "fit", "eval_train")))
     return out
 
 

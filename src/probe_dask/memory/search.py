@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 from dask.system import CPU_COUNT
 from dask.utils import parse_bytes
@@ -31,7 +32,7 @@ from probe_dask.kernels import ckernel
 from probe_dask.kernels.torch_backend import CPU_WORK_CHUNK, CUDA_WORK_CHUNK
 from probe_dask.memory.model import (DRIVER_BASELINE, WORKER_BASELINE, WORKER_BASELINE_NO_TORCH,
                                      ModelInputs, buffers)
-from probe_dask.memory.report import Plan, format_limit, format_size
+from probe_dask.memory.plan import Plan, format_limit, format_size
 from probe_dask.memory.shardinfo import shard_info
 
 __all__ = ["plan_run", "default_target_fraction"]
@@ -108,14 +109,49 @@ def _block_sizes(cap, floor) -> list:
     return sizes
 
 
-def _first_fit(build, fits, sizes, chunks, persist):
+def _first_fit(search, sizes, chunks, persist):
     """The first (largest) block size, then work chunk, whose plan fits; None when none does."""
     for bn in sizes:
         for wc in chunks:
-            p = build(bn, wc, persist is True)
-            if fits(p):
+            p = search.build(bn, wc, persist is True)
+            if search.fits(p):
                 return p
     return None
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What every candidate plan of one search shares: the model's inputs, the worker's
+    memory limit and the share of it (and of the GPU's memory) a plan must stay under."""
+
+    cfg: ModelInputs
+    limit: int
+    target_fraction: float
+    gpu_memory: int | None
+    block_nnz: int | None  # given by the user (not chosen)
+
+    @property
+    def budget(self) -> float:
+        return self.target_fraction * self.limit
+
+    @property
+    def gpu_budget(self) -> float:
+        return self.target_fraction * self.gpu_memory if self.gpu_memory else math.inf
+
+    def build(self, bn, wc, keep) -> Plan:
+        """The plan at block size ``bn``, work chunk ``wc``, events kept in memory or not."""
+        cfg = self.cfg
+        drv, wrk, gpu, nb, mb = buffers(cfg, bn, wc or 0, keep)
+        return Plan(train=cfg.train, test=cfg.test, n_latents=cfg.L, n_classes=cfg.C,
+                    n_workers=cfg.n_workers, threads=cfg.threads, memory_limit=self.limit,
+                    device=cfg.device, backend=cfg.backend,
+                    target_fraction=self.target_fraction, split_every=cfg.split_every,
+                    block_nnz=int(bn), work_chunk=wc, persist=keep, n_blocks=nb, max_block=mb,
+                    driver=drv, worker=wrk, gpu=gpu, gpu_memory=self.gpu_memory,
+                    block_nnz_fixed=bool(self.block_nnz))
+
+    def fits(self, p: Plan) -> bool:
+        return p.worker_peak <= self.budget and p.gpu_peak <= self.gpu_budget
 
 
 def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, threads=1,
@@ -159,6 +195,30 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     """
     if persist is None:
         persist = persist_setting()
+    search = _search(train, test, run=run, n_classes=n_classes, memory_limit=memory_limit,
+                     n_workers=n_workers, threads=threads, device=device, backend=backend,
+                     gpu_memory=gpu_memory, target_fraction=target_fraction,
+                     block_nnz=block_nnz, split_every=split_every, chunk_bytes=chunk_bytes,
+                     worker_baseline=worker_baseline, driver_baseline=driver_baseline)
+    chunks = _work_chunks(search.cfg.device, search.cfg.backend, work_chunk)
+    auto_sizes, widest = _auto_sizes(search.cfg)
+    sizes = [int(block_nnz)] if block_nnz else auto_sizes
+    chosen = _first_fit(search, sizes, chunks, persist)
+    if chosen is not None:
+        return _chosen(search, chosen, persist)
+    # Nothing fits: report the smallest setting and the limit that would hold it.
+    worst = search.build(sizes[-1], chunks[-1], persist is True)
+    auto = _first_fit(search, auto_sizes, chunks, persist) if block_nnz else None
+    worst.message = _no_fit_message(worst, block_nnz, auto, widest, search.budget,
+                                    search.gpu_budget)
+    return _finish(worst)
+
+
+def _search(train, test, *, run, n_classes, memory_limit, n_workers, threads, device, backend,
+            gpu_memory, target_fraction, block_nnz, split_every, chunk_bytes, worker_baseline,
+            driver_baseline) -> _Search:
+    """``plan_run``'s arguments resolved: the shards read, the defaults of the memory limit,
+    workers, device, backend, GPU memory and target share filled in."""
     tr, te, n_classes = _shards(train, test, run, n_classes)
     if memory_limit is None:
         n_workers, memory_limit = _default_limit(n_workers, threads)
@@ -170,45 +230,23 @@ def plan_run(train, test=None, *, run=None, memory_limit=None, n_workers=None, t
     gpu_memory = _gpu_memory(device, gpu_memory)
     cfg = _model_inputs(tr, te, n_classes, threads, n_workers, split_every, device, backend,
                         chunk_bytes, gpu_memory, worker_baseline, driver_baseline)
-    limit = int(memory_limit)
     if target_fraction is None:
         target_fraction = default_target_fraction()
-    budget = target_fraction * limit
-    gpu_budget = target_fraction * gpu_memory if gpu_memory else math.inf
+    return _Search(cfg, int(memory_limit), target_fraction, gpu_memory, block_nnz)
 
-    chunks = _work_chunks(device, backend, work_chunk)
-    auto_sizes, widest = _auto_sizes(cfg)
-    sizes = [int(block_nnz)] if block_nnz else auto_sizes
 
-    def build(bn, wc, keep):
-        drv, wrk, gpu, nb, mb = buffers(cfg, bn, wc or 0, keep)
-        return Plan(train=tr, test=te, n_latents=cfg.L, n_classes=cfg.C, n_workers=cfg.n_workers,
-                    threads=cfg.threads, memory_limit=limit, device=device, backend=backend,
-                    target_fraction=target_fraction, split_every=cfg.split_every,
-                    block_nnz=int(bn), work_chunk=wc, persist=keep, n_blocks=nb, max_block=mb,
-                    driver=drv, worker=wrk, gpu=gpu, gpu_memory=gpu_memory,
-                    block_nnz_fixed=bool(block_nnz))
-
-    def fits(p):
-        return p.worker_peak <= budget and p.gpu_peak <= gpu_budget
-
-    chosen = _first_fit(build, fits, sizes, chunks, persist)
-    if chosen is not None:
-        if persist == "auto":
-            kept = build(chosen.block_nnz, chosen.work_chunk, True)
-            chosen = kept if fits(kept) else chosen
-        _finish(chosen)
-        chosen.message = (
-            f"fits: worker peak {format_size(chosen.worker_peak)} ({chosen.worker_peak_stage}) "
-            f"<= {target_fraction:.0%} of the {format_limit(limit)} limit; driver peak "
-            f"{format_size(chosen.driver_peak)}")
-        return chosen
-
-    # Nothing fits: report the smallest setting and the limit that would hold it.
-    worst = build(sizes[-1], chunks[-1], persist is True)
-    auto = _first_fit(build, fits, auto_sizes, chunks, persist) if block_nnz else None
-    worst.message = _no_fit_message(worst, block_nnz, auto, widest, budget, gpu_budget)
-    return _finish(worst)
+def _chosen(search: _Search, chosen: Plan, persist) -> Plan:
+    """The plan that fits, its events kept in memory when ``persist`` is "auto" and that
+    fits too, with its message."""
+    if persist == "auto":
+        kept = search.build(chosen.block_nnz, chosen.work_chunk, True)
+        chosen = kept if search.fits(kept) else chosen
+    _finish(chosen)
+    chosen.message = (
+        f"fits: worker peak {format_size(chosen.worker_peak)} ({chosen.worker_peak_stage}) "
+        f"<= {search.target_fraction:.0%} of the {format_limit(search.limit)} limit; driver "
+        f"peak {format_size(chosen.driver_peak)}")
+    return chosen
 
 
 def _model_inputs(tr, te, n_classes, threads, n_workers, split_every, device, backend,

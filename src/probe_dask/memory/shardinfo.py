@@ -6,7 +6,7 @@ streams its ``indptr`` out of the zip (decompressed when the member is deflated)
 seconds even for a 27 GB file and writes no store. :func:`shard_info` takes a shard in any
 form the planner accepts (a folder, an opened ``engine.shard.Shard``, a ``CSRSource``).
 :meth:`ShardInfo.blocks` cuts the rows with the fit's own planner
-(:func:`probe_dask.io.blocks.row_blocks`). :func:`simulated_shard_info` is a shard of given
+(:func:`probe_dask.io.row_blocks.row_blocks`). :func:`simulated_shard_info` is a shard of given
 sizes (rows of equal width), to plan a run before its data exists.
 
 Memory per process: a :class:`ShardInfo` holds ``indptr`` (8 bytes a row: 45 MB for 5.6
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from probe_dask.errors import InputError
-from probe_dask.io.blocks import row_blocks
+from probe_dask.io.row_blocks import row_blocks
 from probe_dask.io.labels import open_labels
 from probe_dask.io.layout import activations_path
 from probe_dask.io.npz import member_chunks, open_npz

@@ -18,7 +18,7 @@ from pathlib import Path
 from probe_dask.io.jsonsafe import strict_json
 
 __all__ = ["TELEMETRY_NAME", "MEMORY_PLOT_NAME", "PERFORMANCE_REPORT_NAME", "TELEMETRY_GLOB",
-           "strict_json", "run_stamp", "telemetry_path", "memory_plot_path", "run_telemetry",
+           "strict_json", "telemetry_path", "memory_plot_path", "run_telemetry",
            "read_telemetry", "JsonlWriter"]
 
 #: Names of an unstamped telemetry file and its plot (a path given by the caller).
@@ -29,19 +29,18 @@ PERFORMANCE_REPORT_NAME = "probe1d_performance.html"
 TELEMETRY_GLOB = "probe1d_telemetry-*.jsonl"
 
 
-def run_stamp(now=None) -> str:
-    """The UTC time of a run as ISO 8601 basic format, ``20261125T103000Z`` (sorts by time)."""
-    now = datetime.now(timezone.utc) if now is None else now
-    return now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def run_stamp() -> str:
+    """The UTC time now as ISO 8601 basic format, ``20261125T103000Z`` (sorts by time)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def telemetry_path(folder, stamp=None) -> Path:
+def telemetry_path(folder) -> Path:
     """``folder/probe1d_telemetry-<stamp>.jsonl``, a name no earlier run of ``folder`` used.
 
     Each run keeps its own telemetry (a failing rerun must not replace the last good run's);
     two runs started within one second get ``-<stamp>-1``, ``-2`` ...
     """
-    folder, stamp = Path(folder), stamp or run_stamp()
+    folder, stamp = Path(folder), run_stamp()
     path, n = folder / f"probe1d_telemetry-{stamp}.jsonl", 0
     while path.exists() or memory_plot_path(path).exists():
         n += 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from probe_dask.stages import Stage
 from probe_dask.telemetry.state import Roster, Timeline
 
-__all__ = ["MARKED_STAGES", "stage_markers", "plot_memory"]
+__all__ = ["stage_markers", "plot_memory"]
 
 #: Stages drawn as vertical lines: where the fit, each evaluation and the writing begin or end.
 MARKED_STAGES = frozenset({Stage.FIT_START, Stage.FIT_END, Stage.EVALUATE_TRAIN_START,

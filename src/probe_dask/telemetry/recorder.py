@@ -57,7 +57,7 @@ class Telemetry:
 
     Attributes
     ----------
-    plan : memory.report.Plan or None
+    plan : memory.plan.Plan or None
         The plan of the run, once the job has made it.
     roster, peaks, timeline : telemetry.state.Roster, Peaks, Timeline
         What has been seen so far.

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["MAX_SAMPLES", "Sample", "Mark", "Roster", "Peaks", "Timeline"]
+__all__ = ["Sample", "Mark", "Roster", "Peaks", "Timeline"]
 
 #: Samples kept; past this every other one is dropped, so a long run keeps bounded memory.
 MAX_SAMPLES = 20_000

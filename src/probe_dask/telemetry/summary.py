@@ -1,7 +1,7 @@
 """Measured memory beside the plan's predictions: the ``summary`` event of a run.
 
 :func:`summarize` sets the peaks telemetry measured (``telemetry.state``) beside what the
-memory plan (``memory.report.Plan``) predicted: overall, per process, and per plan stage (the
+memory plan (``memory.plan.Plan``) predicted: overall, per process, and per plan stage (the
 run stage whose reading measures each plan stage comes from ``stages``).
 
 Memory per process: nothing beyond the returned dict (a few numbers per worker).
@@ -51,7 +51,7 @@ def summarize(roster: Roster, peaks: Peaks, timeline: Timeline, plan=None, *,
     ----------
     roster, peaks, timeline
         What telemetry has seen.
-    plan : memory.report.Plan, optional
+    plan : memory.plan.Plan, optional
         The plan the run followed; without it only the measured side is given.
     driver_peak_now : int, optional
         The driver's peak since its last reading (not yet in ``peaks``).

@@ -145,11 +145,6 @@ class TreeSampler:
         """Peak RSS of each worker process, bytes, largest first."""
         return sorted((p.peak_rss for p in self.by_role("worker")), reverse=True)
 
-    @property
-    def tree_peak(self) -> int:
-        """Largest peak of any single process of the tree, bytes."""
-        return max((p.peak_rss for p in self.peaks.values()), default=0)
-
     def as_dict(self) -> dict:
         """JSON-able summary: driver and worker peaks, and every process seen."""
         return {"interval": self.interval, "driver_peak": self.driver_peak,

@@ -1,6 +1,6 @@
 """Independent dense float64 reference for the probe objective (tests only).
 
-Nothing here uses ``probe_dask`` but the ``core.blocks.LabelSums`` container: the objective is
+Nothing here uses ``probe_dask`` but the ``core.datatypes.LabelSums`` container: the objective is
 evaluated over all ``N`` rows of a dense ``X`` (no closed form for zero rows, no sums), and every pair is minimised by its own plain
 Newton iteration with a backtracking line search. Problems are tiny; memory is a few
 dense ``(N, L)`` / ``(N, C)`` float64 arrays.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import scipy.sparse as sp
 
-from probe_dask.core.blocks import ActivePairs, LabelSums
+from probe_dask.core.datatypes import ActivePairs, LabelSums
 from probe_dask.io.layout import activations_path
 
 

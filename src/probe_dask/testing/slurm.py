@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["job_record", "wait_done", "jobs_in", "submit", "refused", "JOBCOMP_ENV"]
+__all__ = ["job_record", "wait_done", "jobs_in", "submit", "refused"]
 
 #: Where scripts/slurm/start.sh keeps Slurm's state (its jobcomp.txt outlives scontrol).
 JOBCOMP_ENV = "PD_SLURM_DIR"

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from probe_dask import config
+from probe_dask.core.split import weighted_bounds
 
 __all__ = [
     "VARIANTS",
@@ -198,10 +199,8 @@ def _ranges(ev_ptr, pair_ptr, threads):
     n_lat = ev_ptr.size - 1
     if threads <= 1 or n_lat < 2:
         return [(0, n_lat)]
-    work = np.cumsum(np.diff(ev_ptr) * np.diff(pair_ptr) + 1)
-    cuts = np.searchsorted(work, work[-1] * np.arange(1, threads) / threads)
-    bounds = np.unique(np.concatenate([[0], cuts, [n_lat]]))
-    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    # a latent's work: its events times its pairs, plus its visit
+    return weighted_bounds(np.diff(ev_ptr) * np.diff(pair_ptr) + 1, threads)
 
 
 def _run(kind, block, pairs, threads, lib=None, out=None):

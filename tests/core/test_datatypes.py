@@ -1,11 +1,11 @@
-"""Tests of core/blocks.py: a CSR block with offsets or indices out of bounds never becomes a
+"""Tests of core/datatypes.py: a CSR block with offsets or indices out of bounds never becomes a
 LatentBlock (scipy's CSR -> CSC conversion would write out of bounds: a segfault)."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from probe_dask.core.blocks import LatentBlock
+from probe_dask.core.datatypes import LatentBlock
 
 
 def _csr(indices, indptr, n_cols=10):

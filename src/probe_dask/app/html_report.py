@@ -22,7 +22,7 @@ from probe_dask.app.figures import (best_latents_figure, convergence_figure, fig
 from probe_dask.io.outputs import atomic_path
 from probe_dask.io.results import load_class_table, load_results, results_dir_of
 
-__all__ = ["write_report", "REPORT_NAME", "FIGURES_DIR", "latest_memory_plot"]
+__all__ = ["write_report", "REPORT_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,17 @@ def write_report(run, train_shards, test_shards, *, out=None, results_dirs=None,
     figs_dir = out.parent / FIGURES_DIR
     figs_dir.mkdir(parents=True, exist_ok=True)
 
+    sections = _write_figures(figs_dir, train, test, table, train_dir)
+    page = _page(run, train.attrs, train_dir, test_dir, sections, table)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    log(f"report: {out} ({len(sections)} figures in {figs_dir})")
+    return out
+
+
+def _write_figures(figs_dir: Path, train, test, table, train_dir: Path) -> list[tuple[str, str]]:
+    """Every figure of the page as a PNG in ``figs_dir``, the run's latest memory plot
+    among them when there is one; returns ``(title, src)`` of each, in page order."""
     figures = [
         ("probe_r.png", "Per-class probe R (train bars, test dots)", probe_r_figure(table)),
         ("best_latents.png", "Best latents per class", best_latents_figure(train, table)),
@@ -102,14 +113,17 @@ def write_report(run, train_shards, test_shards, *, out=None, results_dirs=None,
     stale = figs_dir / "memory.png"
     if memory is None and stale.exists():
         stale.unlink()  # a plot of an earlier report must not pass as this run's
+    return sections
 
-    attrs = train.attrs
+
+def _page(run, attrs, train_dir: Path, test_dir: Path, sections, table) -> str:
+    """The HTML page: provenance, the figures' sections and the per-class table."""
     prov = "".join(f"<tr><th>{k}</th><td>{html.escape(str(attrs[k]))}</td></tr>"
                    for k in _PROVENANCE if k in attrs)
     body = "\n".join(
         f'<section><h2>{html.escape(t)}</h2><img src="{html.escape(src)}" '
         f'alt="{html.escape(t)}"></section>' for t, src in sections)
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>probe-dask report: {html.escape(Path(str(attrs.get('run', run))).name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
@@ -122,7 +136,3 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}</style></head>
 <section><h2>Per-class table</h2>{_table_html(table)}</section>
 </body></html>
 """
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    log(f"report: {out} ({len(sections)} figures in {figs_dir})")
-    return out
