@@ -41,7 +41,7 @@ from distributed.system import MEMORY_LIMIT
 
 import common
 from probe_dask import kernels
-from probe_dask.core.blocks import ActivePairs, LatentBlock
+from probe_dask.core.datatypes import ActivePairs, LatentBlock
 from probe_dask.io.latent_major import LatentMajorLayout
 from probe_dask.io.layout import LATENT_MAJOR_NAME, activations_path
 from probe_dask.memory import read_shard_info

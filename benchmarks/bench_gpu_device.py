@@ -10,7 +10,7 @@ distributed, so this script loads ``probe_dask.kernels.triton_backend`` without 
 package's front door (``probe_dask/__init__`` imports the Dask engine): the ``probe_dask``
 and ``probe_dask.kernels`` packages are registered bare, and only the modules the Triton
 backend, the warm-up and the label sums import are read (``kernels.triton_jit``,
-``kernels.units``, ``kernels.warmup``, ``kernels.labels``, ``core.blocks``). It then
+``kernels.units``, ``kernels.warmup``, ``kernels.labels``, ``core.datatypes``). It then
 measures, on a synthetic block (power-law latent sizes, every pair active):
 
 - the warm-up: compiling the fit and eval kernels, as a GPU worker does when it starts;

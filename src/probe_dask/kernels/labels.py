@@ -1,6 +1,6 @@
 """The label pass: a block's label-dependent sums, on the host (numpy) or on a GPU (torch).
 
-Both give :class:`probe_dask.core.blocks.LabelSums` of one block: per latent the count of
+Both give :class:`probe_dask.core.datatypes.LabelSums` of one block: per latent the count of
 its events and the sum of their squared values, per (latent, class) the events and the sum
 of values of the rows of that class, and the rows per class. Counts are exact in both;
 the float64 sums differ only by the order of additions, which is fixed in both (no atomics
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probe_dask.core.blocks import LabelSums
+from probe_dask.core.datatypes import LabelSums
 
 __all__ = ["host_label_sums", "device_label_sums"]
 
