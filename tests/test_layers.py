@@ -126,6 +126,19 @@ def test_modules_are_small():
     assert not long, "\n".join(long)
 
 
+def test_functions_fit_on_a_screen():
+    """No function is longer than 80 lines (docstring included): split into named steps."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name}: "
+                                f"{n} lines")
+    assert not long, "\n".join(long)
+
+
 def test_the_layers_see_dynamic_imports():
     """``kernels.dispatch`` loads its GPU backends with ``importlib``: those are edges too."""
     edges = {name for name, _, _ in _imports(MODULES["probe_dask.kernels.dispatch"])}
