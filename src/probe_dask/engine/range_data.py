@@ -208,12 +208,13 @@ def sums_at_zero(label_sums: LabelSums, pairs: ActivePairs, device=None,
     per_latent = np.diff(pairs.latent_ptr)
     count = np.repeat(label_sums.count.astype(np.float64), per_latent)
     sum_v = np.repeat(label_sums.vpos.sum(axis=1), per_latent)  # every row has one class
-    out = np.empty((6, pairs.n_pairs))  # filled in place: no temporaries of size P
-    for row, (stat, const) in enumerate(((count, mu), (sum_v, mu), (count, s), (sum_v, s),
-                                         (None, s), (count, softplus))):
-        if stat is None:  # sum of squares, used once
-            stat = np.repeat(label_sums.sum_v2, per_latent)
-        np.multiply(stat, const, out=out[row])
+    out = np.empty((6, pairs.n_pairs))  # each product written in place: no temporaries
+    np.multiply(count, mu, out=out[0])
+    np.multiply(sum_v, mu, out=out[1])
+    np.multiply(count, s, out=out[2])
+    np.multiply(sum_v, s, out=out[3])
+    np.multiply(np.repeat(label_sums.sum_v2, per_latent), s, out=out[4])
+    np.multiply(count, softplus, out=out[5])
     return out
 
 
