@@ -83,6 +83,44 @@ def _marker_requirements(request):
         request.getfixturevalue("triton_kernels")
 
 
+# --------------------------------------------------------------------------- disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(nbytes)``: a folder on a real file system of ``nbytes`` (a tmpfs
+    mounted for the test, unmounted after), for tests of what a full disk does. Skips
+    where mounting is not allowed (needs root, as CI runs)."""
+    mounts = []
+
+    def mount(nbytes: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(nbytes)}", "tmpfs",
+                            str(where)], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {(r.stderr or r.stdout).strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def require_free_disk():
+    """``require_free_disk(path, nbytes, what)``: skip, naming the bytes, when ``path``'s
+    file system has less than ``nbytes`` free (a test of real-size files must not fill the
+    machine's disk and fail for a reason that is not the code's)."""
+
+    def require(path, nbytes: int, what: str) -> None:
+        free = shutil.disk_usage(path).free
+        if free < nbytes:
+            pytest.skip(f"{what} needs {nbytes / 1e9:.1f} GB of disk at {path}; "
+                        f"{free / 1e9:.1f} GB free")
+
+    return require
+
+
 # --------------------------------------------------------------------------- dask / data
 @pytest.fixture(scope="session", autouse=True)
 def _layouts_in_the_session_folder(tmp_path_factory):

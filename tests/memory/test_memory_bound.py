@@ -74,10 +74,12 @@ def write_tiled_shard(root, shard_id, *, tiles, tile_rows=16384, nnz_per_row=48,
 
 
 @pytest.mark.slow
-def test_shard_4x_bigger_than_all_workers_fits_without_restart(tmp_path):
+def test_shard_4x_bigger_than_all_workers_fits_without_restart(tmp_path, require_free_disk):
     n_workers = 2
     tile_bytes = 8 * 16384 * 48
     tiles = int(np.ceil(4.1 * n_workers * WORKER_LIMIT / tile_bytes))
+    # the npz, its store and its latent-major layout: three copies of the CSR at the peak
+    require_free_disk(tmp_path, 3 * tiles * tile_bytes + (2 << 30), "a shard of 4x the workers")
     try:
         _fit_big_shard(tmp_path, n_workers, tiles)
     finally:  # 4 GB: pytest keeps its last temporary folders, so remove the data now

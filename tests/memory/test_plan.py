@@ -346,3 +346,18 @@ def test_cli_plan_needs_one_whole_kind_of_input(extra, says):
     proc = run_cli("plan", *extra, "--workers", "2", timeout=120)
     line = assert_one_error_line(proc, says)
     assert "--train-shards" in line and "--simulate-nnz" in line and not proc.stdout
+
+
+def test_a_plan_read_from_disk_says_the_layouts_disk():
+    """The real shard on 2 workers of 8 GB: its ranges are read from the latent-major
+    layout, whose build takes about one layout of disk (8 bytes a non-zero), not two."""
+    from probe_dask.memory.estimate import estimate_time, format_estimate
+    from probe_dask.memory.shardinfo import simulated_shard_info
+
+    nnz = 2_260_000_000
+    plan = plan_run(simulated_shard_info(nnz, 32768, 5_600_000), n_classes=151,
+                    memory_limit="8GB", n_workers=2)
+    est = estimate_time(plan, 2.0)
+    assert not plan.persist and est.layout_tasks > plan.n_blocks["train"]
+    assert 8 * nnz < est.layout_disk_bytes < 1.02 * 8 * nnz
+    assert f"{est.layout_disk_bytes / 1e9:.1f} GB of disk at the peak" in format_estimate(est)

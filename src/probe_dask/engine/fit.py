@@ -228,7 +228,7 @@ class ProbeFitter(ProbeEstimator):
         self.layout_, self.layout_seconds_ = latent_major_layout(
             client, blocks, X.chunks[0], (int(X.shape[0]), shape[0]),
             layout_path(self.layout_dir, identity), identity, threads=n_ranges,
-            segment_nnz=chunk_nnz, resources=self.resources)
+            segment_nnz=chunk_nnz, nnz=nnz, resources=self.resources)
         return disk_ranges(client, self.layout_, n_ranges, chunk_nnz)
 
     def _start_ranges(self, client, data, bounds, n_classes, checkpoint):

@@ -9,7 +9,8 @@ manifest names the same input, else builds it in two waves of independent tasks:
    the tasks finish;
 2. one task per segment of latents (about ``segment_nnz`` events, at least
    one per worker thread): every part's span of those latents interleaved in row order and
-   written at its place in the layout's event files.
+   written at its place in the layout's event files, and the parts' spans of those
+   latents given back to the file system (so the build's disk stays about one layout).
 
 ``n_blocks + n_segments`` tasks in all (:func:`layout_tasks`), each a few kilobytes of
 scheduler state. The layout must be on a file system every worker sees (the store of a
@@ -19,7 +20,8 @@ here by the next build once its writer is gone (``io.tempfiles``).
 Memory per process: a part task holds one CSR row block, its ``LatentBlock`` and the
 block's per-latent counts (``8 L``); a segment task what ``io.latent_major.merge_segment``
 says (``16 nnz_s`` plus offsets); the driver the summed counts (``8 L``) and the layout's
-offsets (``8 (L + 1)``).
+offsets (``8 (L + 1)``). Disk: checked against the folder's free space before the first
+part is written, when the caller knows the shard's non-zeros.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import numpy as np
 from distributed import as_completed
 
 from probe_dask.io.latent_major import (SEGMENT_NNZ, LatentMajorLayout, begin_layout,
-                                        commit_layout, merge_segment, open_layout,
+                                        check_build_disk, commit_layout, merge_segment, open_layout,
                                         segment_bounds, size_events, write_part)
+from probe_dask.errors import MachineError
 from probe_dask.io.tempfiles import remove_stale
 
 __all__ = ["latent_major_layout", "layout_tasks"]
@@ -51,7 +54,7 @@ def _write_block(block, building, index, row_offset):
 
 
 def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, threads=1,
-                        segment_nnz=SEGMENT_NNZ,
+                        segment_nnz=SEGMENT_NNZ, nnz=None,
                         resources=None) -> tuple[LatentMajorLayout, float | None]:
     """The latent-major layout of a shard at ``path``, built unless one of ``identity``
     is there already.
@@ -73,6 +76,9 @@ def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, th
         Worker threads: at least that many segment tasks.
     segment_nnz : int
         Events a merge task writes, about (a task holds ``16 segment_nnz`` bytes).
+    nnz : int, optional
+        The shard's non-zeros: when given, a folder without the disk the build needs is
+        refused before anything is written (``io.latent_major.check_build_disk``).
     resources : dict, optional
         Worker resources each task requests.
 
@@ -90,6 +96,9 @@ def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, th
     remove_stale(path.parent, [path.name])  # builds of runs that died
     building = begin_layout(path, shape[0])
     try:
+        if nnz is not None:
+            check_build_disk(building, nnz, shape[0], shape[1], len(blocks), threads,
+                             segment_nnz)
         offsets = np.concatenate(([0], np.cumsum(row_chunks)[:-1])).tolist()
         parts = [dask.delayed(_write_block)(b, building, i, int(o))
                  for i, (b, o) in enumerate(zip(blocks, offsets))]
@@ -106,6 +115,9 @@ def latent_major_layout(client, blocks, row_chunks, shape, path, identity, *, th
         client.gather(merges)
         del merges
         layout = commit_layout(building, path, identity, shape, ptr)
+    except OSError as err:  # disk full, quota, permissions: one line naming the folder
+        shutil.rmtree(building, ignore_errors=True)
+        raise MachineError(path, err, "building the latent-major layout") from None
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise

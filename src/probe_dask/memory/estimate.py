@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from probe_dask import config, kernels
 from probe_dask.engine.layout import layout_tasks
+from probe_dask.io.latent_major import build_disk_bytes
 from probe_dask.kernels import ckernel
 from probe_dask.memory.plan import REPORT_WIDTH
 
@@ -103,9 +104,12 @@ class TimeEstimate:
     test: bool
     #: The latent-major layout (ranges read from disk): its build's tasks, bytes moved
     #: (CSR read, parts written and read back, the layout written) and seconds at
-    #: ``disk_bytes_per_s``; 0 when the ranges are in memory. Also a pass's reads.
+    #: ``disk_bytes_per_s``; 0 when the ranges are in memory. Also a pass's reads, and
+    #: the disk its build takes at the peak (``io.latent_major.build_disk_bytes``, where
+    #: holes can be punched).
     layout_tasks: int = 0
     layout_bytes: int = 0
+    layout_disk_bytes: int = 0
     layout_seconds: float = 0.0
     read_seconds_per_pass: float = 0.0
     disk_bytes_per_s: float = 0.0
@@ -149,9 +153,11 @@ def estimate_time(plan, ns_per_unit: float, source: str = "given") -> TimeEstima
         nnz = int(plan.train.nnz)
         moved = 12 * nnz + 3 * 8 * nnz  # CSR read; parts written and read; layout written
         read = 8 * nnz / rate  # a pass with every latent active
-        disk = dict(layout_tasks=layout_tasks(plan.n_blocks["train"], nnz,
-                                              plan.n_workers * plan.threads, plan.block_nnz),
-                    layout_bytes=moved, layout_seconds=moved / rate,
+        threads = plan.n_workers * plan.threads
+        n_tasks = layout_tasks(plan.n_blocks["train"], nnz, threads, plan.block_nnz)
+        peak = build_disk_bytes(nnz, plan.train.n_rows, plan.n_latents, plan.n_blocks["train"],
+                                threads, plan.block_nnz, True)
+        disk = dict(layout_tasks=n_tasks, layout_bytes=moved, layout_disk_bytes=peak, layout_seconds=moved / rate,
                     read_seconds_per_pass=read, disk_bytes_per_s=rate)
     # the first pass reads nothing and costs no kernel time (closed forms at w = 0)
     fit_passes = max(equivalents - 1.0, 0.0)
@@ -190,7 +196,8 @@ def format_estimate(e: TimeEstimate) -> str:
     ]
     if e.layout_tasks:
         lines.insert(1, f"  writing the latent-major layout (once per input): {e.layout_tasks:,} "
-                        f"tasks, {e.layout_bytes / 1e9:.1f} GB moved at "
+                        f"tasks, {e.layout_disk_bytes / 1e9:.1f} GB of disk at the peak, "
+                        f"{e.layout_bytes / 1e9:.1f} GB moved at "
                         f"{e.disk_bytes_per_s / 1e6:.0f} MB/s (probe-dask.memory.disk-bytes-per-s)"
                         f" = {_duration(e.layout_seconds)}")
     return "\n".join(textwrap.fill(ln, REPORT_WIDTH, subsequent_indent="    ",
