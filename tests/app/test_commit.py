@@ -18,6 +18,7 @@ from probe_dask.app.job import (
 )
 from probe_dask.errors import MachineError
 from probe_dask.io import resultset
+from probe_dask.io.store import open_csr
 from probe_dask.testing.runner import assert_one_error_line, run_cli
 
 TEMPORARY = re.compile(r"\.(tmp|bak)$|\.(tmp|old)-")
@@ -118,3 +119,32 @@ def test_full_disk_during_ingest_names_the_store(tiny_run, tmp_path):
         assert [q.name for q in small.iterdir()] == []  # the partial store is gone
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def _pages(folder) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_disk_too_small_for_the_layout_is_one_line_before_the_fit(tiny_run, tmp_path,
+                                                                     small_disk):
+    """Ranges read from disk (``persist: false``), on a cache folder that holds the store
+    but not the latent-major layout: exit 2 and one line naming the folder and the bytes,
+    before any pass, and no partial layout left."""
+    shutil.copytree(tiny_run.root, tmp_path / "r")
+    for p in (tmp_path / "r").rglob(".probe-dask-store"):
+        shutil.rmtree(p)
+    run_dir, shards = tmp_path / "r" / "run", tmp_path / "r" / "shards"
+    args = ("fit", "--run", run_dir, "--train-shards", shards / tiny_run.train_id,
+            "--test-shards", shards / tiny_run.test_id, "--workers", "1", "--no-telemetry", "--quiet")
+    env = {"DASK_PROBE_DASK__ENGINE__PERSIST": "False"}
+    roomy = tmp_path / "roomy"  # the stores' size, measured on a first ingest
+    for npz in run_dir.rglob("token_acts.npz"):
+        open_csr(npz, cache_dir=roomy)
+    stores = _pages(roomy)
+    assert stores > 0
+    small = small_disk(stores + 16 * 4096)
+    p = run_cli(*args, "--cache-dir", small, timeout=180, env=env)
+    line = assert_one_error_line(p, f"{small}/", ": no space left on device (while building "
+                                 "the latent-major layout of ", " MB are free)")
+    assert not list(run_dir.rglob("probe1d_*")), line  # stopped before any result
+    assert not list(small.rglob("latent-major*")) and not list(small.rglob(".tmp*"))

@@ -89,7 +89,7 @@ def test_a_folder_too_small_for_the_build_is_refused_before_it_is_written(small_
     with pytest.raises(MachineError) as err:
         _build(disk, Xd, yd, X.nnz)
     message = str(err.value)
-    assert message.startswith(f"{disk}: no space left") and "GB are free" in message
+    assert message.startswith(f"{disk}: no space left") and " MB are free" in message
     assert f"{X.nnz:,} non-zeros" in message and "\n" not in message
     assert list(disk.iterdir()) == []  # no temporary folder left
 

@@ -252,7 +252,8 @@ def build_disk_bytes(nnz: int, n_rows: int, n_latents: int, n_parts: int, thread
     # a block each side of a span, per file, part and segment in flight; twice that, for the
     # segments done whose neighbours are not
     edges = 2 * 2 * len(_FILES) * _BLOCK * int(n_parts) * max(int(threads), 1)
-    return layout + parts_ptr + 8 * int(threads) * int(segment_nnz) + edges
+    in_flight = min(int(threads) * int(segment_nnz), int(nnz))
+    return layout + parts_ptr + 8 * in_flight + edges
 
 
 def check_build_disk(building, nnz: int, n_rows: int, n_latents: int, n_parts: int,
@@ -266,8 +267,12 @@ def check_build_disk(building, nnz: int, n_rows: int, n_latents: int, n_parts: i
     if free < need:
         raise MachineError(Path(building).parent, OSError(errno.ENOSPC, "no space left"),
                            f"building the latent-major layout of {int(nnz):,} non-zeros: "
-                           f"it needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free")
+                           f"it needs {_size(need)}, {_size(free)} are free")
     return need
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def commit_layout(building, final, identity: dict, shape, latent_ptr) -> "LatentMajorLayout":
