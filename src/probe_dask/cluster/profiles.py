@@ -28,8 +28,9 @@ from importlib import resources
 from pathlib import Path
 
 import dask.config
-import dask_jobqueue  # noqa: F401  (registers its defaults first: the packaged file lies over them)
 
+# dask_jobqueue registers its defaults first: the packaged file lies over them
+from probe_dask.cluster.jobqueue_import import dask_jobqueue  # noqa: F401
 from probe_dask.errors import InputError
 
 __all__ = ["PROFILES_KEY", "packaged_config_path", "lay_packaged_defaults", "load_jobqueue_config",

@@ -24,11 +24,11 @@ import tempfile
 
 import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
-from dask_jobqueue import SLURMCluster
 from distributed import Client
 
 from probe_dask import config
 from probe_dask.cluster.dashboard import dashboard_address as default_dashboard
+from probe_dask.cluster.jobqueue_import import SLURMCluster
 from probe_dask.cluster.network import detect_interface, detect_partition, partitions, run_command
 from probe_dask.cluster.profiles import config_source, packaged_config_path, slurm_profile
 from probe_dask.cluster.spec import ClusterClient, wait_for_workers
