@@ -307,19 +307,36 @@ def read_ranges(client, futures, func, *args, places=None) -> list:
     return client.gather(reads)
 
 
-def field_reader(client, fits):
+#: Priority of a checkpoint's field reads: ahead of the next pass's task where a worker
+#: has one thread (a GPU worker, ``--threads 1``), so the checkpoint of pass n is whole one
+#: pass later, not one pass per field later.
+FIELD_READ_PRIORITY = 10
+STATE_FIELDS = TrustRegionState.FLOAT_FIELDS + TrustRegionState.BOOL_FIELDS
+
+
+def field_reader(client, fits, names=STATE_FIELDS):
     """``read(name)``: the state field ``name`` of every range, in latent order (what a
-    checkpoint streams). The reads of a field are submitted together, each where its range
-    is held, so their round trips overlap; the driver takes them one range at a time."""
-    places = where_held(client, fits)
+    checkpoint streams). At the first ``read``, the reads of every field in ``names`` are
+    submitted together, each where its range is held and before queued passes
+    (:data:`FIELD_READ_PRIORITY`); a read returns the range's own array (no copy on the
+    worker), and the driver takes them one range at a time."""
+    futures = {}
+
+    def submit_all():
+        places = where_held(client, fits)
+        for name in names:
+            futures[name] = [client.submit(range_field, fit, name, pure=False,
+                                           priority=FIELD_READ_PRIORITY, **where)
+                             for fit, where in zip(fits, places)]
 
     def read(name):
-        futures = [client.submit(range_field, fit, name, pure=False, **where)
-                   for fit, where in zip(fits, places)]
-        for i in range(len(futures)):
-            yield futures[i].result()
-            futures[i].release()
-            futures[i] = None  # the driver holds one range's field at a time
+        if not futures:
+            submit_all()
+        reads = futures.pop(name)
+        for i in range(len(reads)):
+            yield reads[i].result()
+            reads[i].release()
+            reads[i] = None  # the driver holds one range's field at a time
     return read
 
 
