@@ -21,16 +21,15 @@ those latents in row order and writes it at its place in ``rows.i32`` and ``valu
 punches the spans it copied out of the parts (``io.holes``), so the parts shrink as the
 layout grows. Parts are deleted and the folder renamed into place by
 :func:`commit_layout`; until then it has a temporary name, so a build killed halfway
-leaves nothing that looks finished
-(``io.tempfiles`` removes it later). A layout is reused while ``layout.json`` names the
-same input (:func:`open_layout`).
+leaves nothing that looks finished (``io.tempfiles`` removes it later). A layout is reused
+while ``layout.json`` names the same input (:func:`open_layout`).
 
 Memory per task: writing a part, the row block's events and their int64 permutation (the
 caller's ``LatentBlock``, about ``16 nnz_b``); merging a segment, its events in and out
 (``16 nnz_s``, ``nnz_s`` at most :data:`SEGMENT_NNZ` unless one latent holds more) plus
 every part's ``L_s + 1`` offsets (and up to 1024 beyond each end, to find the latents its
-edge blocks share); reading (:class:`LatentMajorLayout`), what the caller
-asks for (``read_runs``). Disk while building: about one layout (``8 nnz``), the parts'
+edge blocks share); reading (:class:`LatentMajorLayout`), what the caller asks for
+(``read_runs``). Disk while building: about one layout (``8 nnz``), the parts'
 events moving into it segment by segment; twice that where the file system cannot punch
 holes. :func:`check_build_disk` refuses a build the folder's free space cannot hold.
 """
@@ -158,7 +157,8 @@ def merge_segment(building, n_parts: int, start: int, stop: int, latent_ptr) -> 
     # where the next part's events of each latent go in this segment's output
     cursor = ptr[:-1] - base
     for p in range(n_parts):
-        span, edges = _part_span(part_prefix(building, p), start, stop)
+        prefix = part_prefix(building, p)
+        span, edges = _part_span(prefix, start, stop)
         counts = np.diff(span)
         n = int(span[-1] - span[0])
         if n == 0:
@@ -168,7 +168,7 @@ def merge_segment(building, n_parts: int, start: int, stop: int, latent_ptr) -> 
         dest = np.repeat(cursor - (span[:-1] - span[0]), counts) + np.arange(n, dtype=np.int64)
         for key, (name, dtype) in _FILES.items():
             part = np.empty(n, dtype=dtype)
-            with open(f"{part_prefix(building, p)}.{name}", "rb") as f:
+            with open(f"{prefix}.{name}", "rb") as f:
                 _pread_into(f.fileno(), part, int(span[0]) * part.itemsize)
             out[key][dest] = part
             del part
